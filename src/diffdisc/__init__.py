@@ -1,0 +1,31 @@
+"""diffdisc: diffusion models as discriminators.
+
+Python API mirrors the CLI::
+
+    from diffdisc import create_backbone, classify, ScoreConfig
+    bb = create_backbone("path/to/model")
+    result = classify(bb, "images/", classes=["cat", "dog"], out="runs/x")
+"""
+
+__version__ = "0.1.0"
+
+from .errors import DiffdiscError  # noqa: E402
+
+
+def __getattr__(name):  # lazy: importing diffdisc must not import torch/diffusers
+    if name in {"create_backbone", "list_backbones"}:
+        from .backbones import registry
+
+        return getattr(registry, name)
+    if name in {"ScoreConfig", "AdaptiveConfig"}:
+        from .scoring import config
+
+        return getattr(config, name)
+    if name == "classify":
+        from .tasks.classify import classify
+
+        return classify
+    raise AttributeError(name)
+
+
+__all__ = ["DiffdiscError", "create_backbone", "list_backbones", "ScoreConfig", "AdaptiveConfig", "classify"]

@@ -1,0 +1,114 @@
+"""Class-conditional backbones: pixel `UNet2DModel` with `num_class_embeds`, and DiT (`Transformer2DModel`) + VAE.
+
+Candidates are class ids or class names (names come from the `diffdisc.json` sidecar or DiT's id2label).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import DiffdiscError
+from .base import (
+    Backbone,
+    BackboneInfo,
+    alphas_cumprod_from_scheduler,
+    fingerprint,
+    read_config,
+    read_metadata,
+    require_safetensors,
+)
+
+
+class ClassCondBackbone(Backbone):
+    def __init__(self, model, scheduler, vae=None, name="classcond", root: Path | None = None, class_names=(), null_class=None):
+        super().__init__(alphas_cumprod_from_scheduler(scheduler), scheduler.config.get("prediction_type", "epsilon"))
+        self.model, self.vae = model, vae
+        self.is_dit = not hasattr(model.config, "num_class_embeds")
+        meta = read_metadata(root) if root else {}
+        class_names = tuple(meta.get("class_names", class_names))
+        n_embeds = model.config.num_embeds_ada_norm if self.is_dit else model.config.num_class_embeds
+        if not n_embeds:
+            raise DiffdiscError(f"{name}: model has no class embeddings (num_class_embeds is not set)")
+        # DiT reserves index num_classes for the null class; our UNets store it in metadata.
+        self.null_class = meta.get("null_class", null_class if null_class is not None else n_embeds if self.is_dit else None)
+        self.num_classes = len(class_names) or (n_embeds if self.is_dit else n_embeds - (self.null_class is not None))
+        sample = model.config.sample_size
+        scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+        self.info = BackboneInfo(
+            name=name,
+            family="classcond",
+            conditioning="class",
+            prediction_type=self.prediction_type,
+            num_train_timesteps=len(self.alphas_cumprod),
+            image_size=int(sample if isinstance(sample, int) else sample[0]) * scale,
+            image_channels=vae.config.in_channels if vae is not None else model.config.in_channels,
+            latent=vae is not None,
+            fingerprint=fingerprint(root) if root else "in-memory",
+            class_names=class_names,
+            metadata=meta,
+        )
+
+    @classmethod
+    def from_pretrained(cls, root: str | Path, name: str | None = None) -> ClassCondBackbone:
+        from diffusers import AutoencoderKL, DDPMScheduler
+
+        root = Path(root)
+        if (root / "transformer").is_dir():
+            from diffusers import DiTTransformer2DModel
+
+            require_safetensors(root / "transformer")
+            model = DiTTransformer2DModel.from_pretrained(root, subfolder="transformer", use_safetensors=True)
+        else:
+            from diffusers import UNet2DModel
+
+            sub = "unet" if (root / "unet").is_dir() else None
+            require_safetensors(root / sub if sub else root)
+            model = UNet2DModel.from_pretrained(root, subfolder=sub, use_safetensors=True)
+        sched_dir = root / "scheduler"
+        if not (sched_dir / "scheduler_config.json").is_file():
+            raise DiffdiscError(f"incomplete model directory: missing {sched_dir / 'scheduler_config.json'}")
+        scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
+        vae = None
+        if (root / "vae").is_dir():
+            require_safetensors(root / "vae")
+            vae = AutoencoderKL.from_pretrained(root, subfolder="vae", use_safetensors=True)
+        id2label = {}
+        mi = root / "model_index.json"
+        if mi.is_file():
+            id2label = read_config(mi).get("id2label", {}) or {}
+        names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
+        bb = cls(model, scheduler, vae, name=name or root.name, root=root, class_names=names)
+        return bb.eval().requires_grad_(False)
+
+    def class_id(self, c) -> int:
+        if isinstance(c, str) and not c.isdigit():
+            names = [n.lower() for n in self.info.class_names]
+            if c.lower() not in names:
+                known = ", ".join(self.info.class_names[:12]) or "none recorded; pass class ids"
+                raise DiffdiscError(f"unknown class {c!r} for {self.info.name} (known: {known})")
+            return names.index(c.lower())
+        i = int(c)
+        if not 0 <= i < self.num_classes:
+            raise DiffdiscError(f"class id {i} out of range 0..{self.num_classes - 1} for {self.info.name}")
+        return i
+
+    def _encode(self, images):
+        if self.vae is None:
+            return images
+        lat = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mean
+        return lat * self.vae.config.scaling_factor
+
+    def _condition_batch(self, candidates):
+        return torch.tensor([self.class_id(c) for c in candidates], dtype=torch.long, device=self.device)
+
+    def null_condition(self):
+        if self.null_class is None:
+            raise DiffdiscError(f"{self.info.name} has no null class (trained without classifier-free dropout)")
+        return torch.tensor(self.null_class, dtype=torch.long, device=self.device)
+
+    def model_output(self, x_t, t, cond):
+        if self.is_dit:
+            return self.model(x_t, timestep=t, class_labels=cond).sample
+        return self.model(x_t, t, class_labels=cond).sample

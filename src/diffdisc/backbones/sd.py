@@ -1,0 +1,109 @@
+"""Stable-Diffusion layout: UNet2DConditionModel + optional AutoencoderKL + CLIP text encoder/tokenizer.
+
+Covers SD 1.x / 2.x directories (ε- or v-prediction, read from the scheduler config) and the embedded
+text-conditional model, which has no VAE and runs in pixel space.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import DiffdiscError
+from .base import (
+    Backbone,
+    BackboneInfo,
+    alphas_cumprod_from_scheduler,
+    fingerprint,
+    read_metadata,
+    require_safetensors,
+)
+
+
+class SDBackbone(Backbone):
+    def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, name: str = "sd", root: Path | None = None):
+        super().__init__(alphas_cumprod_from_scheduler(scheduler), scheduler.config.get("prediction_type", "epsilon"))
+        self.unet, self.text_encoder, self.tokenizer, self.vae = unet, text_encoder, tokenizer, vae
+        self.scheduler_config = dict(scheduler.config)
+        meta = read_metadata(root) if root else {}
+        if vae is not None:
+            scale = 2 ** (len(vae.config.block_out_channels) - 1)
+            image_channels = vae.config.in_channels
+        else:
+            scale, image_channels = 1, unet.config.in_channels
+        self.info = BackboneInfo(
+            name=name,
+            family="sd",
+            conditioning="text",
+            prediction_type=self.prediction_type,
+            num_train_timesteps=len(self.alphas_cumprod),
+            image_size=int(unet.config.sample_size) * scale,
+            image_channels=image_channels,
+            latent=vae is not None,
+            fingerprint=fingerprint(root) if root else "in-memory",
+            class_names=tuple(meta.get("class_names", ())),
+            metadata=meta,
+        )
+
+    @classmethod
+    def from_pretrained(cls, root: str | Path, name: str | None = None) -> SDBackbone:
+        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        root = Path(root)
+        for sub in ("unet", "text_encoder"):
+            require_safetensors(root / sub)
+        if not (root / "tokenizer").is_dir():
+            raise DiffdiscError(f"incomplete model directory: missing {root / 'tokenizer'}")
+        if not (root / "scheduler" / "scheduler_config.json").is_file():
+            raise DiffdiscError(f"incomplete model directory: missing {root / 'scheduler/scheduler_config.json'}")
+        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", use_safetensors=True)
+        text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
+        scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
+        vae = None
+        if (root / "vae").is_dir():
+            require_safetensors(root / "vae")
+            vae = AutoencoderKL.from_pretrained(root, subfolder="vae", use_safetensors=True)
+        bb = cls(unet, text_encoder, tokenizer, scheduler, vae, name=name or root.name, root=root)
+        return bb.eval().requires_grad_(False)
+
+    # ------------------------------------------------------------------ protocol
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return images
+        cfg = self.vae.config
+        # Posterior mean (deterministic), as the official Diffusion Classifier code.
+        lat = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mean
+        shift = getattr(cfg, "shift_factor", None) or 0.0
+        return (lat - shift) * cfg.scaling_factor
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        tok = self.tokenizer
+        max_len = tok.model_max_length
+        for p in prompts:
+            if not p.strip():
+                raise DiffdiscError("empty caption/prompt")
+            n = len(tok(p, truncation=False)["input_ids"])
+            if n > max_len:
+                warnings.warn(f"prompt {p!r} has {n} tokens; truncated to {max_len}", stacklevel=3)
+        ids = tok(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+        return ids["input_ids"].to(self.device)
+
+    def _condition_batch(self, candidates: list) -> torch.Tensor:
+        # last_hidden_state, no attention mask, no CFG: as in the official SD zero-shot classifier.
+        out = []
+        for i in range(0, len(candidates), 64):
+            ids = self.tokenize([str(c) for c in candidates[i : i + 64]])
+            out.append(self.text_encoder(ids)[0].float())
+        return torch.cat(out)
+
+    def null_condition(self) -> torch.Tensor:
+        ids = self.tokenizer([""], padding="max_length", max_length=self.tokenizer.model_max_length, return_tensors="pt")
+        with torch.inference_mode():
+            return self.text_encoder(ids["input_ids"].to(self.device))[0].float()[0]
+
+    def model_output(self, x_t, t, cond):
+        return self.unet(x_t, t, encoder_hidden_states=cond.to(x_t.dtype)).sample

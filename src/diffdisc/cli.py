@@ -1,0 +1,182 @@
+"""Command line: parses arguments, builds configs, calls the Python API, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .errors import DiffdiscError
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+app = typer.Typer(
+    help="diffdisc: diffusion models as discriminators (zero-shot classification from denoising error).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks.")] = False):
+    _state["debug"] = debug
+
+
+def _quiet_libraries() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def _split(s: str | None) -> list[str] | None:
+    return [x.strip() for x in s.split(",")] if s else None
+
+
+@app.command(epilog="Example: diffdisc classify --model fmnist-classcond --data imgs/ --strategy halving --out runs/x")
+def classify(
+    model: Annotated[str, typer.Option(help="Shipped model name, diffusers directory or cached hub id.")],
+    data: Annotated[Path, typer.Option(help="ImageFolder (class subfolders) or a flat folder of images.")],
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names (default: the data's or model's).")] = None,
+    templates: Annotated[list[str] | None, typer.Option("--template", help="Prompt template(s) or set name (text models).")] = None,
+    strategy: Annotated[str, typer.Option(help="exhaustive | halving | ttest")] = "exhaustive",
+    timesteps: Annotated[int, typer.Option(help="Timesteps per candidate (exhaustive).")] = 50,
+    timestep_schedule: Annotated[str, typer.Option(help="even (official grid) | stratified")] = "even",
+    stages: Annotated[str, typer.Option(help="Halving stages n_t:keep,... (last keep must be 1).")] = "20:3,50:1",
+    min_scores: Annotated[int, typer.Option(help="t-test: scores before the first test.")] = 20,
+    max_scores: Annotated[int, typer.Option(help="t-test: cap on scores per candidate.")] = 100,
+    p_value: Annotated[float, typer.Option(help="t-test: drop a candidate below this p.")] = 2e-3,
+    loss: Annotated[str, typer.Option(help="l2 | l1 | huber")] = "l2",
+    weighting: Annotated[str, typer.Option(help="uniform | clark | min_snr")] = "uniform",
+    batch_size: Annotated[int, typer.Option(help="U-Net batch size.")] = 64,
+    dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (autocast)")] = "fp32",
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Run directory (resumable).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="CSV image,label for a flat folder.")] = None,
+    on_error: Annotated[str, typer.Option(help="fail | skip unreadable images.")] = "fail",
+    limit: Annotated[int | None, typer.Option(help="Only the first N images.")] = None,
+    chunk: Annotated[int, typer.Option(help="Images scored together (fills U-Net batches).")] = 16,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Softmax temperature for probabilities.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print metrics as JSON only.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+):
+    """Zero-shot classify images with a diffusion model (Li et al. / Clark & Jaini)."""
+    _quiet_libraries()
+    from .backbones.registry import create_backbone
+    from .progress import classify_progress
+    from .scoring.config import AdaptiveConfig, ScoreConfig, parse_stages
+    from .tasks.classify import classify as run
+
+    score = ScoreConfig(loss=loss, weighting=weighting, batch_size=batch_size, dtype=dtype, seed=seed)
+    adaptive = AdaptiveConfig(strategy=strategy, n_timesteps=timesteps, timesteps=timestep_schedule, stages=parse_stages(stages),
+                              min_scores=min_scores, max_scores=max_scores, p_value=p_value)  # fmt: skip
+    bb = create_backbone(model, device=device)
+    out = out or Path("runs") / f"classify-{bb.info.name.replace('/', '_')}-{strategy}"
+    with classify_progress("classify", enabled=not (quiet or json_out)) as cb:
+        result = run(bb, data, _split(classes), templates=templates or None, score=score, adaptive=adaptive, out=out,
+                     labels_csv=labels, on_error=on_error, limit=limit, chunk_images=chunk, temperature=temperature, progress=cb)  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    for image_id, why in getattr(result, "skipped", []):
+        typer.echo(f"skipped {image_id}: {why}", err=True)
+    _print_metrics(metrics, out, json_out)
+
+
+def _print_metrics(metrics: dict, out: Path, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(metrics))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"results in {out}")
+    for k in ("n_images", "accuracy", "top5", "ece", "ece_temperature_scaled", "unet_calls_per_image"):
+        if k in metrics and metrics[k] is not None:
+            v = metrics[k]
+            t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console().print(t)
+
+
+@app.command()
+def calibrate(
+    run_dir: Annotated[Path, typer.Argument(help="A labelled classify run to fit on.")],
+    apply_to: Annotated[Path | None, typer.Option("--apply-to", help="Rewrite this run's metrics with the fitted T.")] = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+):
+    """Fit softmax temperature (and Platt a, b on log U-Net calls) on a labelled run."""
+    from .results import ClassificationResult, atomic_write_text
+    from .scoring.calibrate import fit_platt_calls, fit_temperature
+    from .tasks.classify import finalize
+
+    res = ClassificationResult.load(run_dir)
+    lab = res.labels >= 0
+    if lab.sum() < 2:
+        raise DiffdiscError(f"{run_dir} has fewer than 2 labelled images; calibration needs labels")
+    T = fit_temperature(res.scores[lab], res.labels[lab])
+    a, b = fit_platt_calls(res.calls[lab], res.predictions[lab] == res.labels[lab])
+    cal = {"temperature": T, "platt_log_calls": {"a": a, "b": b}, "fitted_on": str(run_dir), "n": int(lab.sum())}
+    atomic_write_text(Path(run_dir) / "calibration.json", json.dumps(cal, indent=2))
+    if apply_to:
+        cal["applied_metrics"] = finalize(Path(apply_to), ClassificationResult.load(apply_to), T)
+    typer.echo(json.dumps(cal, indent=None if json_out else 2))
+
+
+@app.command()
+def merge(run_dir: Annotated[Path, typer.Argument(help="Run directory written by one or more processes.")]):
+    """Merge shards of a (multi-process) run into results.jsonl, predictions.jsonl and metrics.json."""
+    from .results import ClassificationResult
+    from .tasks.classify import finalize
+
+    res = ClassificationResult.load(run_dir)
+    _print_metrics(finalize(run_dir, res, res.settings.get("temperature")), run_dir, False)
+
+
+@app.command()
+def models():
+    """List the shipped models."""
+    from .backbones.base import read_metadata
+    from .backbones.registry import list_backbones, shipped_models_dir
+
+    names = list_backbones()
+    if not names:
+        typer.echo("no shipped models installed")
+    for n in names:
+        meta = read_metadata(shipped_models_dir() / n)
+        typer.echo(f"{n}\t{meta.get('recipe', '')}\tsteps={meta.get('steps', '?')}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except DiffdiscError as e:
+        if _state["debug"]:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished images are saved; rerun the same command to resume", err=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

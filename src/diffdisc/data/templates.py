@@ -1,0 +1,28 @@
+"""Prompt templates as data (open_clip style): class name -> prompts for text-conditional backbones."""
+
+TEMPLATES: dict[str, tuple[str, ...]] = {
+    "photo": ("a photo of a {}.",),
+    "plain": ("a {}",),
+    "cifar10": ("a blurry photo of a {}.",),  # the official Diffusion Classifier CIFAR-10 prompt
+    "pets": ("a photo of a {}, a type of pet.",),
+    "ensemble": ("a photo of a {}.", "a blurry photo of a {}.", "a close-up photo of a {}.", "a {}."),
+}
+DEFAULT = "photo"
+
+
+def resolve_templates(spec: str | list[str] | tuple[str, ...] | None, default: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """A template set name, a literal template containing '{}', or a list of either."""
+    from ..errors import DiffdiscError
+
+    if spec is None:
+        return tuple(default) if default else TEMPLATES[DEFAULT]
+    items = [spec] if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for s in items:
+        if s in TEMPLATES:
+            out += TEMPLATES[s]
+        elif "{}" in s:
+            out.append(s)
+        else:
+            raise DiffdiscError(f"template {s!r} is neither a known set ({', '.join(TEMPLATES)}) nor contains '{{}}'")
+    return tuple(out)

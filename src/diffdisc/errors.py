@@ -1,0 +1,5 @@
+"""One exception type for errors a user can cause: the CLI prints its message as one line and exits 2."""
+
+
+class DiffdiscError(Exception):
+    """Bad input or a missing resource; the message must tell the user what to do."""

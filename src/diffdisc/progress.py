@@ -1,0 +1,39 @@
+"""A rich progress bar for long loops: images/s, U-Net calls/image and running accuracy."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def classify_progress(description: str, enabled: bool = True):
+    """Yields a callback taking the task's stats dict; a no-op when disabled (--quiet/--json)."""
+    if not enabled:
+        yield None
+        return
+    cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(), TimeRemainingColumn()]  # fmt: skip
+    with Progress(*cols, console=console, transient=False) as prog:
+        task = prog.add_task(description, total=None, info="")
+
+        def update(s: dict) -> None:
+            dt = max(time.time() - s["start"], 1e-9)
+            info = f"{s['images'] / dt:.2f} img/s  {s['calls'] / max(s['images'], 1):.0f} calls/img"
+            if s["labelled"]:
+                info += f"  acc {s['correct'] / s['labelled']:.1%}"
+            prog.update(task, completed=s["done"], total=s["total"], info=info)
+
+        yield update

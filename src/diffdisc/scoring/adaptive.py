@@ -1,0 +1,186 @@
+"""Which (candidate, t) pairs to evaluate: exhaustive, successive halving (Li et al.), paired t-test (Clark & Jaini).
+
+Each strategy advances a chunk of images together, so one engine call carries the work of many images
+(fixed-size U-Net batches even when each image keeps only a few candidates).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy import stats
+
+from .config import AdaptiveConfig
+from .engine import ScoringEngine, Work, derive_seed
+from .schedule import dc_grid, stage_subset, stratified
+
+
+@dataclass
+class ImageScores:
+    """Everything scored for one image. `level[c]` = how long candidate c survived (higher is better)."""
+
+    key: str
+    n_candidates: int
+    timesteps: list[int] = field(default_factory=list)
+    errors: dict[int, dict[int, float]] = field(default_factory=dict)  # candidate -> t -> error
+    level: list[int] = field(default_factory=list)
+    n_calls: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.level = self.level or [0] * self.n_candidates
+        self.n_calls = self.n_calls or [0] * self.n_candidates
+
+    def add(self, c: int, t: int, e: float, calls: int = 1) -> None:
+        self.errors.setdefault(c, {})[t] = e
+        if t not in self.timesteps:
+            self.timesteps.append(t)
+        self.n_calls[c] += calls
+
+    @property
+    def calls(self) -> int:
+        return sum(self.n_calls)
+
+    def mean(self, c: int, ts: list[int] | None = None) -> float:
+        row = self.errors.get(c, {})
+        vals = [row[t] for t in (ts if ts is not None else row) if t in row]
+        return float(np.mean(vals)) if vals else float("inf")
+
+    @property
+    def scores(self) -> list[float]:
+        return [self.mean(c) for c in range(self.n_candidates)]
+
+    def ranking(self) -> list[int]:
+        """Candidates best first: survivors of later stages first, then lower mean error."""
+        sc = self.scores
+        return sorted(range(self.n_candidates), key=lambda c: (-self.level[c], sc[c], c))
+
+    @property
+    def prediction(self) -> int:
+        return self.ranking()[0]
+
+    def error_matrix(self) -> list[list[float | None]]:
+        """[candidate][t in self.timesteps] with None where a candidate was not evaluated."""
+        return [[self.errors.get(c, {}).get(t) for t in self.timesteps] for c in range(self.n_candidates)]
+
+
+def image_generator(seed: int, key: str, purpose: str) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(seed, key, purpose))
+
+
+def evaluate(
+    engine: ScoringEngine,
+    x0: torch.Tensor,
+    keys: list[str],
+    conds: torch.Tensor,
+    cfg: AdaptiveConfig,
+    groups: list[list[int]] | None = None,
+) -> list[ImageScores]:
+    """Score a chunk of images (x0 [N, ...], one key each) against candidates.
+
+    `conds` [P, ...] are prompt/class conditions; `groups[c]` lists the conditions of candidate c (several
+    prompt templates of one class): its error at (image, t) is their mean, under the same noise.
+    """
+    groups = groups or [[p] for p in range(conds.shape[0])]
+    results = [ImageScores(k, len(groups)) for k in keys]
+    strategy = {"exhaustive": _exhaustive, "halving": _halving, "ttest": _ttest}[cfg.strategy]
+    strategy(_Ctx(engine, x0, keys, conds, groups), cfg, results)
+    return results
+
+
+@dataclass
+class _Ctx:
+    engine: ScoringEngine
+    x0: torch.Tensor
+    keys: list[str]
+    conds: torch.Tensor
+    groups: list[list[int]]
+
+    @property
+    def M(self) -> int:
+        return len(self.groups)
+
+    @property
+    def T(self) -> int:
+        return self.engine.backbone.num_train_timesteps
+
+    def run(self, plan: list[tuple[int, int, int]], results: list[ImageScores]) -> None:
+        """Evaluate (image, candidate, t) triples (each candidate = its group of conditions) and record them."""
+        if not plan:
+            return
+        flat = [(i, p, t) for i, c, t in plan for p in self.groups[c]]
+        img, cond, ts = zip(*flat, strict=True)
+        errs = self.engine.run(self.x0, self.keys, self.conds, Work.from_lists(img, cond, ts)).tolist()
+        pos = 0
+        for i, c, t in plan:
+            k = len(self.groups[c])
+            results[i].add(c, t, float(np.mean(errs[pos : pos + k])), calls=k)
+            pos += k
+
+
+def _timesteps_for(ctx: _Ctx, key: str, cfg: AdaptiveConfig, n: int) -> list[int]:
+    if cfg.timesteps == "stratified":
+        return stratified(ctx.T, n, image_generator(ctx.engine.config.seed, key, "timesteps"))
+    return dc_grid(ctx.T, n)
+
+
+def _exhaustive(ctx: _Ctx, cfg, results):
+    plan = [(i, c, t) for i, k in enumerate(ctx.keys) for c in range(ctx.M) for t in _timesteps_for(ctx, k, cfg, cfg.n_timesteps)]
+    ctx.run(plan, results)
+
+
+def _halving(ctx: _Ctx, cfg, results):
+    """Official semantics: stage grids are centred strata of one grid of max(n) points; earlier errors are
+    reused; after a stage keep the `keep` candidates with the lowest mean over all timesteps seen."""
+    grid_n = max(n for n, _ in cfg.stages)
+    grids = [_timesteps_for(ctx, k, cfg, grid_n) for k in ctx.keys]
+    alive = [list(range(ctx.M)) for _ in ctx.keys]
+    for level, (n, keep) in enumerate(cfg.stages, start=1):
+        plan = []
+        for i, r in enumerate(results):
+            new = [t for t in stage_subset(grids[i], n) if t not in r.timesteps]
+            plan += [(i, c, t) for c in alive[i] for t in new]
+        ctx.run(plan, results)
+        for i, r in enumerate(results):
+            if keep < len(alive[i]):
+                alive[i] = sorted(alive[i], key=lambda c, r=r: (r.mean(c), c))[:keep]
+            for c in alive[i]:
+                r.level[c] = level
+
+
+def _ttest(ctx: _Ctx, cfg, results):
+    """Clark & Jaini Alg. 1 with shared (t, ε) samples; timesteps drawn without replacement per image."""
+    seed = ctx.engine.config.seed
+    order = [torch.randperm(ctx.T, generator=image_generator(seed, k, "ttest"))[: cfg.max_scores].tolist() for k in ctx.keys]
+    alive = [list(range(ctx.M)) for _ in ctx.keys]
+    n_done = 0
+    while n_done < cfg.max_scores:
+        step = cfg.min_scores if n_done == 0 else 1
+        active = [i for i in range(len(ctx.keys)) if len(alive[i]) > 1]
+        if not active:
+            break
+        plan = [(i, c, t) for i in active for t in order[i][n_done : n_done + step] for c in alive[i]]
+        ctx.run(plan, results)
+        n_done += step
+        for i in active:
+            r, ts = results[i], order[i][:n_done]
+            e = np.array([[r.errors[c][t] for t in ts] for c in alive[i]])
+            best = int(np.argmin(e.mean(1)))
+            keep = [c for j, c in enumerate(alive[i]) if j == best or paired_p(e[j], e[best]) >= cfg.p_value]
+            for c in keep:
+                r.level[c] = n_done
+            alive[i] = keep
+    for i, r in enumerate(results):
+        for c in alive[i]:
+            r.level[c] = cfg.max_scores + 1
+
+
+def paired_p(worse: np.ndarray, best: np.ndarray) -> float:
+    """One-sided paired t-test p-value for H1: mean(worse - best) > 0."""
+    d = worse - best
+    n = len(d)
+    sd = d.std(ddof=1)
+    if sd == 0:
+        return 0.0 if d.mean() > 0 else 1.0
+    return float(stats.t.sf(d.mean() / (sd / np.sqrt(n)), n - 1))

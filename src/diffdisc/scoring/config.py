@@ -1,0 +1,106 @@
+"""Frozen configs saved with every result, so a run directory says exactly how its numbers were made."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ..errors import DiffdiscError
+
+LOSSES = ("l2", "l1", "huber")
+WEIGHTINGS = ("uniform", "clark", "min_snr")
+DTYPES = ("fp32", "bf16", "fp16")
+STRATEGIES = ("exhaustive", "halving", "ttest")
+NOISE_SHARING = ("image", "global")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How one (image, candidate, t) error is computed.
+
+    loss: element-wise loss on ε (l2 = MSE, the papers' default; l1 as in the official CIFAR-10 runs).
+    weighting: `uniform` (Li et al.: mean ε-error), `clark` (Clark & Jaini: exp(-7 t/T) on the x0-space
+    error of the clipped x̂0), `min_snr` (ε-error × min(SNR, 5) / SNR).
+    noise: `image` draws ε per (image, t) (shared by all candidates); `global` shares one bank across
+    images, as the official Winoground and Discffusion code.
+    """
+
+    loss: str = "l2"
+    weighting: str = "uniform"
+    batch_size: int = 64
+    dtype: str = "fp32"
+    seed: int = 0
+    noise: str = "image"
+    min_snr_gamma: float = 5.0
+    clark_rate: float = 7.0
+
+    def __post_init__(self):
+        _check("loss", self.loss, LOSSES)
+        _check("weighting", self.weighting, WEIGHTINGS)
+        _check("dtype", self.dtype, DTYPES)
+        _check("noise", self.noise, NOISE_SHARING)
+        if self.batch_size < 1:
+            raise DiffdiscError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class AdaptiveConfig:
+    """Which candidates get which timesteps.
+
+    exhaustive: every candidate at `n_timesteps` evenly spaced t (the official grid).
+    halving: Li et al. stages `((n_t, keep), ...)`; errors of earlier stages are reused and the score is
+    the mean over all timesteps seen so far; the last stage keeps 1.
+    ttest: Clark & Jaini Alg. 1; after `min_scores` shared (t, ε) samples a candidate is dropped when a
+    one-sided paired t-test against the current best gives p < `p_value`; stop at one survivor or
+    `max_scores`.
+    """
+
+    strategy: str = "exhaustive"
+    n_timesteps: int = 50
+    timesteps: str = "even"  # even | stratified (one random t per stratum, seeded per image)
+    stages: tuple[tuple[int, int], ...] = ((20, 3), (50, 1))
+    min_scores: int = 20
+    max_scores: int = 100
+    p_value: float = 2e-3
+
+    def __post_init__(self):
+        _check("strategy", self.strategy, STRATEGIES)
+        _check("timesteps", self.timesteps, ("even", "stratified"))
+        object.__setattr__(self, "stages", tuple((int(n), int(k)) for n, k in self.stages))
+        if self.n_timesteps < 1:
+            raise DiffdiscError(f"n_timesteps must be >= 1, got {self.n_timesteps}")
+        if self.strategy == "halving":
+            if not self.stages:
+                raise DiffdiscError("halving needs at least one stage (n_timesteps, keep)")
+            if self.stages[-1][1] != 1:
+                raise DiffdiscError(f"the last halving stage must keep 1 candidate, got {self.stages[-1]}")
+            ns = [n for n, _ in self.stages]
+            if ns != sorted(ns) or len(set(ns)) != len(ns):
+                raise DiffdiscError(f"halving stage sizes must increase, got {ns}")
+        if self.strategy == "ttest" and not 2 <= self.min_scores <= self.max_scores:
+            raise DiffdiscError(f"ttest needs 2 <= min_scores <= max_scores, got {self.min_scores}, {self.max_scores}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["stages"] = [list(s) for s in self.stages]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AdaptiveConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def parse_stages(text: str) -> tuple[tuple[int, int], ...]:
+    """'20:3,50:1' -> ((20, 3), (50, 1))."""
+    try:
+        return tuple((int(a), int(b)) for a, b in (s.split(":") for s in text.split(",") if s.strip()))
+    except ValueError:
+        raise DiffdiscError(f"bad stages {text!r}: expected 'n_t:keep,n_t:keep', e.g. '20:3,50:1'") from None
+
+
+def _check(name, value, allowed):
+    if value not in allowed:
+        raise DiffdiscError(f"unknown {name} {value!r} (choose from {', '.join(allowed)})")

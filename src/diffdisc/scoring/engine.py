@@ -1,0 +1,136 @@
+"""Batched, shared-noise denoising errors: the one place where the U-Net is called for scoring.
+
+Work is a flat list of (image, candidate, t) triples. The engine packs any mix of images, candidates and
+timesteps into U-Net batches of a fixed size, so the cost per call does not depend on how many candidates
+an adaptive strategy still keeps. ε for (image, t) comes from a generator seeded by (seed, image key, t):
+every candidate sees the same noise (the variance reduction of Li et al. and Clark & Jaini) and the
+numbers do not depend on batch size, chunking, order of evaluation or number of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..backbones.base import Backbone
+from ..errors import DiffdiscError
+from .config import ScoreConfig
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any parts (run seed, image key, t, purpose): stable across runs and machines."""
+    digest = hashlib.sha256("\x00".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass
+class Work:
+    """Flat (image, candidate, t) triples; indices into the x0 / condition tensors given to `run`."""
+
+    image: torch.Tensor
+    candidate: torch.Tensor
+    t: torch.Tensor
+
+    @classmethod
+    def from_lists(cls, image, candidate, t) -> Work:
+        return cls(*(torch.as_tensor(v, dtype=torch.long).reshape(-1) for v in (image, candidate, t)))
+
+    def __len__(self) -> int:
+        return int(self.t.numel())
+
+
+class ScoringEngine:
+    """Turns work into errors; counts U-Net calls (one per work item)."""
+
+    def __init__(self, backbone: Backbone, config: ScoreConfig | None = None):
+        self.backbone = backbone
+        self.config = config or ScoreConfig()
+        self.calls = 0
+        dev = backbone.device.type
+        if self.config.dtype != "fp32":
+            self._autocast = lambda: torch.autocast(dev, dtype=_AUTOCAST[self.config.dtype])
+        else:
+            self._autocast = contextlib.nullcontext
+
+    # ------------------------------------------------------------------ noise
+    def noise(self, keys: list[str], ts: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+        """ε for each (key, t) pair, drawn on the CPU so every device and process sees the same numbers."""
+        g = torch.Generator()
+        out = torch.empty((len(ts), *shape))
+        for i, (k, t) in enumerate(zip(keys, ts, strict=True)):
+            g.manual_seed(derive_seed(self.config.seed, k if self.config.noise == "image" else "", int(t)))
+            out[i] = torch.randn(shape, generator=g)
+        return out
+
+    # ------------------------------------------------------------------ scoring
+    @torch.inference_mode()
+    def run(self, x0: torch.Tensor, keys: list[str], conds: torch.Tensor, work: Work) -> torch.Tensor:
+        """Errors (float32, CPU) for each work item, in work order."""
+        n = len(work)
+        if n == 0:
+            return torch.empty(0)
+        dev = self.backbone.device
+        # Noise for the unique (image, t) pairs only: candidates reuse it.
+        pair = work.image * (self.backbone.num_train_timesteps + 1) + work.t
+        uniq, inverse = torch.unique(pair, return_inverse=True)
+        u_img, u_t = uniq // (self.backbone.num_train_timesteps + 1), uniq % (self.backbone.num_train_timesteps + 1)
+        eps_bank = self.noise([keys[i] for i in u_img.tolist()], u_t.tolist(), tuple(x0.shape[1:])).to(dev)
+        x0 = x0.to(dev)
+        conds = conds.to(dev)
+        out = torch.empty(n)
+        bs = self.config.batch_size
+        for s in range(0, n, bs):
+            sl = slice(s, min(s + bs, n))
+            img, t = work.image[sl].to(dev), work.t[sl].to(dev)
+            out[sl] = self.errors(x0[img], eps_bank[inverse[sl].to(dev)], t, conds[work.candidate[sl].to(dev)]).cpu()
+        self.calls += n
+        return out
+
+    def errors(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Per-sample weighted error (B,) - the number a diffusion classifier scores."""
+        bb, cfg = self.backbone, self.config
+        x_t = bb.add_noise(x0, eps, t)
+        with self._autocast():
+            eps_hat = bb.predict_eps(x_t, t, cond)
+        if not torch.isfinite(eps_hat).all():
+            raise DiffdiscError(
+                "the model produced NaN/inf predictions (try --dtype fp32, or check the weights)"
+            )
+        if cfg.weighting == "clark":
+            # Imagen-style clipped x̂0: unclipped x0-space error = ε-error/SNR explodes near t = T.
+            x0_hat = bb.predict_x0(x_t, t, eps_hat)
+            if bb.clip_range is not None:
+                x0_hat = x0_hat.clamp(*bb.clip_range)
+            else:  # latents have no fixed range: clip to this sample's own magnitude
+                bound = x0.float().abs().flatten(1).amax(1).view(-1, *([1] * (x0.ndim - 1)))
+                x0_hat = torch.maximum(torch.minimum(x0_hat, bound), -bound)
+            err = _loss(x0_hat, x0.float(), cfg.loss)
+            return err * torch.exp(-cfg.clark_rate * t.double() / bb.num_train_timesteps).float()
+        err = _loss(eps_hat, eps.float(), cfg.loss)
+        if cfg.weighting == "min_snr":
+            snr = bb.snr(t)
+            err = err * (snr.clamp(max=cfg.min_snr_gamma) / snr).float().to(err.device)
+        return err
+
+    def exhaustive(self, x0: torch.Tensor, keys: list[str], conds: torch.Tensor, ts: list[int]) -> torch.Tensor:
+        """E[image, candidate, t] for every triple."""
+        N, M, T = x0.shape[0], conds.shape[0], len(ts)
+        grid = torch.cartesian_prod(torch.arange(N), torch.arange(M), torch.as_tensor(ts))
+        return self.run(x0, keys, conds, Work(grid[:, 0], grid[:, 1], grid[:, 2])).view(N, M, T)
+
+
+def _loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "l2":
+        e = F.mse_loss(pred, target, reduction="none")
+    elif kind == "l1":
+        e = F.l1_loss(pred, target, reduction="none")
+    else:
+        e = F.huber_loss(pred, target, reduction="none", delta=1.0)
+    return e.flatten(1).mean(1)
+

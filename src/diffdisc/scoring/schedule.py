@@ -1,0 +1,37 @@
+"""Timestep grids and weights. Grids follow the official Diffusion Classifier code (REFERENCE.md §1)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import DiffdiscError
+
+
+def dc_grid(num_train_timesteps: int, n: int) -> list[int]:
+    """The official evenly spaced grid: start = T//n//2, step T//n (n=50, T=1000 -> 10, 30, ..., 990)."""
+    T = num_train_timesteps
+    if not 1 <= n <= T:
+        raise DiffdiscError(f"number of timesteps must be in 1..{T}, got {n}")
+    step = T // n
+    return list(range(step // 2, T, step))[:n]
+
+
+def stage_subset(grid: list[int], n: int) -> list[int]:
+    """Centred strata of `grid` with n points: `grid[len//n//2 :: len//n][:n]` as the official code."""
+    if n > len(grid):
+        raise DiffdiscError(f"stage asks for {n} timesteps but the grid has only {len(grid)}")
+    k = len(grid) // n
+    return grid[k // 2 :: k][:n]
+
+
+def stratified(num_train_timesteps: int, n: int, generator: torch.Generator) -> list[int]:
+    """One uniform t inside each of n equal strata: unbiased and lower-variance than iid t."""
+    edges = [math.floor(i * num_train_timesteps / n) for i in range(n + 1)]
+    u = torch.rand(n, generator=generator, dtype=torch.float64).tolist()
+    return [min(edges[i] + int(u[i] * (edges[i + 1] - edges[i])), num_train_timesteps - 1) for i in range(n)]
+
+
+def uniform_draws(num_train_timesteps: int, n: int, generator: torch.Generator) -> list[int]:
+    return torch.randint(0, num_train_timesteps, (n,), generator=generator).tolist()

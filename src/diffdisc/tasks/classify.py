@@ -1,0 +1,152 @@
+"""Zero-shot classification: one diffusion model, a folder of images, a list of classes.
+
+Pure function of (backbone, data, configs): no globals. Images stream through in chunks; each finished
+chunk is appended to the run's result store before the next starts, so a killed run loses at most the
+chunk in flight and a rerun of the same call resumes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..backbones.base import Backbone
+from ..data.folders import ImageDataset, Item, open_image_dataset
+from ..data.images import open_image, to_tensor
+from ..data.templates import resolve_templates
+from ..errors import DiffdiscError
+from ..results import ClassificationResult, ResultStore
+from ..scoring.adaptive import evaluate
+from ..scoring.config import AdaptiveConfig, ScoreConfig
+from ..scoring.engine import ScoringEngine
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Classes, the condition keys given to the backbone, and which keys belong to which class."""
+
+    classes: list[str]
+    keys: list  # prompts (text backbones) or class ids (class-conditional)
+    groups: list[list[int]]
+    templates: tuple[str, ...] = ()
+
+
+def build_candidates(backbone: Backbone, classes: list[str] | None, templates=None) -> Candidates:
+    info = backbone.info
+    classes = list(classes) if classes else list(info.class_names)
+    if not classes:
+        raise DiffdiscError("no classes given (pass --classes or use a model that records its class names)")
+    classes = [c.strip() for c in classes]
+    if any(not c for c in classes):
+        raise DiffdiscError("empty class name in the class list")
+    low = [c.lower() for c in classes]
+    dup = sorted({c for c in low if low.count(c) > 1})
+    if dup:
+        raise DiffdiscError(f"duplicate class names: {', '.join(dup)}")
+    if info.conditioning == "class":
+        return Candidates(classes, [backbone.class_id(c) for c in classes], [[i] for i in range(len(classes))])
+    tpl = resolve_templates(templates, tuple(info.metadata.get("templates", ())) or None)
+    keys = [t.format(c) for c in classes for t in tpl]
+    n = len(tpl)
+    return Candidates(classes, keys, [list(range(i * n, (i + 1) * n)) for i in range(len(classes))], tpl)
+
+
+def classify(
+    backbone: Backbone,
+    data: str | Path | ImageDataset,
+    classes: list[str] | None = None,
+    *,
+    templates=None,
+    score: ScoreConfig | None = None,
+    adaptive: AdaptiveConfig | None = None,
+    out: str | Path | None = None,
+    labels_csv: str | Path | None = None,
+    on_error: str = "fail",
+    chunk_images: int = 16,
+    limit: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    temperature: float | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> ClassificationResult:
+    """Classify every image of `data`; results (and metrics, if labelled) go to `out` (a temp dir if None)."""
+    score, adaptive = score or ScoreConfig(), adaptive or AdaptiveConfig()
+    if on_error not in ("fail", "skip"):
+        raise DiffdiscError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    ds = data if isinstance(data, ImageDataset) else open_image_dataset(data, labels_csv)
+    if not classes and ds.class_names and backbone.info.conditioning == "text":
+        classes = ds.class_names
+    cand = build_candidates(backbone, classes or None, templates)
+    labels = ds.label_index(cand.classes)
+    items = list(enumerate(zip(ds.items, labels, strict=True)))[:limit]
+    out = Path(out) if out else Path(tempfile.mkdtemp(prefix="diffdisc-"))
+    settings = {
+        "task": "classify",
+        "model": {"name": backbone.info.name, "fingerprint": backbone.info.fingerprint},
+        "data": str(Path(ds.root).resolve()),
+        "classes": cand.classes,
+        "candidates": cand.classes,
+        "prompts": [str(k) for k in cand.keys],
+        "score": score.to_dict(),
+        "adaptive": adaptive.to_dict(),
+        "temperature": temperature,
+    }
+    store = ResultStore(out, settings, rank=rank)
+    done = store.done()
+    todo = [(i, it, y) for i, (it, y) in items if i % world_size == rank and it.image_id not in done]
+    engine = ScoringEngine(backbone, score)
+    conds = backbone.conditions(cand.keys)
+    stats = {"done": len(done), "total": len(items), "calls": 0, "correct": 0, "labelled": 0, "images": 0, "start": time.time(), "skipped": []}
+    for s in range(0, len(todo), chunk_images):
+        chunk = todo[s : s + chunk_images]
+        tensors, kept = _load(chunk, backbone, on_error, stats["skipped"])
+        if not kept:
+            continue
+        x0 = backbone.encode(torch.stack(tensors))
+        res = evaluate(engine, x0, [it.image_id for _, it, _ in kept], conds, adaptive, cand.groups)
+        records = []
+        for (i, it, y), r in zip(kept, res, strict=True):
+            records.append({
+                "image_id": it.image_id, "order": i, "path": str(it.path), "label": y, "pred": r.prediction,
+                "ranking": r.ranking(), "scores": r.scores, "n_calls": r.n_calls, "calls": r.calls,
+                "timesteps": r.timesteps, "errors": r.error_matrix(),
+            })  # fmt: skip
+            stats["calls"] += r.calls
+            stats["images"] += 1
+            if y is not None:
+                stats["labelled"] += 1
+                stats["correct"] += int(r.prediction == y)
+        store.append(records)
+        stats["done"] += len(chunk)
+        if progress:
+            progress(stats)
+    result = ClassificationResult.load(out)
+    if world_size == 1 or rank == 0:
+        finalize(out, result, temperature)
+    result.skipped = stats["skipped"]
+    return result
+
+
+def finalize(out: Path, result: ClassificationResult, temperature: float | None = None) -> dict:
+    metrics = result.metrics(temperature)
+    result.write(out, metrics)
+    return metrics
+
+
+def _load(chunk: list[tuple[int, Item, int | None]], backbone: Backbone, on_error: str, skipped: list):
+    tensors, kept = [], []
+    size, ch = backbone.info.image_size, backbone.info.image_channels
+    for i, it, y in chunk:
+        try:
+            tensors.append(to_tensor(open_image(it.path), size, ch))
+            kept.append((i, it, y))
+        except DiffdiscError as e:
+            if on_error == "fail":
+                raise DiffdiscError(f"{e} (use --on-error skip to skip unreadable images)") from None
+            skipped.append((it.image_id, str(e)))
+    return tensors, kept
