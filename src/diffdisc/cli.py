@@ -140,6 +140,51 @@ def merge(run_dir: Annotated[Path, typer.Argument(help="Run directory written by
     _print_metrics(finalize(run_dir, res, res.settings.get("temperature")), run_dir, False)
 
 
+@app.command(epilog="Example: diffdisc train fmnist-classcond --out runs/train --max-minutes 60  (rerun to resume)")
+def train(
+    recipe: Annotated[str, typer.Argument(help="Recipe name: fmnist-classcond | tiny")],
+    out: Annotated[Path, typer.Option(help="Output directory (checkpoints/, model/); rerun to resume.")],
+    steps: Annotated[int | None, typer.Option(help="Total optimiser steps.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Your own ImageFolder instead of Fashion-MNIST.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop (checkpointed) after this many minutes.")] = None,
+):
+    """Train a shipped-model recipe (resumable: checkpoints every N steps, EMA weights exported to OUT/model)."""
+    _quiet_libraries()
+    from .world.recipes import get_recipe
+    from .world.train import train as run
+
+    cfg = get_recipe(recipe, steps=steps, data=str(data) if data else None, batch_size=batch_size, seed=seed)
+    model_dir = run(cfg, out, max_minutes=max_minutes, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"model exported to {model_dir}")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where results and index.html go.")] = Path("runs/demo"),
+    per_class: Annotated[int, typer.Option(help="Shipped test images per class.")] = 5,
+):
+    """Zero-shot classify shipped real Fashion-MNIST test images with the shipped model; table + HTML page."""
+    _quiet_libraries()
+    from rich.console import Console
+    from rich.table import Table
+
+    from .demo import run_demo
+    from .progress import classify_progress
+
+    r = run_demo(out, per_class, progress_factory=lambda name: classify_progress(name))
+    t = Table(title=f"diffdisc demo - model {r['model']}")
+    for h in r["header"]:
+        t.add_column(h)
+    for row in r["rows"]:
+        t.add_row(*row)
+    Console().print(t)
+    if r["banner"]:
+        Console().print(f"[bold red]{r['banner']}[/]")
+    typer.echo(f"report: {r['page']}")
+
+
 @app.command()
 def models():
     """List the shipped models."""

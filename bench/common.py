@@ -1,0 +1,39 @@
+"""Shared bench helpers: random models of the shipped sizes (no weights needed) and timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+
+def make_fmnist_sized_classcond(root: Path, channels: int = 1) -> Path:
+    """A random UNet2DModel with the shipped fmnist-classcond architecture (2.8M params, 32x32)."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    UNet2DModel(
+        sample_size=32, in_channels=channels, out_channels=channels, block_out_channels=(32, 64, 128), layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), num_class_embeds=11,
+    ).save_pretrained(root / "unet")  # fmt: skip
+    DDPMScheduler(beta_schedule="squaredcos_cap_v2").save_pretrained(root / "scheduler")
+    names = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+    (root / "diffdisc.json").write_text(json.dumps({"class_names": names, "null_class": 10}))
+    return root
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    """Best wall time of `repeats` runs (after one warm-up): robust on a noisy shared machine."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
