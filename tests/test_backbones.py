@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-from conftest import make_classcond_dir, make_sd_dir
 
+from conftest import make_classcond_dir, make_sd_dir
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.errors import DiffdiscError
 

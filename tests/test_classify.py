@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES
 from PIL import Image
 
+from conftest import CLASSES
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.errors import DiffdiscError
 from diffdisc.results import ClassificationResult, ResultStore
@@ -53,7 +53,7 @@ def test_text_backbone_templates_are_averaged(sd_dir, image_folder, tmp_path):
 def test_flat_folder_with_labels_csv(classcond_dir, tmp_path):
     d = tmp_path / "flat"
     d.mkdir()
-    for i, c in enumerate(CLASSES):
+    for i in range(len(CLASSES)):
         Image.new("RGB", (16, 16), (200 * (i == 0), 200 * (i == 1), 200 * (i == 2))).save(d / f"im{i}.png")
     (tmp_path / "labels.csv").write_text("image,label\nim0.png,red\nim1.png,green\n")
     res = classify(create_backbone(classcond_dir), d, adaptive=FAST, labels_csv=tmp_path / "labels.csv", out=tmp_path / "o")

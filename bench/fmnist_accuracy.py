@@ -1,0 +1,60 @@
+"""Accuracy of a class-conditional model on a fixed, seeded, stratified subset of the real Fashion-MNIST test set.
+
+    .venv/bin/python bench/fmnist_accuracy.py --model fmnist-classcond --per-class 20 --out runs/acc
+
+Uses the shipped 1,000-image subset (100 per class) or, with --full-test, the Debian dataset's 10,000.
+Strategies are run on the same images with the same noise; prints a table and writes summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from diffdisc.backbones.registry import create_backbone
+from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig, parse_stages
+from diffdisc.tasks.classify import classify
+from diffdisc.world.export import export_shipped_test
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="fmnist-classcond")
+    ap.add_argument("--per-class", type=int, default=20)
+    ap.add_argument("--subset-seed", type=int, default=0)
+    ap.add_argument("--timesteps", type=int, default=20)
+    ap.add_argument("--stages", default="10:3,20:1")
+    ap.add_argument("--strategies", default="exhaustive,halving,ttest")
+    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--out", default="runs/acc")
+    args = ap.parse_args()
+    out = Path(args.out)
+    data = export_shipped_test(out / f"data-{args.per_class}-{args.subset_seed}", args.per_class, args.subset_seed)
+    bb = create_backbone(args.model)
+    configs = {
+        "exhaustive": AdaptiveConfig(n_timesteps=args.timesteps),
+        "halving": AdaptiveConfig(strategy="halving", stages=parse_stages(args.stages)),
+        "ttest": AdaptiveConfig(strategy="ttest", min_scores=10, max_scores=args.timesteps, p_value=2e-2),
+    }
+    summary = {}
+    for name in args.strategies.split(","):
+        t0 = time.time()
+        res = classify(bb, data, adaptive=configs[name], score=ScoreConfig(batch_size=128, dtype=args.dtype),
+                       out=out / f"{name}-{args.per_class}-{args.dtype}", chunk_images=10)  # fmt: skip
+        m = res.metrics()
+        m["wall_s"] = time.time() - t0
+        summary[name] = m
+        print(f"{name:10s} acc {m['accuracy']:.3f}  calls/img {m['unet_calls_per_image']:.0f}  "
+              f"ECE(ts) {m['ece_temperature_scaled']:.3f}  n {m['n_images']}  {m['wall_s']:.0f}s", flush=True)  # fmt: skip
+    meta = bb.info.metadata
+    summary["_model"] = {"name": args.model, "steps": meta.get("steps"), "fingerprint": bb.info.fingerprint}
+    (out / f"summary-{args.per_class}-{args.dtype}.json").write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
