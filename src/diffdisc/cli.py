@@ -67,6 +67,8 @@ def classify(
     chunk: Annotated[int, typer.Option(help="Images scored together (fills U-Net batches).")] = 16,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     temperature: Annotated[float | None, typer.Option(help="Softmax temperature for probabilities.")] = None,
+    rank: Annotated[int, typer.Option(envvar="RANK", help="This process's shard (set by torchrun / accelerate launch).")] = 0,
+    world_size: Annotated[int, typer.Option(envvar="WORLD_SIZE", help="Number of processes sharing the run.")] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Print metrics as JSON only.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
@@ -80,11 +82,24 @@ def classify(
     score = ScoreConfig(loss=loss, weighting=weighting, batch_size=batch_size, dtype=dtype, seed=seed)
     adaptive = AdaptiveConfig(strategy=strategy, n_timesteps=timesteps, timesteps=timestep_schedule, stages=parse_stages(stages),
                               min_scores=min_scores, max_scores=max_scores, p_value=p_value)  # fmt: skip
+    if not 0 <= rank < world_size:
+        raise DiffdiscError(f"rank {rank} is outside 0..{world_size - 1}")
+    if device is None and world_size > 1:
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+        else:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     bb = create_backbone(model, device=device)
     out = out or Path("runs") / f"classify-{bb.info.name.replace('/', '_')}-{strategy}"
     with classify_progress("classify", enabled=not (quiet or json_out)) as cb:
         result = run(bb, data, _split(classes), templates=templates or None, score=score, adaptive=adaptive, out=out,
-                     labels_csv=labels, on_error=on_error, limit=limit, chunk_images=chunk, temperature=temperature, progress=cb)  # fmt: skip
+                     labels_csv=labels, on_error=on_error, limit=limit, chunk_images=chunk, temperature=temperature, progress=cb,
+                     rank=rank, world_size=world_size)  # fmt: skip
+    if not (out / "metrics.json").is_file():
+        typer.echo(f"shard {rank}/{world_size} done; other shards still running: run `diffdisc merge {out}` when all finish")
+        return
     metrics = json.loads((out / "metrics.json").read_text())
     for image_id, why in getattr(result, "skipped", []):
         typer.echo(f"skipped {image_id}: {why}", err=True)

@@ -126,7 +126,9 @@ def classify(
         if progress:
             progress(stats)
     result = ClassificationResult.load(out)
-    if world_size == 1 or rank == 0:
+    # With several processes the last one to finish sees every shard complete and merges
+    # (merging twice is harmless: the files are written atomically); otherwise `diffdisc merge`.
+    if world_size == 1 or len(result) + len(stats["skipped"]) >= len(items):
         finalize(out, result, temperature)
     result.skipped = stats["skipped"]
     return result
