@@ -43,3 +43,21 @@ def export_shipped_test(out_dir: str | Path, per_class: int | None = None, seed:
         keep = stratified_indices(labels, per_class, seed)
         images, labels, indices = images[keep], labels[keep], indices[keep]
     return export_imagefolder(images, labels, CLASS_NAMES, out_dir, ids=indices)
+
+
+def export_scenes(scenes, sources: np.ndarray, out_dir: str | Path) -> Path:
+    """Scenes as `images/<n>.png` + `captions.jsonl` (image, caption, items), the captions-file layout."""
+    from .scenes import render
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for n, s in enumerate(scenes):
+        path = out / "images" / f"{n:05d}.png"
+        tmp = path.with_name(f".{path.name}.tmp")
+        Image.fromarray(render(s, sources)).save(tmp, format="PNG")
+        os.replace(tmp, path)
+        items = [{"class": i.name, "colour": i.colour, "position": i.position} for i in s.items]
+        lines.append(json.dumps({"image": f"images/{path.name}", "caption": s.caption, "items": items}))
+    (out / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    return out

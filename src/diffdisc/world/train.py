@@ -1,54 +1,76 @@
-"""One readable training loop for the shipped class-conditional model (accelerate, EMA, resumable).
+"""One readable training loop for the class-conditional models (nanoGPT style): accelerate, EMA, resumable.
 
-Every random draw of step s (batch indices, t, noise, label dropout) comes from a generator seeded by
+Every random draw of step s (batch indices, label dropout, t, noise) comes from a generator seeded by
 (seed, s), so a run killed and resumed from a checkpoint ends with the same weights as one that never
-stopped. Checkpoints and exports are written to a temporary name and renamed: a kill while saving never
-replaces a good checkpoint.
+stopped. Checkpoints and exports are written under a temporary name and renamed: a kill while saving never
+replaces a good checkpoint. A lock file stops two trainers from writing one output directory.
+
+    python -m diffdisc.world.train fmnist-classcond OUT [steps=6000 ...] [--max-minutes M] [--quiet]
+    python -m diffdisc.world.train export OUT      # EMA weights of the latest checkpoint -> OUT/model
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import DiffdiscError
-from .recipes import TrainConfig
+from .recipes import TrainConfig, get_recipe
+
+LOG_EVERY = 20
+DATA_ORDER = "per step s: Generator(seed*1000003+s) draws batch indices (with replacement), dropout, t, noise"
 
 
 def load_training_data(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(images [N, C, S, S] in [-1, 1], labels [N], class names), through the inference preprocessing."""
+    """(images uint8 [N, C, S, S], labels [N], class names), through the inference preprocessing.
+
+    Kept as uint8 (4x less memory than float): `u8 / 127.5 - 1` is bit-identical to what `to_tensor` gives.
+    """
     from ..data.images import array_to_tensor, open_image, to_tensor
 
     if cfg.data:
         from ..data.folders import open_image_dataset
 
         ds = open_image_dataset(cfg.data)
-        names = ds.class_names
-        x = torch.stack([to_tensor(open_image(it.path), cfg.image_size, cfg.channels) for it in ds.items])
+        if not ds.class_names or not len(ds):
+            raise DiffdiscError(f"{cfg.data}: training needs an ImageFolder (one subfolder of images per class)")
+        names = list(ds.class_names)
+        x = [to_tensor(open_image(it.path), cfg.image_size, cfg.channels) for it in ds.items]
         y = torch.tensor(ds.label_index(names))
-        return x, y, names
-    if cfg.recipe == "tiny":
-        from .fashion_mnist import CLASS_NAMES, load_shipped_subset
-
-        imgs, labels, _ = load_shipped_subset()
-        imgs, labels = imgs[:64], labels[:64]
     else:
-        from .fashion_mnist import CLASS_NAMES, load_fashion_mnist
+        from .fashion_mnist import CLASS_NAMES, load_fashion_mnist, load_shipped_subset
 
-        imgs, labels = load_fashion_mnist("train")
-    x = torch.stack([array_to_tensor(a, cfg.image_size, cfg.channels) for a in imgs])
-    return x, torch.from_numpy(labels), list(CLASS_NAMES)
+        if cfg.recipe == "tiny":  # no system dataset needed: 64 shipped test images
+            imgs, labels, _ = load_shipped_subset()
+            imgs, labels = imgs[:64], labels[:64]
+        else:
+            imgs, labels = load_fashion_mnist("train")
+        names = list(CLASS_NAMES)
+        x = [array_to_tensor(a, cfg.image_size, cfg.channels) for a in imgs]
+        y = torch.from_numpy(labels)
+    return ((torch.stack(x) + 1) * 127.5).round().to(torch.uint8), y.long(), names
+
+
+def data_hash(x: torch.Tensor, y: torch.Tensor) -> str:
+    """sha256 of the preprocessed training arrays: ties shipped weights to the exact data they saw."""
+    return hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
 
 
 def build_model(cfg: TrainConfig, n_classes: int):
+    """UNet2DModel with n_classes + 1 class embeddings (the last one is the CFG null class)."""
     from diffusers import UNet2DModel
 
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
@@ -61,126 +83,296 @@ def build_model(cfg: TrainConfig, n_classes: int):
     )  # fmt: skip
 
 
+def make_scheduler(cfg: TrainConfig):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule=cfg.beta_schedule, prediction_type="epsilon")
+
+
 def _step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+def _ema_decay(cfg: TrainConfig, step: int) -> float:
+    return min(cfg.ema_decay, step / (step + 9)) if cfg.ema_warmup else cfg.ema_decay
+
+
 def _checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary dirs of a killed save are never listed)."""
     d = out / "checkpoints"
-    return sorted(p for p in d.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp")) if d.is_dir() else []
+    if not d.is_dir():
+        return []
+    done = [p for p in d.iterdir() if re.fullmatch(r"step-\d+", p.name) and (p / "step.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name[5:]))
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, max_minutes: float | None = None, log=print) -> Path:
-    """Train (or resume) into out_dir; returns the exported model directory `out_dir/model`."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _locked(path: Path, blocking: bool):
+    """flock on `path` (released when the process dies, so a killed trainer never leaves a stale lock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            raise DiffdiscError(f"{path.parent} is being trained by another process (pid {pid}); "
+                                "stop it or use another output directory") from None  # fmt: skip
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _check_config(out: Path, cfg: TrainConfig, log) -> None:
+    """A resumed run must use the same config (only `steps` may change), else its weights mean nothing."""
+    path = out / "train_config.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        new = cfg.to_dict()
+        for k in [f.name for f in fields(TrainConfig)]:
+            if k == "steps":
+                continue
+            if k not in old:
+                log(f"{path} predates option {k!r}; using {new[k]!r}")
+            elif old[k] != new[k]:
+                raise DiffdiscError(f"{out} was trained with {k}={old[k]!r}, now {k}={new[k]!r}; "
+                                    "use the same config to resume, or another output directory")  # fmt: skip
+    _write_json(path, cfg.to_dict())
+
+
+def _progress(total: int, done: int, enabled: bool):
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    p = Progress(
+        TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not enabled,
+    )  # fmt: skip
+    return p, p.add_task("train", total=total, completed=done, loss=float("nan"))
+
+
+def train(cfg: TrainConfig, out_dir: str | Path, max_minutes: float | None = None, log=print, quiet: bool = False) -> Path:
+    """Train (or resume) into out_dir: checkpoints/, train_config.json, model/; returns `out_dir/model`."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-    from diffusers import DDPMScheduler
     from safetensors.torch import load_file, save_file
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / "train_config.json"
-    if cfg_path.is_file():
-        old = json.loads(cfg_path.read_text())
-        new = cfg.to_dict()
-        diff = [k for k in sorted(set(old) | set(new)) if k != "steps" and old.get(k) != new.get(k)]
-        if diff:
-            raise DiffdiscError(f"{out} was trained with a different config ({diff[0]}: {old.get(diff[0])!r} there, "
-                                f"{new.get(diff[0])!r} now); use another output directory")  # fmt: skip
-    (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    with _locked(out / "train.lock", blocking=False):
+        _check_config(out, cfg, log)
+        set_seed(cfg.seed)
+        acc = Accelerator(cpu=not torch.cuda.is_available())
+        images, labels_all, names = load_training_data(cfg)
+        dhash, null = data_hash(images, labels_all), len(names)
+        model = build_model(cfg, len(names))
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warm = max(1, cfg.warmup_steps)
+        lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
+        model, opt, lr_sched = acc.prepare(model, opt, lr_sched)
+        raw = acc.unwrap_model(model)
+        ema = {k: v.detach().clone().float() for k, v in raw.state_dict().items()}
 
-    set_seed(cfg.seed)
-    acc = Accelerator(cpu=not torch.cuda.is_available())
-    x, y, names = load_training_data(cfg)
-    data_hash = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
-    model = build_model(cfg, len(names))
-    sched = DDPMScheduler(num_train_timesteps=1000, beta_schedule=cfg.beta_schedule, prediction_type="epsilon")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
-    model, opt, lr_sched = acc.prepare(model, opt, lr_sched)
-    ema = {k: v.detach().clone().float() for k, v in acc.unwrap_model(model).state_dict().items()}
+        step, wall_before, ckpts = 0, 0.0, _checkpoints(out)
+        if ckpts:
+            state = json.loads((ckpts[-1] / "step.json").read_text())
+            if state.get("data_hash", dhash) != dhash:
+                raise DiffdiscError(f"the training data changed since {ckpts[-1]} (data hash {dhash[:12]}, "
+                                    f"was {state['data_hash'][:12]}); use another output directory")  # fmt: skip
+            acc.load_state(str(ckpts[-1]))
+            ema = load_file(str(ckpts[-1] / "ema.safetensors"))
+            step, wall_before = state["step"], state.get("wall_time_s", 0.0)
+            log(f"resumed from {ckpts[-1].name}")
 
-    step = 0
-    ckpts = _checkpoints(out)
-    if ckpts:
-        acc.load_state(str(ckpts[-1]))
-        ema = load_file(str(ckpts[-1] / "ema.safetensors"))
-        step = json.loads((ckpts[-1] / "step.json").read_text())["step"]
-        log(f"resumed from {ckpts[-1].name}")
+        def save_checkpoint() -> None:
+            wall = wall_before + time.time() - t_start
+            final = out / "checkpoints" / f"step-{step:06d}"
+            tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            acc.save_state(str(tmp))  # model, optimizer, lr scheduler, RNG states
+            save_file(ema, str(tmp / "ema.safetensors"))
+            meta = {"step": step, "seed": cfg.seed, "data_order": DATA_ORDER, "data_hash": dhash,
+                    "class_names": names, "wall_time_s": round(wall, 1), "device": str(acc.device)}  # fmt: skip
+            (tmp / "step.json").write_text(json.dumps(meta, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in _checkpoints(out)[:-2]:
+                shutil.rmtree(old, ignore_errors=True)
+            for junk in (out / "checkpoints").glob(".tmp-step-*"):  # left by killed saves
+                if not _pid_alive(int(junk.name.rsplit("-", 1)[1])):
+                    shutil.rmtree(junk, ignore_errors=True)
+            export(out, ema, cfg, names, step, dhash, wall, device=str(acc.device))  # model/ is always fresh
 
-    def save_checkpoint():
-        final = out / "checkpoints" / f"step-{step:06d}"
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        acc.save_state(str(tmp))
-        save_file(ema, str(tmp / "ema.safetensors"))
-        (tmp / "step.json").write_text(json.dumps({"step": step}))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in _checkpoints(out)[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
-        export(out, ema, cfg, names, step, data_hash, time.time() - t_start)
-
-    t_start, t_log = time.time(), time.time()
-    ac = sched.alphas_cumprod
-    model.train()
-    while step < cfg.steps:
-        g = _step_generator(cfg.seed, step)
-        idx = torch.randint(0, len(x), (cfg.batch_size,), generator=g)
-        x0, labels = x[idx].to(acc.device), y[idx].clone()
-        labels[torch.rand(cfg.batch_size, generator=g) < cfg.cond_dropout] = len(names)  # null class (CFG)
-        t = torch.randint(0, 1000, (cfg.batch_size,), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
-        a = ac[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        pred = model(x_t.to(acc.device), t.to(acc.device), class_labels=labels.to(acc.device)).sample
-        loss = F.mse_loss(pred.float(), noise.to(acc.device))
-        acc.backward(loss)
-        opt.step()
-        lr_sched.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        with torch.no_grad():
-            for k, v in acc.unwrap_model(model).state_dict().items():
-                ema[k].mul_(cfg.ema_decay).add_(v.detach().float(), alpha=1 - cfg.ema_decay)
-        if not math.isfinite(loss.item()):
-            raise DiffdiscError(f"loss became {loss.item()} at step {step}; lower the learning rate")
-        if step % 20 == 0 or step == cfg.steps:
-            now = time.time()
-            log(f"step {step}/{cfg.steps} loss {loss.item():.4f} {(now - t_log) / 20:.2f} s/step")
-            t_log = now
-        out_of_time = max_minutes is not None and time.time() - t_start > max_minutes * 60
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
+        if step >= cfg.steps:
+            log(f"already trained to step {step} (steps={cfg.steps})")
+        ac = make_scheduler(cfg).alphas_cumprod
+        t_start = t_log = time.time()
+        losses: list[float] = []
+        bar, task = _progress(cfg.steps, step, enabled=not quiet and sys.stderr.isatty())
+        model.train()
+        with bar:
+            while step < cfg.steps:
+                g = _step_generator(cfg.seed, step)
+                idx = torch.randint(0, len(images), (cfg.batch_size,), generator=g)
+                x0 = images[idx].float() / 127.5 - 1
+                labels = labels_all[idx].clone()
+                labels[torch.rand(cfg.batch_size, generator=g) < cfg.cond_dropout] = null
+                t = torch.randint(0, len(ac), (cfg.batch_size,), generator=g)
+                noise = torch.randn(x0.shape, generator=g)
+                a = ac[t].view(-1, 1, 1, 1)
+                x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+                dev = acc.device
+                pred = model(x_t.to(dev), t.to(dev), class_labels=labels.to(dev)).sample
+                loss = F.mse_loss(pred.float(), noise.to(dev))
+                acc.backward(loss)
+                opt.step()
+                lr_sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                d = _ema_decay(cfg, step)
+                with torch.no_grad():
+                    for k, v in raw.state_dict().items():
+                        ema[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
+                losses.append(loss.item())
+                if not math.isfinite(losses[-1]):
+                    raise DiffdiscError(f"loss became {losses[-1]} at step {step}; lower the learning rate")
+                bar.update(task, completed=step, loss=losses[-1])
+                if step % LOG_EVERY == 0 or step == cfg.steps:
+                    now = time.time()
+                    log(f"step {step}/{cfg.steps} loss {sum(losses) / len(losses):.4f} "
+                        f"{(now - t_log) / len(losses):.2f} s/step")  # fmt: skip
+                    t_log, losses = now, []
+                out_of_time = max_minutes is not None and time.time() - t_start > max_minutes * 60
+                if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
+                    save_checkpoint()
+                if out_of_time:
+                    log(f"time limit reached at step {step}; rerun the same command to continue")
+                    break
+        if not (out / "model").is_dir():  # e.g. resumed a finished run whose model/ was deleted
             save_checkpoint()
-        if out_of_time:
-            log(f"time limit reached at step {step}; rerun to continue")
-            break
     return out / "model"
 
 
-def export(out: Path, ema: dict, cfg: TrainConfig, names: list[str], step: int, data_hash: str, wall: float) -> Path:
-    """EMA weights -> out/model (unet/, scheduler/, diffdisc.json), the layout `create_backbone` loads."""
+def export(out: Path, ema: dict, cfg: TrainConfig, names: list[str], step: int, data_hash: str | None,
+           wall: float, device: str = "cpu") -> Path:  # fmt: skip
+    """EMA weights -> out/model (unet/, scheduler/, diffdisc.json): the layout `ClassCondBackbone` loads."""
     import diffusers
-    from diffusers import DDPMScheduler
 
+    out = Path(out)
     model = build_model(cfg, len(names))
     model.load_state_dict({k: v.to(model.dtype) for k, v in ema.items()})
-    final, tmp = out / "model", out / "model.tmp"
+    final, tmp = out / "model", out / f".model.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp / "unet", safe_serialization=True)
-    DDPMScheduler(num_train_timesteps=1000, beta_schedule=cfg.beta_schedule).save_pretrained(tmp / "scheduler")
-    prev = json.loads((final / "diffdisc.json").read_text()) if (final / "diffdisc.json").is_file() else {}
+    make_scheduler(cfg).save_pretrained(tmp / "scheduler")
     meta = {
-        "class_names": names, "null_class": len(names), "recipe": cfg.recipe, "config": cfg.to_dict(),
-        "data_hash": data_hash, "steps": step, "wall_time_s": round(prev.get("wall_time_s", 0) + wall if prev.get("steps", 0) < step else wall, 1),
-        "device": "cuda" if torch.cuda.is_available() else "cpu", "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "ema_decay": cfg.ema_decay, "params": int(sum(p.numel() for p in model.parameters())),
+        "class_names": list(names), "null_class": len(names), "recipe": cfg.recipe, "config": cfg.to_dict(),
+        "data_hash": data_hash, "steps": step, "wall_time_s": round(wall, 1), "device": device,
+        "torch": torch.__version__, "diffusers": diffusers.__version__,
+        "params": int(sum(p.numel() for p in model.parameters())),
     }  # fmt: skip
     (tmp / "diffdisc.json").write_text(json.dumps(meta, indent=2))
-    old = out / "model.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    with _locked(out / "export.lock", blocking=True):  # the trainer and `export_checkpoint` may race
+        old = out / f".model.old-{os.getpid()}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        for junk in [*out.glob(".model.tmp-*"), *out.glob(".model.old-*")]:
+            if not _pid_alive(int(junk.name.rsplit("-", 1)[1])):
+                shutil.rmtree(junk, ignore_errors=True)
     return final
+
+
+def export_checkpoint(out_dir: str | Path) -> Path:
+    """Export the EMA weights of the latest checkpoint to out_dir/model; safe while training continues."""
+    from safetensors.torch import load_file
+
+    out = Path(out_dir)
+    ckpts = _checkpoints(out)
+    if not ckpts or not (out / "train_config.json").is_file():
+        raise DiffdiscError(f"{out} has no training checkpoint (expected {out / 'checkpoints' / 'step-*'})")
+    cfg = TrainConfig.from_dict(json.loads((out / "train_config.json").read_text()))
+    for ck in reversed(ckpts):  # the newest may be pruned by the trainer while we read it
+        try:
+            state = json.loads((ck / "step.json").read_text())
+            ema = load_file(str(ck / "ema.safetensors"))
+            break
+        except (OSError, ValueError):
+            continue
+    else:
+        raise DiffdiscError(f"no readable checkpoint in {out / 'checkpoints'}")
+    names = state.get("class_names")
+    if names is None:  # checkpoints written before class names were recorded
+        if cfg.data:
+            from ..data.folders import open_image_dataset
+
+            names = open_image_dataset(cfg.data).class_names
+        else:
+            from .fashion_mnist import CLASS_NAMES
+
+            names = list(CLASS_NAMES)
+    wall = state.get("wall_time_s", 0.0)
+    return export(out, ema, cfg, names, state["step"], state.get("data_hash"), wall, state.get("device", "cpu"))
+
+
+def main(argv: list[str]) -> None:
+    """`RECIPE OUT [key=value ...] [--max-minutes M] [--quiet]` or `export OUT` (no argparse: few options)."""
+    args = list(argv)
+    quiet = "--quiet" in args
+    args = [a for a in args if a != "--quiet"]
+    max_minutes = None
+    if "--max-minutes" in args:
+        i = args.index("--max-minutes")
+        max_minutes = float(args[i + 1])
+        del args[i : i + 2]
+    if len(args) < 2:
+        sys.exit(__doc__.split("\n\n")[-1])
+    if args[0] == "export":
+        print(export_checkpoint(args[1]))
+        return
+    overrides = {}
+    for kv in args[2:]:
+        k, _, v = kv.partition("=")
+        try:
+            overrides[k] = json.loads(v)
+        except json.JSONDecodeError:
+            overrides[k] = v
+    cfg = get_recipe(args[0], **overrides)
+    print(train(cfg, args[1], max_minutes=max_minutes, quiet=quiet, log=lambda m: print(m, flush=True)))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        main(sys.argv[1:])
+    except DiffdiscError as e:
+        sys.exit(f"error: {e}")
