@@ -1,9 +1,6 @@
 """Training recipe: a killed run resumes to the same weights, config changes are refused, exports load."""
 
 import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 from dataclasses import replace
 
 import numpy as np
@@ -17,6 +14,7 @@ from diffdisc.errors import DiffdiscError
 from diffdisc.world.recipes import get_recipe
 from diffdisc.world.train import export_checkpoint, train
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # conftest sets it too; hub look-ups would hang offline
 QUIET = {"log": lambda m: None, "quiet": True}
 
 
