@@ -47,7 +47,10 @@ def test_resume_gives_same_weights_as_uninterrupted(tmp_path, folder):
     assert any("resumed from step-000010" in m for m in logs)
     b = _weights(model_dir)
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == ["step-000015", "step-000020"]
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == [
+        "step-000015",
+        "step-000020",
+    ]
 
     bb = ClassCondBackbone.from_pretrained(model_dir)
     meta = bb.info.metadata

@@ -52,6 +52,23 @@ def _diff(a, b, prefix=""):
     return None if a == b else (prefix.rstrip("."), a, b)
 
 
+def read_records(shards_dir: Path) -> Iterator[dict]:
+    """All complete records from all shards (first occurrence of an image id wins; torn lines are skipped)."""
+    seen = set()
+    for shard in sorted(Path(shards_dir).glob("part-*.jsonl")):
+        with open(shard, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if rec["image_id"] not in seen:
+                    seen.add(rec["image_id"])
+                    yield rec
+
+
 class ResultStore:
     """Append-only shards keyed by image id, guarded by the run's settings."""
 
@@ -86,20 +103,7 @@ class ResultStore:
                 f.truncate(keep)
 
     def records(self) -> Iterator[dict]:
-        """All complete records from all shards (first occurrence of an image id wins)."""
-        seen = set()
-        for shard in sorted(self.shards.glob("part-*.jsonl")):
-            with open(shard, "rb") as f:
-                for line in f:
-                    if not line.endswith(b"\n"):
-                        break
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue
-                    if rec["image_id"] not in seen:
-                        seen.add(rec["image_id"])
-                        yield rec
+        return read_records(self.shards)
 
     def done(self) -> set[str]:
         return {r["image_id"] for r in self.records()}
@@ -129,9 +133,7 @@ class ClassificationResult:
         if not (run_dir / "run.json").is_file():
             raise DiffdiscError(f"{run_dir} is not a diffdisc run directory (no run.json)")
         settings = json.loads((run_dir / "run.json").read_text())
-        store = ResultStore.__new__(ResultStore)
-        store.shards = run_dir / "shards"
-        return cls(settings, list(store.records()))
+        return cls(settings, list(read_records(run_dir / "shards")))
 
     def __len__(self) -> int:
         return len(self.records)

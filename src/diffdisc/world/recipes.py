@@ -45,15 +45,25 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise DiffdiscError(f"unknown training config key {unknown[0]!r} (known: {', '.join(sorted(known))})")
+            raise DiffdiscError(
+                f"unknown training config key {unknown[0]!r} (known: {', '.join(sorted(known))})"
+            )
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 RECIPES = {
     "fmnist-classcond": TrainConfig(),
     # Tests and the random-weights demo fallback: 16x16, 2 levels, 20 steps, checkpoint every 5.
-    "tiny": TrainConfig(recipe="tiny", image_size=16, block_out_channels=(8, 16), attention_levels=(False, True),
-                        batch_size=8, steps=20, warmup_steps=2, checkpoint_every=5),  # fmt: skip
+    "tiny": TrainConfig(
+        recipe="tiny",
+        image_size=16,
+        block_out_channels=(8, 16),
+        attention_levels=(False, True),
+        batch_size=8,
+        steps=20,
+        warmup_steps=2,
+        checkpoint_every=5,
+    ),  # fmt: skip
 }
 
 

@@ -46,7 +46,9 @@ def load_training_data(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, li
 
         ds = open_image_dataset(cfg.data)
         if not ds.class_names or not len(ds):
-            raise DiffdiscError(f"{cfg.data}: training needs an ImageFolder (one subfolder of images per class)")
+            raise DiffdiscError(
+                f"{cfg.data}: training needs an ImageFolder (one subfolder of images per class)"
+            )
         names = list(ds.class_names)
         x = [to_tensor(open_image(it.path), cfg.image_size, cfg.channels) for it in ds.items]
         y = torch.tensor(ds.label_index(names))
@@ -180,7 +182,9 @@ def _progress(total: int, done: int, enabled: bool):
     return p, p.add_task("train", total=total, completed=done, loss=float("nan"))
 
 
-def train(cfg: TrainConfig, out_dir: str | Path, max_minutes: float | None = None, log=print, quiet: bool = False) -> Path:
+def train(
+    cfg: TrainConfig, out_dir: str | Path, max_minutes: float | None = None, log=print, quiet: bool = False
+) -> Path:
     """Train (or resume) into out_dir: checkpoints/, train_config.json, model/; returns `out_dir/model`."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -341,7 +345,9 @@ def export_checkpoint(out_dir: str | Path) -> Path:
 
             names = list(CLASS_NAMES)
     wall = state.get("wall_time_s", 0.0)
-    return export(out, ema, cfg, names, state["step"], state.get("data_hash"), wall, state.get("device", "cpu"))
+    return export(
+        out, ema, cfg, names, state["step"], state.get("data_hash"), wall, state.get("device", "cpu")
+    )
 
 
 def main(argv: list[str]) -> None:
