@@ -18,6 +18,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # conftest sets it too; hub look-u
 QUIET = {"log": lambda m: None, "quiet": True}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """On 2 shared cores, OpenMP threads spin-waiting for a busy core made these runs 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A synthetic ImageFolder: 3 classes x 4 RGB images of another size (resized by the recipe)."""

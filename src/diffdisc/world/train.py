@@ -146,14 +146,27 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _wall_time(out: Path, state: dict) -> float:
+    """Training seconds so far (checkpoints written before this was recorded: from the matching export)."""
+    if "wall_time_s" in state:
+        return state["wall_time_s"]
+    meta = out / "model" / "diffdisc.json"
+    prev = json.loads(meta.read_text()) if meta.is_file() else {}
+    return prev.get("wall_time_s", 0.0) if prev.get("steps") == state["step"] else 0.0
+
+
 def _check_config(out: Path, cfg: TrainConfig, log) -> None:
-    """A resumed run must use the same config (only `steps` may change), else its weights mean nothing."""
+    """A resumed run must use the same config, else its weights mean nothing.
+
+    Only keys that leave the weights of step s unchanged may differ (the lr schedule is warmup + constant,
+    so `steps` is one).
+    """
     path = out / "train_config.json"
     if path.is_file():
         old = json.loads(path.read_text())
         new = cfg.to_dict()
         for k in [f.name for f in fields(TrainConfig)]:
-            if k == "steps":
+            if k in ("steps", "checkpoint_every"):
                 continue
             if k not in old:
                 log(f"{path} predates option {k!r}; using {new[k]!r}")
@@ -213,7 +226,7 @@ def train(
                                     f"was {state['data_hash'][:12]}); use another output directory")  # fmt: skip
             acc.load_state(str(ckpts[-1]))
             ema = load_file(str(ckpts[-1] / "ema.safetensors"))
-            step, wall_before = state["step"], state.get("wall_time_s", 0.0)
+            step, wall_before = state["step"], _wall_time(out, state)
             log(f"resumed from {ckpts[-1].name}")
 
         def save_checkpoint() -> None:
@@ -344,7 +357,7 @@ def export_checkpoint(out_dir: str | Path) -> Path:
             from .fashion_mnist import CLASS_NAMES
 
             names = list(CLASS_NAMES)
-    wall = state.get("wall_time_s", 0.0)
+    wall = _wall_time(out, state)
     return export(
         out, ema, cfg, names, state["step"], state.get("data_hash"), wall, state.get("device", "cpu")
     )
