@@ -1,41 +1,81 @@
-"""Write the embedded data as ordinary files (ImageFolder), so users and the demo read what any dataset gives."""
+"""Write the embedded data as ordinary files (ImageFolder, captions.jsonl): users and the demo then read them
+exactly as they would read their own dataset.
+
+Files are written under a temporary name and renamed (a kill never leaves half a PNG), and a rerun leaves
+files whose bytes would not change untouched.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from ..errors import DiffdiscError
+
 
 def folder_name(name: str) -> str:
-    """'ankle boot' -> 'ankle_boot': safe on every filesystem; the mapping goes to classes.json."""
+    """'ankle boot' -> 'ankle_boot': safe on every filesystem; classes.json maps it back to the name."""
     return re.sub(r"[^0-9A-Za-z._-]+", "_", name).strip("._") or "class"
 
 
-def export_imagefolder(images: np.ndarray, labels: np.ndarray, class_names, out_dir: str | Path, ids=None) -> Path:
-    """PNG per image at out/<class>/<id>.png (lossless); existing files are kept, new ones written atomically."""
+def write_atomic(path: Path, data: bytes) -> bool:
+    """Write `data` to `path` via a temporary file and rename; False (nothing written) if already identical."""
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return True
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """Lossless PNG: uint8 [H, W] (grayscale) or [H, W, 3] (RGB)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def export_imagefolder(images: np.ndarray, labels: Sequence[int], class_names: Sequence[str], out_dir: str | Path,
+                       ids: Iterable[int] | None = None) -> Path:  # fmt: skip
+    """One PNG per image at `out_dir/<class folder>/<id>.png`, plus `classes.json` (folder -> class name)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    mapping = {folder_name(n): n for n in class_names}
-    (out / "classes.json").write_text(json.dumps(mapping, indent=2))
-    ids = ids if ids is not None else range(len(images))
+    folders = [folder_name(n) for n in class_names]
+    if len(set(folders)) != len(folders):
+        raise DiffdiscError(f"class names {list(class_names)} collide as folder names {folders}")
+    mapping = dict(zip(folders, class_names, strict=True))
+    write_atomic(out / "classes.json", json.dumps(mapping, indent=2).encode())
+    ids = range(len(images)) if ids is None else ids
     for img, y, i in zip(images, labels, ids, strict=True):
-        path = out / folder_name(class_names[int(y)]) / f"{int(i):05d}.png"
-        if path.is_file():
-            continue
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        Image.fromarray(np.asarray(img)).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        write_atomic(out / folders[int(y)] / f"{int(i):05d}.png", png_bytes(img))
+    return out
+
+
+def export_captions(scenes: Iterable, out_dir: str | Path) -> Path:
+    """Scenes as `images/<n>.png` + `captions.jsonl` (image, caption, labels, colours, positions, relation)."""
+    out = Path(out_dir)
+    lines = []
+    for n, s in enumerate(scenes):
+        name = f"images/{n:05d}.png"
+        write_atomic(out / name, png_bytes(s.image))
+        row = {"image": name, "caption": s.caption, "labels": [it.class_name for it in s.items],
+               "class_ids": [it.class_id for it in s.items], "colours": [it.colour for it in s.items],
+               "positions": [it.position for it in s.items], "relation": s.relation}  # fmt: skip
+        lines.append(json.dumps(row))
+    write_atomic(out / "captions.jsonl", "".join(line + "\n" for line in lines).encode())
     return out
 
 
 def export_shipped_test(out_dir: str | Path, per_class: int | None = None, seed: int = 0) -> Path:
-    """The shipped Fashion-MNIST test images (ids = test-set indices), optionally a seeded stratified subset."""
+    """The shipped Fashion-MNIST test images as an ImageFolder (ids = test-set indices), optionally a seeded
+    stratified subset of `per_class` per class."""
     from .fashion_mnist import CLASS_NAMES, load_shipped_subset, stratified_indices
 
     images, labels, indices = load_shipped_subset()
@@ -43,21 +83,3 @@ def export_shipped_test(out_dir: str | Path, per_class: int | None = None, seed:
         keep = stratified_indices(labels, per_class, seed)
         images, labels, indices = images[keep], labels[keep], indices[keep]
     return export_imagefolder(images, labels, CLASS_NAMES, out_dir, ids=indices)
-
-
-def export_scenes(scenes, sources: np.ndarray, out_dir: str | Path) -> Path:
-    """Scenes as `images/<n>.png` + `captions.jsonl` (image, caption, items), the captions-file layout."""
-    from .scenes import render
-
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    lines = []
-    for n, s in enumerate(scenes):
-        path = out / "images" / f"{n:05d}.png"
-        tmp = path.with_name(f".{path.name}.tmp")
-        Image.fromarray(render(s, sources)).save(tmp, format="PNG")
-        os.replace(tmp, path)
-        items = [{"class": i.name, "colour": i.colour, "position": i.position} for i in s.items]
-        lines.append(json.dumps({"image": f"images/{path.name}", "caption": s.caption, "items": items}))
-    (out / "captions.jsonl").write_text("\n".join(lines) + "\n")
-    return out

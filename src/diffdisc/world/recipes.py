@@ -12,9 +12,11 @@ class TrainConfig:
     """`fmnist-classcond`: class-conditional pixel UNet2DModel (2.8M params), 32x32 grayscale, cosine schedule.
 
     Documented CPU setting: `steps=2000`. Measured on the 2-core CPU at batch 128: ~2.1 s/step on an idle
-    machine (DESIGN.md: 1,139 steps in 40 min), so 2000 steps take ~70 min; 3.3-4.5 s/step when the
-    cores are shared with other jobs (measured in this project's shipped run). `layers_per_block=1` is the
-    size whose accuracy was measured (87.3%); 2 would be 4.0M params and ~1.45x slower per step.
+    machine (DESIGN.md: 1,139 steps in 40 min), so 2000 steps take ~70 min. Measured in the shipped run
+    with other jobs on the cores: 3.1-3.5 s/step beside light load, 5.6-9.7 s/step when test runs took
+    one to two cores (set OMP_WAIT_POLICY=PASSIVE there; spinning threads doubled it).
+    `layers_per_block=1` is the size whose accuracy was measured (87.3%); 2 would be 4.0M params and ~1.45x
+    slower per step.
     `data` is None for Fashion-MNIST (train split) or a user's ImageFolder (class names from folder names).
     """
 

@@ -2,120 +2,192 @@
 
 32x32 RGB on black: one item (28x28, centred) or two items (downscaled to 16x16, left and right), each tinted
 with a palette colour; captions such as "a red sneaker" or "a blue shirt to the left of a yellow bag".
-Scenes keep the index of their source items, so a probe can re-render the *same* items with colours or
-sides swapped and nothing else changed.
+A scene keeps its items' source pixels, so a probe can re-render the *same* items with colours or sides
+swapped and nothing else changed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
+from ..errors import DiffdiscError
 from .fashion_mnist import CLASS_NAMES
 
+SIZE = 32
 PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (255, 40, 40), "green": (40, 220, 40), "blue": (60, 90, 255), "yellow": (250, 230, 30),
     "purple": (170, 60, 230), "orange": (255, 140, 0), "cyan": (30, 220, 230), "white": (255, 255, 255),
 }  # fmt: skip
 COLOURS = tuple(PALETTE)
+RELATIONS = ("left of", "right of")
 
 
 def class_colour(class_id: int) -> str:
-    """The colour a class gets in colour-correlated training data (for cue-conflict probes)."""
+    """The colour a class gets in colour-correlated data, the cue that cue-conflict probes then contradict."""
     return COLOURS[class_id % len(COLOURS)]
 
 
-@dataclass(frozen=True)
-class Item:
-    source: int  # index into the source image array
+class Item(NamedTuple):
     class_id: int
+    class_name: str
     colour: str
     position: str  # "centre" | "left" | "right"
-
-    @property
-    def name(self) -> str:
-        return CLASS_NAMES[self.class_id]
+    source: int  # index of the item's image in the source array (provenance)
 
 
-@dataclass(frozen=True)
-class Scene:
-    items: tuple[Item, ...]
-    relation: str = "left of"  # how two-item captions are phrased: "left of" or "right of"
+def describe(items: Sequence[Item], relation: str = "left of", colours: bool = True) -> str:
+    """The caption of `items`; `colours=False` gives class-only captions ("a sneaker") for caption dropout."""
 
-    @property
-    def caption(self) -> str:
-        if len(self.items) == 1:
-            it = self.items[0]
-            return f"a {it.colour} {it.name}"
-        left, right = sorted(self.items, key=lambda i: i.position != "left")
-        a, b = (left, right) if self.relation == "left of" else (right, left)
-        return f"a {a.colour} {a.name} to the {self.relation.split()[0]} of a {b.colour} {b.name}"
+    def noun(it: Item) -> str:
+        return f"a {it.colour} {it.class_name}" if colours else f"a {it.class_name}"
+
+    if len(items) == 1:
+        return noun(items[0])
+    left, right = sorted(items, key=lambda it: it.position != "left")
+    a, b = (left, right) if relation == "left of" else (right, left)
+    return f"{noun(a)} to the {relation.split()[0]} of {noun(b)}"
 
 
 def tint(gray: np.ndarray, colour: str) -> np.ndarray:
-    """Grayscale intensity x RGB colour: the item's shape survives, only its hue changes."""
-    return (gray[..., None].astype(np.float32) / 255.0 * np.array(PALETTE[colour], np.float32)).round().astype(np.uint8)
+    """Grayscale intensity x RGB colour (exact integer rounding): shape is kept, only the hue changes."""
+    rgb = np.array(PALETTE[colour], np.uint32)
+    return ((gray[..., None].astype(np.uint32) * rgb + 127) // 255).astype(np.uint8)
 
 
-def render(scene: Scene, sources: np.ndarray, size: int = 32) -> np.ndarray:
-    canvas = np.zeros((size, size, 3), np.uint8)
-    for it in scene.items:
-        gray = sources[it.source]
+def render(items: Sequence[Item], sources: Sequence[np.ndarray], out: np.ndarray | None = None) -> np.ndarray:
+    """Draw items (with their 28x28 source pixels) on a black SIZE x SIZE canvas."""
+    canvas = np.zeros((SIZE, SIZE, 3), np.uint8) if out is None else out
+    half = SIZE // 2
+    for it, gray in zip(items, sources, strict=True):
         if it.position == "centre":
-            off = (size - gray.shape[0]) // 2
-            canvas[off : off + gray.shape[0], off : off + gray.shape[1]] = tint(gray, it.colour)
-        else:
-            half = size // 2
-            small = np.asarray(Image.fromarray(gray).resize((half, half), Image.BILINEAR))
-            x = 0 if it.position == "left" else half
-            y = (size - half) // 2
-            canvas[y : y + half, x : x + half] = np.maximum(canvas[y : y + half, x : x + half], tint(small, it.colour))
+            y = x = (SIZE - gray.shape[0]) // 2
+        else:  # area-averaging downscale: no ringing on the black background
+            gray = np.asarray(Image.fromarray(gray).resize((half, half), Image.Resampling.BOX))
+            y, x = (SIZE - half) // 2, 0 if it.position == "left" else half
+        canvas[y : y + gray.shape[0], x : x + gray.shape[1]] = tint(gray, it.colour)
     return canvas
 
 
-def generate_scenes(labels: np.ndarray, n: int, kind: str = "single", seed: int = 0, colour_correlation: float = 0.0,
-                    conflict: bool = False) -> list[Scene]:  # fmt: skip
-    """n seeded scenes over source items with `labels`.
+@dataclass(frozen=True, eq=False)
+class Scene:
+    image: np.ndarray  # uint8 [SIZE, SIZE, 3]
+    caption: str
+    items: tuple[Item, ...]
+    relation: str = "left of"  # how a pair's caption is phrased: "left of" or "right of"
+    sources: tuple[np.ndarray, ...] = field(default=(), repr=False)  # items' 28x28 pixels, for re-rendering
 
-    colour_correlation: probability that an item takes its class colour (else a uniform random colour).
-    conflict: never the class colour (test data for cue conflict).
+
+def make_scene(items: Sequence[Item], sources: Sequence[np.ndarray], relation: str = "left of",
+               out: np.ndarray | None = None) -> Scene:  # fmt: skip
+    """Render and caption `items`; `out` is an optional [SIZE, SIZE, 3] buffer to draw into."""
+    items = tuple(items)
+    return Scene(render(items, sources, out), describe(items, relation), items, relation, tuple(sources))
+
+
+@dataclass
+class SceneSet:
+    """Scenes plus their images stacked [n, SIZE, SIZE, 3] (each scene's image is a view into `images`)."""
+
+    images: np.ndarray
+    scenes: list[Scene]
+
+    @classmethod
+    def from_scenes(cls, scenes: Sequence[Scene]) -> SceneSet:
+        return cls(np.stack([s.image for s in scenes]), list(scenes))
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, i: int) -> Scene:
+        return self.scenes[i]
+
+    def __iter__(self) -> Iterator[Scene]:
+        return iter(self.scenes)
+
+    @property
+    def captions(self) -> list[str]:
+        return [s.caption for s in self.scenes]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class ids [n, items per scene] in item order (left before right as generated)."""
+        return np.array([[it.class_id for it in s.items] for s in self.scenes], np.int64)
+
+    @property
+    def colours(self) -> list[tuple[str, ...]]:
+        return [tuple(it.colour for it in s.items) for s in self.scenes]
+
+
+def _colour(rng: np.random.Generator, class_id: int, correlation: float, conflict: bool, avoid: str | None):
+    own = class_colour(class_id)
+    if not conflict and rng.random() < correlation:
+        return own  # kept even when it equals the other item's colour: the correlation is exact
+    options = [c for c in COLOURS if c != avoid and not (conflict and c == own)]
+    return options[rng.integers(len(options))]
+
+
+def generate_scenes(images: np.ndarray, labels: np.ndarray, n: int, kind: str = "single", seed: int = 0,
+                    colour_correlation: float = 0.0, conflict: bool = False,
+                    class_names: Sequence[str] = CLASS_NAMES) -> SceneSet:  # fmt: skip
+    """`n` scenes drawn with `seed` from source items (`images` uint8 [N, 28, 28], `labels` [N]).
+
+    colour_correlation: probability that an item takes its class colour, else a uniform random colour.
+    conflict: never the class colour (test data for a model trained with correlated colours).
+    A pair holds two different classes; its random colours differ, so swapping colours changes the image.
     """
     if kind not in ("single", "pair"):
-        raise ValueError(f"kind must be 'single' or 'pair', got {kind!r}")
+        raise DiffdiscError(f"scene kind must be 'single' or 'pair', got {kind!r}")
+    if not 0.0 <= colour_correlation <= 1.0 or (conflict and colour_correlation > 0):
+        raise DiffdiscError(f"colour_correlation must be in [0, 1] (0 if conflict), got {colour_correlation}")
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim != 3 or images.dtype != np.uint8 or len(images) != len(labels):
+        raise DiffdiscError(f"need uint8 images [N, H, W] and N labels, got {images.shape} and {labels.shape}")
+    if kind == "pair" and len(np.unique(labels)) < 2:
+        raise DiffdiscError("pair scenes need items of at least two classes")
     rng = np.random.default_rng(seed)
+    out = np.zeros((n, SIZE, SIZE, 3), np.uint8)
     scenes = []
-    for _ in range(n):
-        k = 1 if kind == "single" else 2
-        src = rng.choice(len(labels), size=k, replace=False)
-        if k == 2:
-            while labels[src[0]] == labels[src[1]]:
-                src[1] = rng.integers(len(labels))
-        items = []
-        for j, s in enumerate(src):
+    for i in range(n):
+        src = [int(rng.integers(len(labels)))]
+        if kind == "pair":
+            src.append(int(rng.integers(len(labels))))
+            while labels[src[1]] == labels[src[0]]:
+                src[1] = int(rng.integers(len(labels)))
+        positions = ("centre",) if kind == "single" else ("left", "right")
+        items: list[Item] = []
+        for s, pos in zip(src, positions, strict=True):
             cid = int(labels[s])
-            if conflict:
-                colour = rng.choice([c for c in COLOURS if c != class_colour(cid)])
-            elif rng.random() < colour_correlation:
-                colour = class_colour(cid)
-            else:
-                colour = rng.choice(COLOURS)
-            if k == 2 and j == 1:
-                while colour == items[0].colour:
-                    colour = rng.choice(COLOURS)
-            items.append(Item(int(s), cid, str(colour), "centre" if k == 1 else ("left", "right")[j]))
-        scenes.append(Scene(tuple(items), "left of" if k == 1 or rng.random() < 0.5 else "right of"))
-    return scenes
+            colour = _colour(rng, cid, colour_correlation, conflict, items[0].colour if items else None)
+            items.append(Item(cid, class_names[cid], colour, pos, s))
+        relation = RELATIONS[int(rng.integers(2))] if kind == "pair" else "left of"
+        scenes.append(make_scene(items, [images[s] for s in src], relation, out=out[i]))
+    return SceneSet(out, scenes)
+
+
+def _pair(scene: Scene) -> tuple[Item, Item]:
+    if len(scene.items) != 2 or len(scene.sources) != 2:
+        raise DiffdiscError("swaps need a two-item scene that kept its source pixels")
+    return scene.items  # type: ignore[return-value]
 
 
 def swap_colours(scene: Scene) -> Scene:
-    """Same items on the same sides, colours exchanged (attribute-binding probe)."""
-    a, b = scene.items
-    return replace(scene, items=(replace(a, colour=b.colour), replace(b, colour=a.colour)))
+    """Same items on the same sides, colours exchanged: an attribute-binding probe."""
+    a, b = _pair(scene)
+    items = (a._replace(colour=b.colour), b._replace(colour=a.colour))
+    return make_scene(items, scene.sources, scene.relation)
 
 
 def swap_sides(scene: Scene) -> Scene:
-    """Same coloured items, sides exchanged (spatial-relation probe)."""
+    """Same coloured items, sides exchanged: a spatial-relation probe.
+
+    The relation word flips too, so the caption keeps its word order and differs in "left"/"right" only.
+    """
     flip = {"left": "right", "right": "left"}
-    return replace(scene, items=tuple(replace(i, position=flip[i.position]) for i in scene.items))
+    items = tuple(it._replace(position=flip[it.position]) for it in _pair(scene))
+    relation = RELATIONS[1 - RELATIONS.index(scene.relation)]
+    return make_scene(items, scene.sources, relation)

@@ -146,15 +146,6 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def _wall_time(out: Path, state: dict) -> float:
-    """Training seconds so far (checkpoints written before this was recorded: from the matching export)."""
-    if "wall_time_s" in state:
-        return state["wall_time_s"]
-    meta = out / "model" / "diffdisc.json"
-    prev = json.loads(meta.read_text()) if meta.is_file() else {}
-    return prev.get("wall_time_s", 0.0) if prev.get("steps") == state["step"] else 0.0
-
-
 def _check_config(out: Path, cfg: TrainConfig, log) -> None:
     """A resumed run must use the same config, else its weights mean nothing.
 
@@ -226,7 +217,7 @@ def train(
                                     f"was {state['data_hash'][:12]}); use another output directory")  # fmt: skip
             acc.load_state(str(ckpts[-1]))
             ema = load_file(str(ckpts[-1] / "ema.safetensors"))
-            step, wall_before = state["step"], _wall_time(out, state)
+            step, wall_before = state["step"], state.get("wall_time_s", 0.0)
             log(f"resumed from {ckpts[-1].name}")
 
         def save_checkpoint() -> None:
@@ -357,7 +348,7 @@ def export_checkpoint(out_dir: str | Path) -> Path:
             from .fashion_mnist import CLASS_NAMES
 
             names = list(CLASS_NAMES)
-    wall = _wall_time(out, state)
+    wall = state.get("wall_time_s", 0.0)
     return export(
         out, ema, cfg, names, state["step"], state.get("data_hash"), wall, state.get("device", "cpu")
     )
