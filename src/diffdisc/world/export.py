@@ -26,7 +26,7 @@ def folder_name(name: str) -> str:
 
 
 def write_atomic(path: Path, data: bytes) -> bool:
-    """Write `data` to `path` via a temporary file and rename; False (nothing written) if already identical."""
+    """Write `data` via a temporary file and a rename; False (nothing written) if the file is identical."""
     if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,8 +43,10 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def export_imagefolder(images: np.ndarray, labels: Sequence[int], class_names: Sequence[str], out_dir: str | Path,
-                       ids: Iterable[int] | None = None) -> Path:  # fmt: skip
+def export_imagefolder(
+    images: np.ndarray, labels: Sequence[int], class_names: Sequence[str], out_dir: str | Path,
+    ids: Iterable[int] | None = None,
+) -> Path:  # fmt: skip
     """One PNG per image at `out_dir/<class folder>/<id>.png`, plus `classes.json` (folder -> class name)."""
     out = Path(out_dir)
     folders = [folder_name(n) for n in class_names]
@@ -59,7 +61,7 @@ def export_imagefolder(images: np.ndarray, labels: Sequence[int], class_names: S
 
 
 def export_captions(scenes: Iterable, out_dir: str | Path) -> Path:
-    """Scenes as `images/<n>.png` + `captions.jsonl` (image, caption, labels, colours, positions, relation)."""
+    """Scenes as `images/<n>.png` + `captions.jsonl` (image, caption, labels, class_ids, colours, ...)."""
     out = Path(out_dir)
     lines = []
     for n, s in enumerate(scenes):

@@ -1,4 +1,4 @@
-"""Training recipes: frozen, fully resolved configs, saved beside every run so a resume can refuse a change."""
+"""Training recipes: frozen, fully resolved configs, saved with every run so a resume can refuse a change."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from ..errors import DiffdiscError
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """`fmnist-classcond`: class-conditional pixel UNet2DModel (2.8M params), 32x32 grayscale, cosine schedule.
+    """`fmnist-classcond`: class-conditional pixel UNet2DModel (2.8M params), 32x32 grey, cosine schedule.
 
     Documented CPU setting: `steps=2000`. Measured on the 2-core CPU at batch 128: ~2.1 s/step on an idle
     machine (DESIGN.md: 1,139 steps in 40 min), so 2000 steps take ~70 min. Measured in the shipped run

@@ -44,7 +44,8 @@ def describe(items: Sequence[Item], relation: str = "left of", colours: bool = T
     """The caption of `items`; `colours=False` gives class-only captions ("a sneaker") for caption dropout."""
 
     def noun(it: Item) -> str:
-        return f"a {it.colour} {it.class_name}" if colours else f"a {it.class_name}"
+        words = f"{it.colour} {it.class_name}" if colours else it.class_name
+        return f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
 
     if len(items) == 1:
         return noun(items[0])
@@ -146,7 +147,9 @@ def generate_scenes(images: np.ndarray, labels: np.ndarray, n: int, kind: str = 
         raise DiffdiscError(f"colour_correlation must be in [0, 1] (0 if conflict), got {colour_correlation}")
     images, labels = np.asarray(images), np.asarray(labels)
     if images.ndim != 3 or images.dtype != np.uint8 or len(images) != len(labels):
-        raise DiffdiscError(f"need uint8 images [N, H, W] and N labels, got {images.shape} and {labels.shape}")
+        raise DiffdiscError(
+            f"need uint8 images [N, H, W] and N labels, got {images.shape} and {labels.shape}"
+        )
     if kind == "pair" and len(np.unique(labels)) < 2:
         raise DiffdiscError("pair scenes need items of at least two classes")
     rng = np.random.default_rng(seed)

@@ -213,8 +213,9 @@ def train(
         if ckpts:
             state = json.loads((ckpts[-1] / "step.json").read_text())
             if state.get("data_hash", dhash) != dhash:
-                raise DiffdiscError(f"the training data changed since {ckpts[-1]} (data hash {dhash[:12]}, "
-                                    f"was {state['data_hash'][:12]}); use another output directory")  # fmt: skip
+                was, now = state["data_hash"][:12], dhash[:12]
+                msg = f"the training data changed since {ckpts[-1]} (hash {now}, was {was})"
+                raise DiffdiscError(f"{msg}; use another output directory")
             acc.load_state(str(ckpts[-1]))
             ema = load_file(str(ckpts[-1] / "ema.safetensors"))
             step, wall_before = state["step"], state.get("wall_time_s", 0.0)
@@ -227,8 +228,15 @@ def train(
             shutil.rmtree(tmp, ignore_errors=True)
             acc.save_state(str(tmp))  # model, optimizer, lr scheduler, RNG states
             save_file(ema, str(tmp / "ema.safetensors"))
-            meta = {"step": step, "seed": cfg.seed, "data_order": DATA_ORDER, "data_hash": dhash,
-                    "class_names": names, "wall_time_s": round(wall, 1), "device": str(acc.device)}  # fmt: skip
+            meta = {
+                "step": step,
+                "seed": cfg.seed,
+                "data_order": DATA_ORDER,
+                "data_hash": dhash,
+                "class_names": names,
+                "wall_time_s": round(wall, 1),
+                "device": str(acc.device),
+            }
             (tmp / "step.json").write_text(json.dumps(meta, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
