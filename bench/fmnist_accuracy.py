@@ -1,9 +1,12 @@
 """Accuracy of a class-conditional model on a fixed, seeded, stratified subset of the real Fashion-MNIST test set.
 
     .venv/bin/python bench/fmnist_accuracy.py --model fmnist-classcond --per-class 20 --out runs/acc
+    .venv/bin/python bench/fmnist_accuracy.py --model fmnist-scenes-text --scenes --per-class 20
 
 Uses the shipped 1,000-image subset (100 per class) or, with --full-test, the Debian dataset's 10,000.
-Strategies are run on the same images with the same noise; prints a table and writes summary.json.
+`--scenes` renders each test image as a single-item scene in a seeded random palette colour (the text and
+contrastive models' input; prompts from class names only). Strategies run on the same images with the same
+noise; prints a table and writes summary.json.
 """
 
 from __future__ import annotations
@@ -32,10 +35,20 @@ def main():
     ap.add_argument("--strategies", default="exhaustive,halving,ttest")
     ap.add_argument("--dtype", default="fp32")
     ap.add_argument("--out", default="runs/acc")
+    ap.add_argument("--full-test", action="store_true", help="all 10,000 test images (Debian dataset)")
+    ap.add_argument("--scenes", action="store_true", help="coloured single-item scenes (text / contrastive models)")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--batch", type=int, default=128)
     args = ap.parse_args()
+    if args.full_test:
+        args.per_class = None
     out = Path(args.out)
-    data = export_shipped_test(out / f"data-{args.per_class}-{args.subset_seed}", args.per_class, args.subset_seed)
-    bb = create_backbone(args.model)
+    tag = "full" if args.full_test else f"{args.per_class}-{args.subset_seed}"
+    data = export_shipped_test(out / f"data-{tag}{'-scenes' if args.scenes else ''}", args.per_class,
+                               args.subset_seed, scenes=args.scenes, full=args.full_test)  # fmt: skip
+    bb = create_backbone(args.model, device=args.device)
+    if getattr(bb, "is_contrastive", False):
+        args.strategies = "exhaustive"  # one score per class: strategies do not apply
     configs = {
         "exhaustive": AdaptiveConfig(n_timesteps=args.timesteps),
         "halving": AdaptiveConfig(strategy="halving", stages=parse_stages(args.stages)),
@@ -44,8 +57,8 @@ def main():
     summary = {}
     for name in args.strategies.split(","):
         t0 = time.time()
-        res = classify(bb, data, adaptive=configs[name], score=ScoreConfig(batch_size=128, dtype=args.dtype),
-                       out=out / f"{name}-{args.per_class}-{args.dtype}", chunk_images=10)  # fmt: skip
+        res = classify(bb, data, adaptive=configs[name], score=ScoreConfig(batch_size=args.batch, dtype=args.dtype),
+                       out=out / f"{name}-{tag}-{args.dtype}", chunk_images=10 if args.device is None else 200)  # fmt: skip
         m = res.metrics()
         m["wall_s"] = time.time() - t0
         summary[name] = m
@@ -53,7 +66,7 @@ def main():
               f"ECE(ts) {m['ece_temperature_scaled']:.3f}  n {m['n_images']}  {m['wall_s']:.0f}s", flush=True)  # fmt: skip
     meta = bb.info.metadata
     summary["_model"] = {"name": args.model, "steps": meta.get("steps"), "fingerprint": bb.info.fingerprint}
-    (out / f"summary-{args.per_class}-{args.dtype}.json").write_text(json.dumps(summary, indent=2))
+    (out / f"summary-{tag}-{args.dtype}.json").write_text(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

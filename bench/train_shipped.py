@@ -1,12 +1,14 @@
-"""Train the shipped `fmnist-classcond` model in the background; rerun the same command to resume.
+"""Train a shipped model in the background, logging to OUT/train.log; rerun the same command to resume.
 
-    nohup .venv/bin/python bench/train_shipped.py [OUT] [STEPS] >/dev/null 2>&1 &
+    nohup .venv/bin/python bench/train_shipped.py RECIPE OUT STEPS [key=value ...] [--max-minutes M] >/dev/null 2>&1 &
     .venv/bin/python -m diffdisc.world.train export OUT     # latest checkpoint's EMA weights -> OUT/model
 
-Logs one line per 20 steps (step, mean loss, s/step) to OUT/train.log. Stop it with `kill PID` (the pid is in
-OUT/train.lock); at most `checkpoint_every` steps are lost.
+e.g. `bench/train_shipped.py fmnist-classcond /work/ckpt/fmnist-classcond 6000`. Logs one line per 20 steps
+(step, mean loss, s/step). Stop it with `kill PID` (the pid is in OUT/train.lock); at most `checkpoint_every`
+steps are lost. `bench/gpu_train.sh` runs the three shipped recipes this way on a GPU machine.
 """
 
+import json
 import os
 import sys
 import time
@@ -22,17 +24,26 @@ from diffdisc.world.train import train  # noqa: E402
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "/work/ckpt/fmnist-classcond")
-    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 6000
+    args = sys.argv[1:]
+    max_minutes = None
+    if "--max-minutes" in args:
+        i = args.index("--max-minutes")
+        max_minutes = float(args[i + 1])
+        del args[i : i + 2]
+    if len(args) < 3:
+        sys.exit(__doc__)
+    recipe, out, steps = args[0], Path(args[1]), int(args[2])
+    overrides = {k: json.loads(v) for k, _, v in (a.partition("=") for a in args[3:])}
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "train.log", "a", buffering=1) as f:
 
         def log(msg: str) -> None:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
 
-        log(f"start pid {os.getpid()} steps={steps} OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
+        log(f"start pid {os.getpid()} {recipe} steps={steps} {overrides} OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
         try:
-            train(get_recipe("fmnist-classcond", steps=steps, checkpoint_every=100), out, log=log, quiet=True)
+            cfg = get_recipe(recipe, steps=steps, **overrides)
+            train(cfg, out, max_minutes=max_minutes, log=log, quiet=True)
             log("done")
         except BaseException as e:
             log(f"stopped: {type(e).__name__}: {e}")

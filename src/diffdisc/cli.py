@@ -59,6 +59,8 @@ def classify(
     weighting: Annotated[str, typer.Option(help="uniform | clark | min_snr")] = "uniform",
     batch_size: Annotated[int, typer.Option(help="U-Net batch size.")] = 64,
     dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (autocast)")] = "fp32",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser (GPU: worth it).")] = False,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC activations.")] = False,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory (resumable).")] = None,
     labels: Annotated[Path | None, typer.Option(help="CSV image,label for a flat folder.")] = None,
@@ -79,7 +81,8 @@ def classify(
     from .scoring.config import AdaptiveConfig, ScoreConfig, parse_stages
     from .tasks.classify import classify as run
 
-    score = ScoreConfig(loss=loss, weighting=weighting, batch_size=batch_size, dtype=dtype, seed=seed)
+    score = ScoreConfig(loss=loss, weighting=weighting, batch_size=batch_size, dtype=dtype, seed=seed,
+                        compile=compile, channels_last=channels_last)
     adaptive = AdaptiveConfig(strategy=strategy, n_timesteps=timesteps, timesteps=timestep_schedule, stages=parse_stages(stages),
                               min_scores=min_scores, max_scores=max_scores, p_value=p_value)  # fmt: skip
     if not 0 <= rank < world_size:
@@ -198,6 +201,106 @@ def demo(
     if r["banner"]:
         Console().print(f"[bold red]{r['banner']}[/]")
     typer.echo(f"report: {r['page']}")
+
+
+def _fmt(m: dict) -> str:
+    return f"{m['mean']:.1%} [{m['ci95'][0]:.1%}, {m['ci95'][1]:.1%}]"
+
+
+@app.command(epilog="Example: diffdisc match --model fmnist-scenes-text --groups groups.jsonl --out runs/match")
+def match(
+    model: Annotated[str, typer.Option(help="Shipped name or model directory (diffusion or open_clip).")],
+    groups: Annotated[Path, typer.Option(help="groups.jsonl / .csv (images + captions), or a Winoground dir.")],
+    out: Annotated[Path, typer.Option(help="Run directory (resumable).")] = Path("runs/match"),
+    timesteps: Annotated[int, typer.Option(help="Evenly spaced timesteps per pair.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="U-Net batch size.")] = 64,
+    dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16")] = "fp32",
+    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+):
+    """Score every (image, caption) pair of each group: Winoground text/image/group scores, R@1/R@5."""
+    _quiet_libraries()
+    from .backbones.registry import create_backbone
+    from .data.groups import load_groups
+    from .progress import classify_progress
+    from .scoring.config import ScoreConfig
+    from .tasks.match import match as run
+
+    gs = load_groups(groups)
+    bb = create_backbone(model, device=device)
+    with classify_progress("match", enabled=not as_json) as cb:
+        run(bb, gs, score=ScoreConfig(batch_size=batch_size, dtype=dtype, seed=seed), n_timesteps=timesteps, out=out, progress=cb)
+    m = json.loads((out / "metrics.json").read_text())
+    if as_json:
+        typer.echo(json.dumps(m, indent=2))
+        return
+    for k, v in m.items():
+        if isinstance(v, dict) and "mean" in v:
+            typer.echo(f"{k:10s} {_fmt(v)}")
+    typer.echo(f"results: {out}")
+
+
+@app.command(epilog="Example: diffdisc probe binding spatial --model fmnist-scenes-text --model fmnist-scenes-clip")
+def probe(
+    names: Annotated[list[str] | None, typer.Argument(help="binding | spatial | object | colour (default: all)")] = None,
+    model: Annotated[list[str] | None, typer.Option(help="Model(s) to compare; repeat the option.")] = None,
+    n: Annotated[int, typer.Option(help="Groups per probe.")] = 200,
+    seed: Annotated[int, typer.Option(help="Probe generation seed.")] = 0,
+    timesteps: Annotated[int, typer.Option(help="Timesteps per pair (diffusion).")] = 20,
+    out: Annotated[Path, typer.Option(help="Where runs go (resumable).")] = Path("runs/probes"),
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
+):
+    """Compositional probes (attribute binding, spatial relation, object/colour-swap controls), diffusion vs
+    contrastive, with chance levels and bootstrap 95% intervals."""
+    _quiet_libraries()
+    from rich.console import Console
+    from rich.table import Table
+
+    from .backbones.registry import create_backbone
+    from .progress import classify_progress
+    from .tasks.probe import run_probes
+
+    models = [create_backbone(m, device=device) for m in (model or ["fmnist-scenes-text", "fmnist-scenes-clip"])]
+    rows = run_probes(models, names or None, n=n, seed=seed, n_timesteps=timesteps, out=out,
+                      progress_factory=None if as_json else (lambda d: classify_progress(d)))  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    t = Table(title=f"probes (n={n}, seed={seed}; chance: text 25%, image 25%, group 16.7%)")
+    for h in ("probe", "model", "kind", "text score", "image score", "group score", "calls/group"):
+        t.add_column(h)
+    for r in rows:
+        t.add_row(r["probe"], r["model"], r["kind"], _fmt(r["text"]), _fmt(r["image"]), _fmt(r["group"]),
+                  f"{r['calls_per_group']:.0f}")  # fmt: skip
+    Console().print(t)
+
+
+@app.command(epilog="Examples: diffdisc sample fmnist-classcond --out samples.png\n\n"
+                    "diffdisc sample fmnist-scenes-text --captions 'a red sneaker;a blue bag to the left of a white shirt'")
+def sample(
+    model: Annotated[str, typer.Argument(help="Shipped name or model directory (class- or text-conditional).")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("samples.png"),
+    classes: Annotated[str | None, typer.Option(help="Comma-separated classes (default: the model's).")] = None,
+    captions: Annotated[str | None, typer.Option(help="Semicolon-separated captions (text models).")] = None,
+    per_row: Annotated[int, typer.Option(help="Samples per class / caption.")] = 8,
+    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 50,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (1 = none).")] = 3.0,
+    scheduler: Annotated[str, typer.Option(help="ddim | dpm | euler | ddpm")] = "ddim",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+):
+    """Draw a labelled grid of samples, to see what a diffusion model has learned before using it as a classifier."""
+    _quiet_libraries()
+    from .backbones.registry import create_backbone
+    from .tasks.sample import sample_grid
+
+    bb = create_backbone(model, device=device)
+    if getattr(bb, "is_contrastive", False):
+        raise DiffdiscError(f"{model} is a contrastive model: it cannot generate images")
+    keys = [c.strip() for c in captions.split(";")] if captions else _split(classes)
+    typer.echo(f"wrote {sample_grid(bb, keys, per_row, guidance=guidance, steps=steps, scheduler=scheduler, seed=seed, out=out)}")
 
 
 @app.command()

@@ -85,6 +85,16 @@ class Backbone(nn.Module):
         return images
 
     @torch.inference_mode()
+    def decode(self, x0: torch.Tensor) -> torch.Tensor:
+        """Inverse of `encode`: the model's space -> images in [-1, 1] (sampling, visualisation)."""
+        vae = getattr(self, "vae", None)
+        if vae is None:
+            return x0.float().clamp(-1, 1)
+        cfg = vae.config
+        lat = x0 / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
+        return vae.decode(lat.to(vae.dtype)).sample.float().clamp(-1, 1)
+
+    @torch.inference_mode()
     def conditions(self, candidates: list) -> torch.Tensor:
         """Conditions for candidates (prompts or class ids), stacked on dim 0 and cached per candidate."""
         missing = [c for c in dict.fromkeys(candidates) if c not in self._cond_cache]

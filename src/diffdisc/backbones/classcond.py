@@ -25,6 +25,7 @@ class ClassCondBackbone(Backbone):
     def __init__(self, model, scheduler, vae=None, name="classcond", root: Path | None = None, class_names=(), null_class=None):
         super().__init__(alphas_cumprod_from_scheduler(scheduler), scheduler.config.get("prediction_type", "epsilon"))
         self.model, self.vae = model, vae
+        self.scheduler_config = dict(scheduler.config)
         self.is_dit = not hasattr(model.config, "num_class_embeds")
         meta = read_metadata(root) if root else {}
         class_names = tuple(meta.get("class_names", class_names))

@@ -49,7 +49,10 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
 
 
 def detect_family(root: Path) -> str:
-    """'sd' (text-conditional, SD layout) or 'classcond' (UNet2DModel with class embeddings, or DiT)."""
+    """'sd' (text-conditional, SD layout), 'classcond' (UNet2DModel with class embeddings, or DiT) or 'clip'
+    (an open_clip `local-dir:` model: the contrastive baseline)."""
+    if (root / "open_clip_config.json").is_file():
+        return "clip"
     if (root / "unet").is_dir() and (root / "text_encoder").is_dir():
         return "sd"
     if (root / "transformer").is_dir():
@@ -62,8 +65,8 @@ def detect_family(root: Path) -> str:
         if cls == "UNet2DConditionModel":
             return "sd"
     raise DiffdiscError(
-        f"{root} is not a recognised diffusion model directory (expected unet/+text_encoder/ (Stable Diffusion), "
-        "unet/ or config.json of a UNet2DModel, or transformer/ (DiT))"
+        f"{root} is not a recognised model directory (expected unet/+text_encoder/ (Stable Diffusion), "
+        "unet/ or config.json of a UNet2DModel, transformer/ (DiT), or open_clip_config.json (open_clip))"
     )
 
 
@@ -77,6 +80,10 @@ def create_backbone(name_or_path: str | os.PathLike, device: str | None = None) 
             from .sd import SDBackbone
 
             bb = SDBackbone.from_pretrained(root, name=name)
+        elif family == "clip":
+            from .contrastive import ContrastiveModel
+
+            bb = ContrastiveModel.from_pretrained(root, name=name)
         else:
             from .classcond import ClassCondBackbone
 

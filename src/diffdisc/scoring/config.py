@@ -22,6 +22,8 @@ class ScoreConfig:
     error of the clipped x̂0), `min_snr` (ε-error × min(SNR, 5) / SNR).
     noise: `image` draws ε per (image, t) (shared by all candidates); `global` shares one bank across
     images, as the official Winoground and Discffusion code.
+    compile / channels_last: speed options (torch.compile of the denoiser; NHWC activations). They change
+    no formula, only kernels, so errors may differ in the last bits.
     """
 
     loss: str = "l2"
@@ -32,6 +34,8 @@ class ScoreConfig:
     noise: str = "image"
     min_snr_gamma: float = 5.0
     clark_rate: float = 7.0
+    compile: bool = False
+    channels_last: bool = False
 
     def __post_init__(self):
         _check("loss", self.loss, LOSSES)

@@ -57,6 +57,12 @@ class ScoringEngine:
             self._autocast = lambda: torch.autocast(dev, dtype=_AUTOCAST[self.config.dtype])
         else:
             self._autocast = contextlib.nullcontext
+        self._memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        if self.config.channels_last:
+            backbone.to(memory_format=torch.channels_last)
+        self._predict = backbone.predict_eps
+        if self.config.compile:  # fixed batch shapes: the last, smaller batch compiles once more
+            self._predict = torch.compile(backbone.predict_eps, dynamic=False)
 
     # ------------------------------------------------------------------ noise
     def noise(self, keys: list[str], ts: list[int], shape: tuple[int, ...]) -> torch.Tensor:
@@ -96,8 +102,10 @@ class ScoringEngine:
         """Per-sample weighted error (B,) - the number a diffusion classifier scores."""
         bb, cfg = self.backbone, self.config
         x_t = bb.add_noise(x0, eps, t)
+        if x_t.ndim == 4:
+            x_t = x_t.contiguous(memory_format=self._memory_format)
         with self._autocast():
-            eps_hat = bb.predict_eps(x_t, t, cond)
+            eps_hat = self._predict(x_t, t, cond)
         if not torch.isfinite(eps_hat).all():
             raise DiffdiscError(
                 "the model produced NaN/inf predictions (try --dtype fp32, or check the weights)"

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..backbones.base import Backbone
+from ..backbones.contrastive import contrastive_image_scores
 from ..data.folders import ImageDataset, Item, open_image_dataset
 from ..data.images import open_image, to_tensor
 from ..data.templates import resolve_templates
@@ -99,7 +100,8 @@ def classify(
     store = ResultStore(out, settings, rank=rank)
     done = store.done()
     todo = [(i, it, y) for i, (it, y) in items if i % world_size == rank and it.image_id not in done]
-    engine = ScoringEngine(backbone, score)
+    contrastive = getattr(backbone, "is_contrastive", False)
+    engine = None if contrastive else ScoringEngine(backbone, score)
     conds = backbone.conditions(cand.keys)
     stats = {"done": len(done), "total": len(items), "calls": 0, "correct": 0, "labelled": 0, "images": 0, "start": time.time(), "skipped": []}
     for s in range(0, len(todo), chunk_images):
@@ -108,7 +110,11 @@ def classify(
         if not kept:
             continue
         x0 = backbone.encode(torch.stack(tensors))
-        res = evaluate(engine, x0, [it.image_id for _, it, _ in kept], conds, adaptive, cand.groups)
+        keys = [it.image_id for _, it, _ in kept]
+        if contrastive:
+            res = contrastive_image_scores(backbone, x0, keys, conds, cand.groups)
+        else:
+            res = evaluate(engine, x0, keys, conds, adaptive, cand.groups)
         records = []
         for (i, it, y), r in zip(kept, res, strict=True):
             records.append({

@@ -75,13 +75,29 @@ def export_captions(scenes: Iterable, out_dir: str | Path) -> Path:
     return out
 
 
-def export_shipped_test(out_dir: str | Path, per_class: int | None = None, seed: int = 0) -> Path:
-    """The shipped Fashion-MNIST test images as an ImageFolder (ids = test-set indices), optionally a seeded
-    stratified subset of `per_class` per class."""
-    from .fashion_mnist import CLASS_NAMES, load_shipped_subset, stratified_indices
+SCENE_COLOUR_SEED = 12345  # test images' colours as scenes: fixed, so every run sees the same test set
 
-    images, labels, indices = load_shipped_subset()
+
+def export_shipped_test(out_dir: str | Path, per_class: int | None = None, seed: int = 0, scenes: bool = False,
+                        full: bool = False) -> Path:  # fmt: skip
+    """Real Fashion-MNIST test images as an ImageFolder (ids = test-set indices).
+
+    The shipped 1,000 (or, with `full`, all 10,000 from the Debian dataset), optionally a seeded stratified
+    subset of `per_class` per class; `scenes` shows each as a one-item scene in a seeded random palette
+    colour, the input of the text-conditional and contrastive models.
+    """
+    from .fashion_mnist import CLASS_NAMES, load_fashion_mnist, load_shipped_subset, stratified_indices
+
+    if full:
+        images, labels = load_fashion_mnist("test")
+        indices = np.arange(len(labels))
+    else:
+        images, labels, indices = load_shipped_subset()
     if per_class:
         keep = stratified_indices(labels, per_class, seed)
         images, labels, indices = images[keep], labels[keep], indices[keep]
+    if scenes:
+        from .scenes import single_scenes
+
+        images = single_scenes(images, labels, seed=SCENE_COLOUR_SEED).images
     return export_imagefolder(images, labels, CLASS_NAMES, out_dir, ids=indices)

@@ -21,6 +21,7 @@ class TrainConfig:
     """
 
     recipe: str = "fmnist-classcond"
+    kind: str = "classcond"  # classcond | text (UNet2DConditionModel + CLIPTextModel) | clip (open_clip)
     data: str | None = None
     image_size: int = 32
     channels: int = 1
@@ -38,6 +39,19 @@ class TrainConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     checkpoint_every: int = 100
     seed: int = 0
+    # text / clip recipes: scenes drawn from the Fashion-MNIST train split (when `data` is None)
+    scenes: int = 0
+    pair_fraction: float = 0.5  # share of two-item scenes
+    class_only_p: float = 0.0  # captions without colour words ("a sneaker"): class-name prompts in-distribution
+    max_length: int = 20  # tokens incl. <bos>/<eos>
+    text_width: int = 128
+    text_layers: int = 3
+    text_heads: int = 4
+    # clip: ViT image tower on 32x32 (patch 4 -> 64 tokens)
+    vision_width: int = 128
+    vision_layers: int = 4
+    patch_size: int = 4
+    embed_dim: int = 128
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -53,8 +67,20 @@ class TrainConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+_TEXT = dict(
+    kind="text", channels=3, scenes=60000, class_only_p=0.2, attention_levels=(False, True, True),
+    block_out_channels=(32, 64, 128), steps=4000,
+)  # fmt: skip
+_CLIP = dict(kind="clip", channels=3, scenes=60000, class_only_p=0.2, batch_size=256, lr=5e-4, warmup_steps=200,
+             weight_decay=0.1, cond_dropout=0.0, steps=4000, ema_decay=0.998)  # fmt: skip
+
 RECIPES = {
     "fmnist-classcond": TrainConfig(),
+    # Text-conditional pixel U-Net with cross-attention + a small CLIP text encoder, trained jointly on scenes
+    # ("a red sneaker", "a blue shirt to the left of a yellow bag"); cond_dropout -> empty caption (CFG).
+    "fmnist-scenes-text": TrainConfig(recipe="fmnist-scenes-text", **_TEXT),
+    # The contrastive baseline on the same scenes and captions: open_clip ViT + text transformer, InfoNCE.
+    "fmnist-scenes-clip": TrainConfig(recipe="fmnist-scenes-clip", **_CLIP),
     # Tests and the random-weights demo fallback: 16x16, 2 levels, 20 steps, checkpoint every 5.
     "tiny": TrainConfig(
         recipe="tiny",
@@ -65,6 +91,16 @@ RECIPES = {
         steps=20,
         warmup_steps=2,
         checkpoint_every=5,
+    ),  # fmt: skip
+    "tiny-text": TrainConfig(
+        recipe="tiny-text", kind="text", channels=3, scenes=64, image_size=16, block_out_channels=(8, 16),
+        attention_levels=(False, True), batch_size=8, steps=6, warmup_steps=2, checkpoint_every=3,
+        text_width=16, text_layers=1, text_heads=2, class_only_p=0.2,
+    ),  # fmt: skip
+    "tiny-clip": TrainConfig(
+        recipe="tiny-clip", kind="clip", channels=3, scenes=64, image_size=16, batch_size=8, steps=6,
+        warmup_steps=2, checkpoint_every=3, text_width=16, text_layers=1, text_heads=2, vision_width=16,
+        vision_layers=1, embed_dim=16, cond_dropout=0.0, class_only_p=0.2,
     ),  # fmt: skip
 }
 

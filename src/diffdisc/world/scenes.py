@@ -194,3 +194,21 @@ def swap_sides(scene: Scene) -> Scene:
     items = tuple(it._replace(position=flip[it.position]) for it in _pair(scene))
     relation = RELATIONS[1 - RELATIONS.index(scene.relation)]
     return make_scene(items, scene.sources, relation)
+
+
+def single_scenes(images: np.ndarray, labels: np.ndarray, seed: int = 0,
+                  class_names: Sequence[str] = CLASS_NAMES) -> SceneSet:  # fmt: skip
+    """Every image, in order, as a one-item scene in a seeded uniformly random palette colour.
+
+    How real test images are shown to the text-conditional and contrastive models: the pixels are the test
+    set's, only tinted and placed as in training scenes.
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(len(COLOURS), size=len(images))
+    out = np.zeros((len(images), SIZE, SIZE, 3), np.uint8)
+    scenes = []
+    for i, (img, y, c) in enumerate(zip(images, labels, colours, strict=True)):
+        item = Item(int(y), class_names[int(y)], COLOURS[c], "centre", i)
+        scenes.append(make_scene([item], [img], out=out[i]))
+    return SceneSet(out, scenes)

@@ -1,4 +1,7 @@
-"""One readable training loop for the class-conditional models (nanoGPT style): accelerate, EMA, resumable.
+"""One readable training loop for every shipped model (nanoGPT style): accelerate, EMA, resumable.
+
+What differs between the class-conditional U-Net, the text-conditional U-Net and the contrastive model (data,
+module, loss, saved layout) lives in `objectives.py`.
 
 Every random draw of step s (batch indices, label dropout, t, noise) comes from a generator seeded by
 (seed, s), so a run killed and resumed from a checkpoint ends with the same weights as one that never
@@ -13,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -25,70 +27,12 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import DiffdiscError
+from .objectives import DATA_ORDER, make_objective
 from .recipes import TrainConfig, get_recipe
 
 LOG_EVERY = 20
-DATA_ORDER = "per step s: Generator(seed*1000003+s) draws batch indices (with replacement), dropout, t, noise"
-
-
-def load_training_data(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(images uint8 [N, C, S, S], labels [N], class names), through the inference preprocessing.
-
-    Kept as uint8 (4x less memory than float): `u8 / 127.5 - 1` is bit-identical to what `to_tensor` gives.
-    """
-    from ..data.images import array_to_tensor, open_image, to_tensor
-
-    if cfg.data:
-        from ..data.folders import open_image_dataset
-
-        ds = open_image_dataset(cfg.data)
-        if not ds.class_names or not len(ds):
-            raise DiffdiscError(
-                f"{cfg.data}: training needs an ImageFolder (one subfolder of images per class)"
-            )
-        names = list(ds.class_names)
-        x = [to_tensor(open_image(it.path), cfg.image_size, cfg.channels) for it in ds.items]
-        y = torch.tensor(ds.label_index(names))
-    else:
-        from .fashion_mnist import CLASS_NAMES, load_fashion_mnist, load_shipped_subset
-
-        if cfg.recipe == "tiny":  # no system dataset needed: 64 shipped test images
-            imgs, labels, _ = load_shipped_subset()
-            imgs, labels = imgs[:64], labels[:64]
-        else:
-            imgs, labels = load_fashion_mnist("train")
-        names = list(CLASS_NAMES)
-        x = [array_to_tensor(a, cfg.image_size, cfg.channels) for a in imgs]
-        y = torch.from_numpy(labels)
-    return ((torch.stack(x) + 1) * 127.5).round().to(torch.uint8), y.long(), names
-
-
-def data_hash(x: torch.Tensor, y: torch.Tensor) -> str:
-    """sha256 of the preprocessed training arrays: ties shipped weights to the exact data they saw."""
-    return hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()
-
-
-def build_model(cfg: TrainConfig, n_classes: int):
-    """UNet2DModel with n_classes + 1 class embeddings (the last one is the CFG null class)."""
-    from diffusers import UNet2DModel
-
-    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention_levels)
-    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention_levels))
-    return UNet2DModel(
-        sample_size=cfg.image_size, in_channels=cfg.channels, out_channels=cfg.channels,
-        block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
-        down_block_types=down, up_block_types=up, num_class_embeds=n_classes + 1,
-        norm_num_groups=min(32, cfg.block_out_channels[0]),
-    )  # fmt: skip
-
-
-def make_scheduler(cfg: TrainConfig):
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule=cfg.beta_schedule, prediction_type="epsilon")
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -199,9 +143,9 @@ def train(
         _check_config(out, cfg, log)
         set_seed(cfg.seed)
         acc = Accelerator(cpu=not torch.cuda.is_available())
-        images, labels_all, names = load_training_data(cfg)
-        dhash, null = data_hash(images, labels_all), len(names)
-        model = build_model(cfg, len(names))
+        obj = make_objective(cfg)
+        dhash = obj.data_hash
+        model = obj.build()
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(1, cfg.warmup_steps)
         lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
@@ -217,7 +161,7 @@ def train(
                 msg = f"the training data changed since {ckpts[-1]} (hash {now}, was {was})"
                 raise DiffdiscError(f"{msg}; use another output directory")
             acc.load_state(str(ckpts[-1]))
-            ema = load_file(str(ckpts[-1] / "ema.safetensors"))
+            ema = {k: v.to(acc.device) for k, v in load_file(str(ckpts[-1] / "ema.safetensors")).items()}
             step, wall_before = state["step"], state.get("wall_time_s", 0.0)
             log(f"resumed from {ckpts[-1].name}")
 
@@ -226,18 +170,18 @@ def train(
             final = out / "checkpoints" / f"step-{step:06d}"
             tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
-            acc.save_state(str(tmp))  # model, optimizer, lr scheduler, RNG states
-            save_file(ema, str(tmp / "ema.safetensors"))
-            meta = {
-                "step": step,
-                "seed": cfg.seed,
-                "data_order": DATA_ORDER,
-                "data_hash": dhash,
-                "class_names": names,
-                "wall_time_s": round(wall, 1),
-                "device": str(acc.device),
-            }
-            (tmp / "step.json").write_text(json.dumps(meta, indent=2))
+            meta = {"step": step, "seed": cfg.seed, "data_order": DATA_ORDER, "data_hash": dhash,
+                    "wall_time_s": round(wall, 1), "device": str(acc.device)}  # fmt: skip
+            try:
+                acc.save_state(str(tmp))  # model, optimizer, lr scheduler, RNG states
+                save_file(ema, str(tmp / "ema.safetensors"))
+                (tmp / "step.json").write_text(json.dumps(meta, indent=2))
+            except OSError as e:  # disk full, quota, ...: the last complete checkpoint stays as it was
+                shutil.rmtree(tmp, ignore_errors=True)
+                last = _checkpoints(out)
+                kept = f"{last[-1].name} is intact" if last else "no earlier checkpoint exists"
+                raise DiffdiscError(f"cannot write checkpoint step {step} in {out}: {e.strerror or e}; {kept}; "
+                                    "free space and rerun the same command to resume") from e  # fmt: skip
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             for old in _checkpoints(out)[:-2]:
@@ -245,46 +189,33 @@ def train(
             for junk in (out / "checkpoints").glob(".tmp-step-*"):  # left by killed saves
                 if not _pid_alive(int(junk.name.rsplit("-", 1)[1])):
                     shutil.rmtree(junk, ignore_errors=True)
-            export(out, ema, cfg, names, step, dhash, wall, device=str(acc.device))  # model/ is always fresh
+            export(out, ema, obj, step, wall, device=str(acc.device))  # model/ is always fresh
 
         if step >= cfg.steps:
             log(f"already trained to step {step} (steps={cfg.steps})")
-        ac = make_scheduler(cfg).alphas_cumprod
         t_start = t_log = time.time()
-        losses: list[float] = []
+        losses: list[torch.Tensor] = []  # synced once per LOG_EVERY steps: the GPU never waits for the logger
+        live = raw.state_dict()  # shares storage with the parameters: read after each optimiser step
+        ema_t, live_t = [ema[k] for k in ema], [live[k].float() for k in ema]
         bar, task = _progress(cfg.steps, step, enabled=not quiet and sys.stderr.isatty())
         model.train()
         with bar:
             while step < cfg.steps:
-                g = _step_generator(cfg.seed, step)
-                idx = torch.randint(0, len(images), (cfg.batch_size,), generator=g)
-                x0 = images[idx].float() / 127.5 - 1
-                labels = labels_all[idx].clone()
-                labels[torch.rand(cfg.batch_size, generator=g) < cfg.cond_dropout] = null
-                t = torch.randint(0, len(ac), (cfg.batch_size,), generator=g)
-                noise = torch.randn(x0.shape, generator=g)
-                a = ac[t].view(-1, 1, 1, 1)
-                x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-                dev = acc.device
-                pred = model(x_t.to(dev), t.to(dev), class_labels=labels.to(dev)).sample
-                loss = F.mse_loss(pred.float(), noise.to(dev))
+                loss = obj.loss(model, _step_generator(cfg.seed, step), acc.device)
                 acc.backward(loss)
                 opt.step()
                 lr_sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
-                d = _ema_decay(cfg, step)
-                with torch.no_grad():
-                    for k, v in raw.state_dict().items():
-                        ema[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
-                losses.append(loss.item())
-                if not math.isfinite(losses[-1]):
-                    raise DiffdiscError(f"loss became {losses[-1]} at step {step}; lower the learning rate")
-                bar.update(task, completed=step, loss=losses[-1])
-                if step % LOG_EVERY == 0 or step == cfg.steps:
-                    now = time.time()
-                    log(f"step {step}/{cfg.steps} loss {sum(losses) / len(losses):.4f} "
-                        f"{(now - t_log) / len(losses):.2f} s/step")  # fmt: skip
+                with torch.no_grad():  # one fused kernel per dtype group instead of one per tensor
+                    torch._foreach_lerp_(ema_t, live_t, 1 - _ema_decay(cfg, step))
+                losses.append(loss.detach())
+                if step % LOG_EVERY == 0 or step == cfg.steps or len(losses) >= LOG_EVERY:
+                    now, mean = time.time(), torch.stack(losses).float().mean().item()
+                    if not math.isfinite(mean):
+                        raise DiffdiscError(f"loss became {mean} before step {step}; lower the learning rate")
+                    bar.update(task, completed=step, loss=mean)
+                    log(f"step {step}/{cfg.steps} loss {mean:.4f} {(now - t_log) / len(losses):.3f} s/step")
                     t_log, losses = now, []
                 out_of_time = max_minutes is not None and time.time() - t_start > max_minutes * 60
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
@@ -297,24 +228,21 @@ def train(
     return out / "model"
 
 
-def export(out: Path, ema: dict, cfg: TrainConfig, names: list[str], step: int, data_hash: str | None,
-           wall: float, device: str = "cpu") -> Path:  # fmt: skip
-    """EMA weights -> out/model (unet/, scheduler/, diffdisc.json): the layout `ClassCondBackbone` loads."""
+def export(out: Path, ema: dict, obj, step: int, wall: float, device: str = "cpu") -> Path:
+    """EMA weights -> out/model in the objective's layout, plus diffdisc.json (recipe, data hash, steps)."""
     import diffusers
 
-    out = Path(out)
-    model = build_model(cfg, len(names))
-    model.load_state_dict({k: v.to(model.dtype) for k, v in ema.items()})
+    out, cfg = Path(out), obj.cfg
+    model = obj.build()
+    model.load_state_dict({k: v.to(next(model.parameters()).dtype) for k, v in ema.items()})
     final, tmp = out / "model", out / f".model.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp / "unet", safe_serialization=True)
-    make_scheduler(cfg).save_pretrained(tmp / "scheduler")
-    meta = {
-        "class_names": list(names), "null_class": len(names), "recipe": cfg.recipe, "config": cfg.to_dict(),
-        "data_hash": data_hash, "steps": step, "wall_time_s": round(wall, 1), "device": device,
-        "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "params": int(sum(p.numel() for p in model.parameters())),
-    }  # fmt: skip
+    meta = obj.save(model, tmp)
+    meta.update({
+        "recipe": cfg.recipe, "kind": cfg.kind, "config": cfg.to_dict(), "data_hash": obj.data_hash, "steps": step,
+        "wall_time_s": round(wall, 1), "device": device, "torch": torch.__version__,
+        "diffusers": diffusers.__version__, "params": int(sum(p.numel() for p in model.parameters())),
+    })  # fmt: skip
     (tmp / "diffdisc.json").write_text(json.dumps(meta, indent=2))
     with _locked(out / "export.lock", blocking=True):  # the trainer and `export_checkpoint` may race
         old = out / f".model.old-{os.getpid()}"
@@ -346,20 +274,8 @@ def export_checkpoint(out_dir: str | Path) -> Path:
             continue
     else:
         raise DiffdiscError(f"no readable checkpoint in {out / 'checkpoints'}")
-    names = state.get("class_names")
-    if names is None:  # checkpoints written before class names were recorded
-        if cfg.data:
-            from ..data.folders import open_image_dataset
-
-            names = open_image_dataset(cfg.data).class_names
-        else:
-            from .fashion_mnist import CLASS_NAMES
-
-            names = list(CLASS_NAMES)
-    wall = state.get("wall_time_s", 0.0)
-    return export(
-        out, ema, cfg, names, state["step"], state.get("data_hash"), wall, state.get("device", "cpu")
-    )
+    return export(out, ema, make_objective(cfg), state["step"], state.get("wall_time_s", 0.0),
+                  state.get("device", "cpu"))  # fmt: skip
 
 
 def main(argv: list[str]) -> None:

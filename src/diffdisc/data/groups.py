@@ -1,0 +1,96 @@
+"""Image-caption groups for matching: our JSONL/CSV layout and Winoground's own.
+
+A group holds images and captions where image i matches caption i (a Winoground example is a 2x2 group;
+a retrieval set is one N x N group). Images are paths or uint8 arrays (generated probes never touch disk).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DiffdiscError
+
+
+@dataclass(frozen=True, eq=False)
+class Group:
+    id: str
+    images: tuple  # paths or uint8 [H, W, 3] arrays
+    captions: tuple[str, ...]
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if len(self.images) < 1 or len(self.captions) < 2:
+            raise DiffdiscError(f"group {self.id}: need at least 1 image and 2 captions")
+        if any(not str(c).strip() for c in self.captions):
+            raise DiffdiscError(f"group {self.id}: empty caption")
+
+
+def _abs(root: Path, p: str) -> Path:
+    q = Path(p)
+    return q if q.is_absolute() else root / q
+
+
+def load_groups(path: str | Path) -> list[Group]:
+    """JSONL rows {"id", "images": [...], "captions": [...]}, a CSV with image_0.. / caption_0.. columns,
+    or a Winoground directory (examples.jsonl + images/<name>.png)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "examples.jsonl").is_file():
+            return _winoground(path)
+        cand = [path / "groups.jsonl", path / "groups.csv"]
+        path = next((c for c in cand if c.is_file()), None)
+        if path is None:
+            raise DiffdiscError(f"{cand[0].parent}: no groups.jsonl, groups.csv or examples.jsonl (Winoground)")
+    if not path.is_file():
+        raise DiffdiscError(f"groups file not found: {path}")
+    root = path.parent
+    groups: list[Group] = []
+    if path.suffix == ".csv":
+        with open(path, newline="") as f:
+            for n, row in enumerate(csv.DictReader(f)):
+                imgs = [_abs(root, row[k]) for k in sorted(k for k in row if k.startswith("image_") and row[k])]
+                caps = [row[k] for k in sorted(k for k in row if k.startswith("caption_") and row[k])]
+                groups.append(Group(row.get("id") or str(n), tuple(imgs), tuple(caps)))
+    else:
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                groups.append(Group(str(row.get("id", n)), tuple(_abs(root, p) for p in row["images"]),
+                                    tuple(row["captions"]), tuple(row.get("tags", ()))))  # fmt: skip
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DiffdiscError(f"{path}:{n}: need a JSON object with 'images' and 'captions' ({e})") from None
+    _check_unique(groups, path)
+    return groups
+
+
+def _winoground(root: Path) -> list[Group]:
+    """Winoground's layout (facebook/winoground): examples.jsonl rows with image_0/1 names, caption_0/1."""
+    groups = []
+    for line in (root / "examples.jsonl").read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            imgs = []
+            for k in ("image_0", "image_1"):
+                p = next((root / "images" / f"{r[k]}{ext}" for ext in (".png", ".jpg", "") if (root / "images" / f"{r[k]}{ext}").is_file()), None)
+                if p is None:
+                    raise DiffdiscError(f"Winoground image {r[k]!r} not found in {root / 'images'}")
+                imgs.append(p)
+            tags = tuple(str(r[k]) for k in ("tag", "collapsed_tag") if k in r)
+            groups.append(Group(str(r["id"]), tuple(imgs), (r["caption_0"], r["caption_1"]), tags))
+    _check_unique(groups, root)
+    return groups
+
+
+def _check_unique(groups: list[Group], where) -> None:
+    ids = [g.id for g in groups]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise DiffdiscError(f"{where}: duplicate group id {dup!r}")
+    if not groups:
+        raise DiffdiscError(f"{where}: no groups")
+
