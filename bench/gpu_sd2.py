@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--items", type=int, default=1024)
     ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--smoke", action="store_true", help="tiny U-Net on the CPU: checks the script runs")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -93,6 +94,11 @@ def main() -> None:
     res = {}
     res["raw autocast bf16"] = timed(raw_loop(bb.unet))
     res["engine bf16"] = timed(lambda: ScoringEngine(bb, ScoreConfig(batch_size=B, dtype="bf16")).run(x0, keys, conds, work))
+    for k, v in res.items():
+        print(f"{k:30s} {n / v:8.1f} U-Net calls/s", flush=True)
+    print(f"engine/raw (autocast): {res['raw autocast bf16'] / res['engine bf16']:.3f}", flush=True)
+    if args.no_compile:
+        return
     compiled = torch.compile(bb.unet, dynamic=False)
     res["raw autocast bf16 compiled"] = timed(raw_loop(compiled))
     eng_c = ScoringEngine(bb, ScoreConfig(batch_size=B, dtype="bf16", compile=True))

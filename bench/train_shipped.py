@@ -8,7 +8,6 @@ e.g. `bench/train_shipped.py fmnist-classcond /work/ckpt/fmnist-classcond 6000`.
 steps are lost. `bench/gpu_train.sh` runs the three shipped recipes this way on a GPU machine.
 """
 
-import json
 import os
 import sys
 import time
@@ -20,20 +19,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from diffdisc.world.recipes import get_recipe  # noqa: E402
-from diffdisc.world.train import train  # noqa: E402
+from diffdisc.world.train import parse_argv, train  # noqa: E402
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    max_minutes = None
-    if "--max-minutes" in args:
-        i = args.index("--max-minutes")
-        max_minutes = float(args[i + 1])
-        del args[i : i + 2]
+    args, overrides, max_minutes, _ = parse_argv(sys.argv[1:])
     if len(args) < 3:
         sys.exit(__doc__)
     recipe, out, steps = args[0], Path(args[1]), int(args[2])
-    overrides = {k: json.loads(v) for k, _, v in (a.partition("=") for a in args[3:])}
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "train.log", "a", buffering=1) as f:
 

@@ -88,3 +88,12 @@ def image_folder(tmp_path_factory):
             a[..., ci] = 200
             Image.fromarray(a).save(root / name / f"{k}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """On 2 shared cores, OpenMP threads spin-waiting for a busy core made training runs 10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -18,13 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # conftest sets it too; hub look-u
 QUIET = {"log": lambda m: None, "quiet": True}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On 2 shared cores, OpenMP threads spin-waiting for a busy core made these runs 10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 QUIET = {"log": lambda m: None, "quiet": True}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +175,98 @@ def test_retrieval_metrics_on_a_square_group():
     m = match_metrics([S])
     assert m["text_R@1"]["mean"] == pytest.approx(5 / 6) and m["text_R@5"]["mean"] == pytest.approx(5 / 6)
     assert "group" not in m
+
+
+def test_cross_attention_capture_keeps_the_forward_and_scores_per_pair(text_model):
+    from diffdisc.scoring.attention import CrossAttentionCapture, discffusion_layers
+
+    bb = create_backbone(text_model)
+    names = [n for n, _ in discffusion_layers(bb.unet)]
+    assert names and all(n.endswith("attn2") for n in names)
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([10, 500, 900])
+    c = bb.conditions(["a red sneaker", "a bag", "a blue bag"])
+    with torch.no_grad():
+        ref = bb.predict_eps(x, t, c)
+        with CrossAttentionCapture(bb.unet, keep_maps=True) as cap:
+            out = bb.predict_eps(x, t, c)
+            s = cap.score()
+        solo = []
+        for i in range(3):  # per pair, not batch-averaged: one pair alone gives the same number
+            with CrossAttentionCapture(bb.unet) as cap1:
+                bb.predict_eps(x[i : i + 1], t[i : i + 1], c[i : i + 1])
+                solo.append(cap1.score()[0])
+    assert torch.allclose(ref, out, atol=1e-5) and s.shape == (3,)
+    assert torch.allclose(s, torch.stack(solo), atol=1e-5)
+    # manual LSE from the layers' own inputs (captured by pre-hooks) equals the captured score
+    inputs, handles = {}, []
+    for name, attn in discffusion_layers(bb.unet):
+        hook = lambda m, a, kw, name=name: inputs.__setitem__(name, (a[0] if a else kw["hidden_states"], kw["encoder_hidden_states"]))  # noqa: E731
+        handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
+    with torch.no_grad():
+        bb.predict_eps(x, t, c)
+        manual = []
+        for name, attn in discffusion_layers(bb.unet):
+            h, e = inputs[name]
+            q, k = attn.head_to_batch_dim(attn.to_q(h)), attn.head_to_batch_dim(attn.to_k(e))
+            lse = torch.logsumexp(q @ k.transpose(1, 2) * attn.scale, -1).view(3, attn.heads, -1)
+            manual.append(lse.mean((1, 2)))
+    for hd in handles:
+        hd.remove()
+    assert torch.allclose(s, torch.stack(manual).mean(0), atol=1e-5)
+    assert all(m.shape[0] == 3 and m.shape[-1] == bb.tokenizer.model_max_length for m in cap.maps().values())
+    assert type(bb.unet.down_blocks[-1].attentions[0].transformer_blocks[0].attn2.processor).__name__ != "_CaptureProcessor"
+
+
+def test_lora_gradient_step_lowers_the_hinge_loss(text_model):
+    from diffdisc.scoring.attention import CrossAttentionCapture
+    from diffdisc.tasks.attention import add_lora, group_loss
+    from diffdisc.world.probes import make_probe
+
+    bb = create_backbone(text_model)
+    add_lora(bb)
+    params = [p for n, p in bb.unet.named_parameters() if "lora_" in n]
+    assert params and all(p.requires_grad for p in params)
+    cap, grp = CrossAttentionCapture(bb.unet), make_probe("binding", 1, seed=1000)[0]
+    opt = torch.optim.SGD(params, lr=1.0)
+    losses = []
+    for _ in range(3):  # the same t and noise each time: only the weights change
+        loss = group_loss(bb, cap, grp, torch.Generator().manual_seed(0), margin=1.0)
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0]
+
+
+def test_attention_scorer_lora_tuning_and_heatmap(text_model, tmp_path):
+    from diffdisc.tasks.attention import attention_heatmaps, load_lora, tune
+    from diffdisc.tasks.match import match
+    from diffdisc.world.probes import make_probe
+
+    ev, train_groups = make_probe("binding", 2, seed=0), make_probe("binding", 3, seed=1000)
+    plain = create_backbone(text_model)
+    score = ScoreConfig(scorer="attention")
+    base = match(plain, ev, score=score, n_timesteps=2, out=tmp_path / "a0")
+    assert all(r["calls"] == 16 for r in base)  # 4 pairs x 2 t x (cond + uncond for the bias)
+    in_memory = create_backbone(text_model)
+    adapter = tune(in_memory, train_groups, tmp_path / "lora", lr=1e-2, seed=0)
+    assert (adapter / "adapter_model.safetensors").is_file()
+    tuned = create_backbone(text_model)
+    load_lora(tuned, adapter)
+    assert tuned.info.fingerprint != plain.info.fingerprint
+    after = match(tuned, ev, score=score, n_timesteps=2, out=tmp_path / "a1")
+    again = match(in_memory, ev, score=score, n_timesteps=2, out=tmp_path / "a2")  # saved == trained weights
+    assert np.allclose(np.array(after[0]["scores"]), np.array(again[0]["scores"]), atol=1e-6)
+    assert not np.allclose(np.array(after[0]["scores"]), np.array(base[0]["scores"]))
+    png = attention_heatmaps(tuned, ev[0].images[0], ev[0].captions[0], tmp_path / "hm.png")
+    assert png.stat().st_size > 1000
+    with pytest.raises(DiffdiscError, match="text-conditional"):
+        match(create_backbone(train(get_recipe("tiny", steps=1), tmp_path / "cc", **QUIET)), ev, score=score)
+    other = tmp_path / "other"
+    other.mkdir()
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["diffdisc"]["model_fingerprint"] = "0000"
+    (other / "adapter_config.json").write_text(json.dumps(cfg))
+    (other / "adapter_model.safetensors").write_bytes((adapter / "adapter_model.safetensors").read_bytes())
+    with pytest.raises(DiffdiscError, match="trained for model 0000"):
+        load_lora(create_backbone(text_model), other)

@@ -38,6 +38,18 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
+def _load(model: str, device: str | None = None, lora: Path | None = None):
+    """A backbone by name or directory, with a LoRA adapter from `diffdisc attention tune` if given."""
+    from .backbones.registry import create_backbone
+
+    bb = create_backbone(model, device=device)
+    if lora:
+        from .tasks.attention import load_lora
+
+        load_lora(bb, lora)
+    return bb
+
+
 def _split(s: str | None) -> list[str] | None:
     return [x.strip() for x in s.split(",")] if s else None
 
@@ -61,6 +73,8 @@ def classify(
     dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (autocast)")] = "fp32",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser (GPU: worth it).")] = False,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC activations.")] = False,
+    scorer: Annotated[str, typer.Option(help="denoise | attention (Discffusion; text models)")] = "denoise",
+    lora: Annotated[Path | None, typer.Option(help="LoRA adapter dir from `diffdisc attention tune`.")] = None,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     out: Annotated[Path | None, typer.Option(help="Run directory (resumable).")] = None,
     labels: Annotated[Path | None, typer.Option(help="CSV image,label for a flat folder.")] = None,
@@ -76,13 +90,12 @@ def classify(
 ):
     """Zero-shot classify images with a diffusion model (Li et al. / Clark & Jaini)."""
     _quiet_libraries()
-    from .backbones.registry import create_backbone
     from .progress import classify_progress
     from .scoring.config import AdaptiveConfig, ScoreConfig, parse_stages
     from .tasks.classify import classify as run
 
     score = ScoreConfig(loss=loss, weighting=weighting, batch_size=batch_size, dtype=dtype, seed=seed,
-                        compile=compile, channels_last=channels_last)
+                        compile=compile, channels_last=channels_last, scorer=scorer)
     adaptive = AdaptiveConfig(strategy=strategy, n_timesteps=timesteps, timesteps=timestep_schedule, stages=parse_stages(stages),
                               min_scores=min_scores, max_scores=max_scores, p_value=p_value)  # fmt: skip
     if not 0 <= rank < world_size:
@@ -94,7 +107,7 @@ def classify(
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
         else:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
-    bb = create_backbone(model, device=device)
+    bb = _load(model, device, lora)
     out = out or Path("runs") / f"classify-{bb.info.name.replace('/', '_')}-{strategy}"
     with classify_progress("classify", enabled=not (quiet or json_out)) as cb:
         result = run(bb, data, _split(classes), templates=templates or None, score=score, adaptive=adaptive, out=out,
@@ -181,7 +194,7 @@ def train(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where results and index.html go.")] = Path("runs/demo"),
-    per_class: Annotated[int, typer.Option(help="Shipped test images per class.")] = 5,
+    per_class: Annotated[int, typer.Option(help="Shipped test images per class.")] = 3,
 ):
     """Zero-shot classify shipped real Fashion-MNIST test images with the shipped model; table + HTML page."""
     _quiet_libraries()
@@ -192,7 +205,7 @@ def demo(
     from .progress import classify_progress
 
     r = run_demo(out, per_class, progress_factory=lambda name: classify_progress(name))
-    t = Table(title=f"diffdisc demo - model {r['model']}")
+    t = Table(title="diffdisc demo: zero-shot Fashion-MNIST (halving 10:3,20:1; t-test min 10 max 20 p 0.02)")
     for h in r["header"]:
         t.add_column(h)
     for row in r["rows"]:
@@ -217,20 +230,22 @@ def match(
     dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16")] = "fp32",
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    scorer: Annotated[str, typer.Option(help="denoise | attention (Discffusion)")] = "denoise",
+    lora: Annotated[Path | None, typer.Option(help="LoRA adapter dir from `diffdisc attention tune`.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
 ):
     """Score every (image, caption) pair of each group: Winoground text/image/group scores, R@1/R@5."""
     _quiet_libraries()
-    from .backbones.registry import create_backbone
     from .data.groups import load_groups
     from .progress import classify_progress
     from .scoring.config import ScoreConfig
     from .tasks.match import match as run
 
     gs = load_groups(groups)
-    bb = create_backbone(model, device=device)
+    bb = _load(model, device, lora)
+    score = ScoreConfig(batch_size=batch_size, dtype=dtype, seed=seed, scorer=scorer)
     with classify_progress("match", enabled=not as_json) as cb:
-        run(bb, gs, score=ScoreConfig(batch_size=batch_size, dtype=dtype, seed=seed), n_timesteps=timesteps, out=out, progress=cb)
+        run(bb, gs, score=score, n_timesteps=timesteps, out=out, progress=cb)
     m = json.loads((out / "metrics.json").read_text())
     if as_json:
         typer.echo(json.dumps(m, indent=2))
@@ -250,6 +265,8 @@ def probe(
     timesteps: Annotated[int, typer.Option(help="Timesteps per pair (diffusion).")] = 20,
     out: Annotated[Path, typer.Option(help="Where runs go (resumable).")] = Path("runs/probes"),
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    scorer: Annotated[str, typer.Option(help="denoise | attention (diffusion models)")] = "denoise",
+    lora: Annotated[Path | None, typer.Option(help="LoRA adapter for the diffusion model(s).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
 ):
     """Compositional probes (attribute binding, spatial relation, object/colour-swap controls), diffusion vs
@@ -260,10 +277,18 @@ def probe(
 
     from .backbones.registry import create_backbone
     from .progress import classify_progress
+    from .scoring.config import ScoreConfig
     from .tasks.probe import run_probes
 
-    models = [create_backbone(m, device=device) for m in (model or ["fmnist-scenes-text", "fmnist-scenes-clip"])]
-    rows = run_probes(models, names or None, n=n, seed=seed, n_timesteps=timesteps, out=out,
+    names_ = model or ["fmnist-scenes-text", "fmnist-scenes-clip"]
+    models = [create_backbone(m, device=device) for m in names_]
+    if lora:
+        from .tasks.attention import load_lora
+
+        for bb in models:
+            if not getattr(bb, "is_contrastive", False):
+                load_lora(bb, lora)
+    rows = run_probes(models, names or None, n=n, seed=seed, n_timesteps=timesteps, out=out, score=ScoreConfig(scorer=scorer),
                       progress_factory=None if as_json else (lambda d: classify_progress(d)))  # fmt: skip
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -275,6 +300,68 @@ def probe(
         t.add_row(r["probe"], r["model"], r["kind"], _fmt(r["text"]), _fmt(r["image"]), _fmt(r["group"]),
                   f"{r['calls_per_group']:.0f}")  # fmt: skip
     Console().print(t)
+
+
+attention_app = typer.Typer(help="Discffusion cross-attention scoring: few-shot LoRA tuning and heat maps.",
+                            no_args_is_help=True)
+app.add_typer(attention_app, name="attention")
+
+
+@attention_app.command("tune", epilog="Example: diffdisc attention tune --model fmnist-scenes-text --shots 32 "
+                                      "--probe binding --probe spatial --out runs/lora-32")
+def attention_tune(
+    out: Annotated[Path, typer.Option(help="Adapter directory to write (safetensors + adapter_config.json).")],
+    model: Annotated[str, typer.Option(help="Text-conditional diffusion model.")] = "fmnist-scenes-text",
+    shots: Annotated[int, typer.Option(help="Training groups (K).")] = 32,
+    probe: Annotated[list[str] | None, typer.Option(help="Embedded probes to draw training groups from.")] = None,
+    groups: Annotated[Path | None, typer.Option(help="Or: your groups.jsonl / Winoground dir.")] = None,
+    seed: Annotated[int, typer.Option(help="Training seed; embedded training groups use seed 1000+seed.")] = 0,
+    rank: Annotated[int, typer.Option(help="LoRA rank.")] = 4,
+    margin: Annotated[float, typer.Option(help="Hinge margin.")] = 0.1,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    epochs: Annotated[int, typer.Option(help="Passes over the K groups.")] = 1,
+    no_bias: Annotated[bool, typer.Option("--no-bias", help="Attention score only (no denoising bias).")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+):
+    """Few-shot prompt learning: LoRA on the U-Net's attention, hinge loss on matching vs other captions."""
+    _quiet_libraries()
+    from .progress import console
+    from .tasks.attention import tune
+    from .world.probes import make_probe
+
+    if shots < 1:
+        raise DiffdiscError("--shots must be >= 1 (K = 0 is the untuned model)")
+    if groups:
+        from .data.groups import load_groups
+
+        train = load_groups(groups)[:shots]
+    else:
+        names = probe or ["binding", "spatial"]
+        per = -(-shots // len(names))  # held-out from evaluation: eval probes use seed 0, training 1000+seed
+        train = [g for name in names for g in make_probe(name, per, 1000 + seed)][:shots]
+    bb = _load(model, device)
+    path = tune(bb, train, out, rank=rank, margin=margin, lr=lr, epochs=epochs, bias=not no_bias, seed=seed,
+                progress=lambda s, n, loss: console.print(f"step {s}/{n} loss {loss:.4f}") if s % 8 == 0 or s == n else None)  # fmt: skip
+    typer.echo(f"adapter saved to {path}")
+
+
+@attention_app.command("heatmap", epilog="Example: diffdisc attention heatmap --image x.png --caption 'a red bag'")
+def attention_heatmap(
+    image: Annotated[Path, typer.Option(help="Image file.")],
+    caption: Annotated[str, typer.Option(help="Caption whose tokens are mapped.")],
+    model: Annotated[str, typer.Option(help="Text-conditional diffusion model.")] = "fmnist-scenes-text",
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("heatmap.png"),
+    t: Annotated[int, typer.Option(help="Timestep.")] = 300,
+    lora: Annotated[Path | None, typer.Option(help="LoRA adapter dir.")] = None,
+):
+    """Per-token cross-attention heat maps over the image (last down/mid/up cross-attention layers averaged)."""
+    _quiet_libraries()
+    from .tasks.attention import attention_heatmaps
+
+    bb = _load(model, None, lora)
+    if not 0 <= t < bb.num_train_timesteps:
+        raise DiffdiscError(f"timestep {t} out of range 0..{bb.num_train_timesteps - 1}")
+    typer.echo(f"wrote {attention_heatmaps(bb, image, caption, out, t=t)}")
 
 
 @app.command(epilog="Examples: diffdisc sample fmnist-classcond --out samples.png\n\n"
@@ -293,14 +380,47 @@ def sample(
 ):
     """Draw a labelled grid of samples, to see what a diffusion model has learned before using it as a classifier."""
     _quiet_libraries()
-    from .backbones.registry import create_backbone
     from .tasks.sample import sample_grid
 
-    bb = create_backbone(model, device=device)
+    bb = _load(model, device)
     if getattr(bb, "is_contrastive", False):
         raise DiffdiscError(f"{model} is a contrastive model: it cannot generate images")
     keys = [c.strip() for c in captions.split(";")] if captions else _split(classes)
     typer.echo(f"wrote {sample_grid(bb, keys, per_row, guidance=guidance, steps=steps, scheduler=scheduler, seed=seed, out=out)}")
+
+
+@app.command()
+def doctor():
+    """Check the installation: library versions, device, Fashion-MNIST files, shipped models loading."""
+    _quiet_libraries()
+    import importlib.metadata as md
+
+    import torch
+
+    from .backbones.registry import create_backbone, list_backbones
+    from .world.fashion_mnist import DEFAULT_DIR, FILES, INSTALL_HINT
+
+    ok = True
+    for pkg in ("torch", "torchvision", "diffusers", "transformers", "accelerate", "open_clip_torch", "safetensors",
+                "torchmetrics", "peft", "timm"):  # fmt: skip
+        try:
+            typer.echo(f"{pkg:16s} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            ok = False
+            typer.echo(f"{pkg:16s} MISSING")
+    dev = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    typer.echo(f"{'device':16s} {dev}")
+    missing = [f for fs in FILES.values() for f in fs if not (DEFAULT_DIR / f).is_file()]
+    typer.echo(f"{'fashion-mnist':16s} " + (f"{DEFAULT_DIR}" if not missing else f"not found ({INSTALL_HINT}); the shipped 1,000 test images still work"))
+    for name in list_backbones():
+        try:
+            bb = create_backbone(name)
+            typer.echo(f"{name:16s} loads ({bb.info.family}, {bb.info.metadata.get('steps', '?')} steps)")
+        except DiffdiscError as e:
+            ok = False
+            typer.echo(f"{name:16s} FAILS: {e}")
+    if not ok:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -17,17 +17,18 @@ from .backbones.registry import create_backbone, list_backbones
 from .scoring.config import AdaptiveConfig, ScoreConfig
 from .tasks.classify import classify
 
+# Sized to finish `make demo` (install included) in under 10 minutes on 2 CPU cores: 30 images, ~29k U-Net calls.
 EXHAUSTIVE = AdaptiveConfig(strategy="exhaustive", n_timesteps=20)
 HALVING = AdaptiveConfig(strategy="halving", stages=((10, 3), (20, 1)))
 TTEST = AdaptiveConfig(strategy="ttest", min_scores=10, max_scores=20, p_value=2e-2)
 # (model, test images, strategy name, config): the text model is ~2x the class model's cost per call, so it
 # runs the adaptive strategy only; the contrastive model has one score per class (no strategies).
 RUNS = [
-    ("fmnist-classcond", "grey", "exhaustive (20 t)", EXHAUSTIVE),
-    ("fmnist-classcond", "grey", "halving 10:3,20:1", HALVING),
-    ("fmnist-classcond", "grey", "t-test (min 10, max 20)", TTEST),
-    ("fmnist-scenes-text", "scenes", "halving 10:3,20:1", HALVING),
-    ("fmnist-scenes-clip", "scenes", "contrastive (1 pass)", EXHAUSTIVE),
+    ("fmnist-classcond", "grey", "exhaustive 20 t", EXHAUSTIVE),
+    ("fmnist-classcond", "grey", "halving", HALVING),
+    ("fmnist-classcond", "grey", "t-test", TTEST),
+    ("fmnist-scenes-text", "scenes", "halving", HALVING),
+    ("fmnist-scenes-clip", "scenes", "contrastive", EXHAUSTIVE),
 ]
 
 
@@ -42,7 +43,7 @@ def _random_model() -> Path:
     return export(root, obj.build().state_dict(), obj, 0, 0.0)
 
 
-def run_demo(out: str | Path = "runs/demo", per_class: int = 5, progress_factory=None, echo=print) -> dict:
+def run_demo(out: str | Path = "runs/demo", per_class: int = 3, progress_factory=None, echo=print) -> dict:
     from .world.export import export_shipped_test
 
     out = Path(out)
@@ -77,15 +78,18 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 5, progress_factory
         m["images_per_s"] = len(res) / dt
         m.update(model=model, images=kind, strategy=name)
         summary[label] = m
-        rows.append([Path(model).name if "/" in model else model, "grey" if kind == "grey" else "coloured scenes", name,
+        short = (Path(model).name if "/" in model else model).removeprefix("fmnist-")
+        rows.append([short, "grey" if kind == "grey" else "coloured", name,
                      f"{m['accuracy']:.1%}", f"{m['ece_temperature_scaled']:.3f}", f"{m['unet_calls_per_image']:.0f}",
                      f"{m['images_per_s']:.2f}"])  # fmt: skip
         runs.append((label, res))
     from .report.simple import write_page
 
-    header = ["model", "test images", "strategy", "accuracy", "ECE (temp.-scaled, 2-fold)", "U-Net calls / image", "images / s"]
+    header = ["model", "images", "strategy", "accuracy", "ECE", "U-Net calls/img", "img/s"]
     note = (f"{len(runs[0][1])} shipped real test images ({per_class} per class); text and contrastive models see "
-            "the same images as one-item scenes in random palette colours and get prompts 'a {class}'.")  # fmt: skip
+            "the same images as one-item scenes in random palette colours and get prompts 'a {class}'. "
+            "ECE: after temperature scaling, 2-fold cross-fitted. Models: fmnist-classcond, fmnist-scenes-text, "
+            "fmnist-scenes-clip (diffdisc models).")  # fmt: skip
     if missing:
         note += f" Not shipped, skipped: {', '.join(missing)}."
     page = write_page(out / "index.html", "diffdisc demo: zero-shot Fashion-MNIST", ", ".join(loaded), header, rows,

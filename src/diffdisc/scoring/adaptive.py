@@ -115,7 +115,7 @@ class _Ctx:
         pos = 0
         for i, c, t in plan:
             k = len(self.groups[c])
-            results[i].add(c, t, float(np.mean(errs[pos : pos + k])), calls=k)
+            results[i].add(c, t, float(np.mean(errs[pos : pos + k])), calls=k * self.engine.calls_per_item)
             pos += k
 
 

@@ -11,6 +11,7 @@ WEIGHTINGS = ("uniform", "clark", "min_snr")
 DTYPES = ("fp32", "bf16", "fp16")
 STRATEGIES = ("exhaustive", "halving", "ttest")
 NOISE_SHARING = ("image", "global")
+SCORERS = ("denoise", "attention")
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,9 @@ class ScoreConfig:
     error of the clipped x̂0), `min_snr` (ε-error × min(SNR, 5) / SNR).
     noise: `image` draws ε per (image, t) (shared by all candidates); `global` shares one bank across
     images, as the official Winoground and Discffusion code.
+    scorer: `denoise` (the weighted ε-error above) or `attention` (Discffusion: cross-attention LogSumExp
+    score, plus the denoising bias when `attention_bias`; text-conditional U-Nets only; negated so that lower
+    is better for every scorer).
     compile / channels_last: speed options (torch.compile of the denoiser; NHWC activations). They change
     no formula, only kernels, so errors may differ in the last bits.
     """
@@ -36,17 +40,25 @@ class ScoreConfig:
     clark_rate: float = 7.0
     compile: bool = False
     channels_last: bool = False
+    scorer: str = "denoise"
+    attention_bias: bool = True
 
     def __post_init__(self):
         _check("loss", self.loss, LOSSES)
         _check("weighting", self.weighting, WEIGHTINGS)
         _check("dtype", self.dtype, DTYPES)
         _check("noise", self.noise, NOISE_SHARING)
+        _check("scorer", self.scorer, SCORERS)
         if self.batch_size < 1:
             raise DiffdiscError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def calls_per_item(self) -> int:
+        """U-Net forwards per (image, candidate, t): 2 for the attention scorer's denoising bias (cond + uncond)."""
+        return 2 if self.scorer == "attention" and self.attention_bias else 1
 
 
 @dataclass(frozen=True)

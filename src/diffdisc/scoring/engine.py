@@ -61,6 +61,13 @@ class ScoringEngine:
         if self.config.channels_last:
             backbone.to(memory_format=torch.channels_last)
         self._predict = backbone.predict_eps
+        self._capture = None
+        if self.config.scorer == "attention":
+            from .attention import CrossAttentionCapture
+
+            if getattr(backbone, "unet", None) is None or backbone.info.conditioning != "text":
+                raise DiffdiscError(f"the attention scorer needs a text-conditional U-Net; {backbone.info.name} is not one")
+            self._capture = CrossAttentionCapture(backbone.unet)
         if self.config.compile:  # fixed batch shapes: the last, smaller batch compiles once more
             self._predict = torch.compile(backbone.predict_eps, dynamic=False)
 
@@ -95,8 +102,12 @@ class ScoringEngine:
             sl = slice(s, min(s + bs, n))
             img, t = work.image[sl].to(dev), work.t[sl].to(dev)
             out[sl] = self.errors(x0[img], eps_bank[inverse[sl].to(dev)], t, conds[work.candidate[sl].to(dev)]).cpu()
-        self.calls += n
+        self.calls += n * self.calls_per_item
         return out
+
+    @property
+    def calls_per_item(self) -> int:
+        return self.config.calls_per_item
 
     def errors(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Per-sample weighted error (B,) - the number a diffusion classifier scores."""
@@ -104,6 +115,11 @@ class ScoringEngine:
         x_t = bb.add_noise(x0, eps, t)
         if x_t.ndim == 4:
             x_t = x_t.contiguous(memory_format=self._memory_format)
+        if self._capture is not None:
+            from .attention import attention_score
+
+            with self._autocast():
+                return -attention_score(bb, self._capture, x_t, eps, t, cond, cfg.attention_bias)
         with self._autocast():
             eps_hat = self._predict(x_t, t, cond)
         if not torch.isfinite(eps_hat).all():

@@ -19,7 +19,7 @@ from ..backbones.base import Backbone
 from ..backbones.contrastive import contrastive_image_scores
 from ..data.folders import ImageDataset, Item, open_image_dataset
 from ..data.images import open_image, to_tensor
-from ..data.templates import resolve_templates
+from ..data.templates import fill, resolve_templates
 from ..errors import DiffdiscError
 from ..results import ClassificationResult, ResultStore
 from ..scoring.adaptive import evaluate
@@ -52,7 +52,7 @@ def build_candidates(backbone: Backbone, classes: list[str] | None, templates=No
     if info.conditioning == "class":
         return Candidates(classes, [backbone.class_id(c) for c in classes], [[i] for i in range(len(classes))])
     tpl = resolve_templates(templates, tuple(info.metadata.get("templates", ())) or None)
-    keys = [t.format(c) for c in classes for t in tpl]
+    keys = [fill(t, c) for c in classes for t in tpl]
     n = len(tpl)
     return Candidates(classes, keys, [list(range(i * n, (i + 1) * n)) for i in range(len(classes))], tpl)
 

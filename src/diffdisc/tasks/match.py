@@ -58,7 +58,8 @@ def score_chunk(backbone, groups: list[Group], score: ScoreConfig, timesteps: li
                     ca.append(cidx[c])
                     ts.append(t)
         row += len(g.images)
-    err = ScoringEngine(backbone, score).run(x0, keys, conds, Work.from_lists(im, ca, ts))
+    engine = ScoringEngine(backbone, score)
+    err = engine.run(x0, keys, conds, Work.from_lists(im, ca, ts))
     err = err.view(-1, len(timesteps)).mean(1).numpy()
     out, pos = [], 0
     for g in groups:
@@ -80,6 +81,9 @@ def match(
 ) -> list[dict]:
     """Score every group (resuming from `out`); returns records {id, scores, tags, calls} in group order."""
     score = score or ScoreConfig()
+    if backbone.info.conditioning != "text":
+        raise DiffdiscError(f"matching needs a text-conditional or contrastive model; {backbone.info.name} is "
+                            f"{backbone.info.conditioning}-conditional")  # fmt: skip
     contrastive = getattr(backbone, "is_contrastive", False)
     ts = [] if contrastive else dc_grid(backbone.info.num_train_timesteps, n_timesteps)
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="diffdisc-match-"))
@@ -95,7 +99,7 @@ def match(
         mats = score_chunk(backbone, chunk, score, ts)
         recs = []
         for g, m in zip(chunk, mats, strict=True):
-            calls = int(m.size * len(ts))
+            calls = int(m.size * len(ts)) * score.calls_per_item
             recs.append({"image_id": g.id, "scores": m.tolist(), "tags": list(g.tags), "calls": calls})
             stats["calls"] += calls
             stats["images"] += 1

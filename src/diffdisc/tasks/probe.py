@@ -19,13 +19,16 @@ def run_probes(models: list, names: list[str] | None = None, *, n: int = 200, se
     import numpy as np
 
     def label(bb) -> str:  # shipped name or recipe; two dirs both called "model" stay apart by fingerprint
-        return bb.info.metadata.get("recipe") or Path(bb.info.name).name
+        base = bb.info.metadata.get("recipe") or Path(bb.info.name).name
+        return base + ("+lora" if bb.info.name.endswith("+lora") and not base.endswith("+lora") else "")
 
     rows = []
     for name in names or list(PROBES):
         groups = make_probe(name, n, seed)
         for bb in models:
-            run_dir = Path(out) / f"{name}-{VERSION}-s{seed}-n{n}" / f"{label(bb)}-{bb.info.fingerprint[:8]}"
+            contrastive = getattr(bb, "is_contrastive", False)
+            how = "" if contrastive or score is None or score.scorer == "denoise" else f"-{score.scorer}"
+            run_dir = Path(out) / f"{name}-{VERSION}-s{seed}-n{n}" / f"{label(bb)}-{bb.info.fingerprint[:8]}{how}"
             ctx = progress_factory(f"{name} / {label(bb)}") if progress_factory else None
             cb = ctx.__enter__() if ctx else None
             try:
@@ -34,7 +37,7 @@ def run_probes(models: list, names: list[str] | None = None, *, n: int = 200, se
                 if ctx:
                     ctx.__exit__(None, None, None)
             m = match_metrics([np.array(r["scores"]) for r in recs])
-            kind = "contrastive" if getattr(bb, "is_contrastive", False) else "diffusion"
+            kind = "contrastive" if contrastive else f"diffusion{how.replace('-', ' ')}"
             rows.append({"probe": name, "version": VERSION, "model": label(bb), "kind": kind,
                          "n": len(recs), "calls_per_group": float(np.mean([r["calls"] for r in recs])), **m,
                          "run_dir": str(run_dir)})  # fmt: skip

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ..backbones.base import Backbone
+from ..data.templates import fill
 from ..errors import DiffdiscError
 from ..generation.sampler import sample
 
@@ -15,10 +16,9 @@ def sample_grid(backbone: Backbone, keys: list[str] | None = None, per_key: int 
                 steps: int = 50, scheduler: str = "ddim", seed: int = 0, out: str | Path = "samples.png",
                 batch_size: int = 64, progress=None) -> Path:  # fmt: skip
     """Rows = classes (class-conditional) or captions (text-conditional), `per_key` samples each -> PNG."""
-    import matplotlib
+    from ..plotting import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     keys = list(keys) if keys else list(backbone.info.class_names)
     if not keys:
@@ -26,7 +26,7 @@ def sample_grid(backbone: Backbone, keys: list[str] | None = None, per_key: int 
     if per_key < 1:
         raise DiffdiscError(f"per_key must be >= 1, got {per_key}")
     tpl = backbone.info.metadata.get("templates", ["{}"])[0] if backbone.info.conditioning == "text" else "{}"
-    prompts = [tpl.format(k) if backbone.info.conditioning == "text" and k in backbone.info.class_names else k for k in keys]
+    prompts = [fill(tpl, k) if backbone.info.conditioning == "text" and k in backbone.info.class_names else k for k in keys]
     conds = backbone.conditions(prompts)
     flat = conds.repeat_interleave(per_key, 0)
     g = torch.Generator().manual_seed(seed)
@@ -49,9 +49,4 @@ def sample_grid(backbone: Backbone, keys: list[str] | None = None, per_key: int 
             ax.set_yticks([])
         axes[r][0].set_ylabel(p, rotation=0, ha="right", va="center", fontsize=8)
     fig.suptitle(f"{backbone.info.name}: {scheduler} {steps} steps, guidance {guidance}, seed {seed}", fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

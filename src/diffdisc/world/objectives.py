@@ -247,8 +247,8 @@ class TextObjective(Captioned, _Diffusion):
         model.text_encoder.save_pretrained(dest / "text_encoder", safe_serialization=True)
         self._save_tokenizer(dest / "tokenizer")
         make_scheduler(self.cfg).save_pretrained(dest / "scheduler")
-        # Class names let `classify` run without --classes; "a {}" matches the class-only training captions.
-        return {"class_names": self.names, "templates": ["a {}"]}
+        # Class names let `classify` run without --classes; "{a} {}" matches the class-only training captions.
+        return {"class_names": self.names, "templates": ["{a} {}"]}
 
 
 class ContrastiveObjective(Captioned):
@@ -295,7 +295,7 @@ class ContrastiveObjective(Captioned):
         pre = {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bicubic", "resize_mode": "squash"}
         (dest / "open_clip_config.json").write_text(json.dumps({"model_cfg": self.model_cfg(), "preprocess_cfg": pre}, indent=2))
         self._save_tokenizer(dest)
-        return {"class_names": self.names, "templates": ["a {}"]}
+        return {"class_names": self.names, "templates": ["{a} {}"]}
 
 
 OBJECTIVES = {"classcond": ClassCondObjective, "text": TextObjective, "clip": ContrastiveObjective}

@@ -278,30 +278,37 @@ def export_checkpoint(out_dir: str | Path) -> Path:
                   state.get("device", "cpu"))  # fmt: skip
 
 
-def main(argv: list[str]) -> None:
-    """`RECIPE OUT [key=value ...] [--max-minutes M] [--quiet]` or `export OUT` (no argparse: few options)."""
-    args = list(argv)
-    quiet = "--quiet" in args
+def parse_argv(argv: list[str]) -> tuple[list[str], dict, float | None, bool]:
+    """`POSITIONAL... [key=value ...] [--max-minutes M] [--quiet]` -> (positional, overrides, minutes, quiet).
+
+    Values are JSON when they parse (numbers, lists, true/false), else strings.
+    """
+    args, quiet, max_minutes = list(argv), "--quiet" in argv, None
     args = [a for a in args if a != "--quiet"]
-    max_minutes = None
     if "--max-minutes" in args:
         i = args.index("--max-minutes")
         max_minutes = float(args[i + 1])
         del args[i : i + 2]
-    if len(args) < 2:
-        sys.exit(__doc__.split("\n\n")[-1])
-    if args[0] == "export":
-        print(export_checkpoint(args[1]))
-        return
     overrides = {}
-    for kv in args[2:]:
+    for kv in [a for a in args if "=" in a]:
         k, _, v = kv.partition("=")
         try:
             overrides[k] = json.loads(v)
         except json.JSONDecodeError:
             overrides[k] = v
-    cfg = get_recipe(args[0], **overrides)
-    print(train(cfg, args[1], max_minutes=max_minutes, quiet=quiet, log=lambda m: print(m, flush=True)))
+    return [a for a in args if "=" not in a], overrides, max_minutes, quiet
+
+
+def main(argv: list[str]) -> None:
+    """`RECIPE OUT [key=value ...] [--max-minutes M] [--quiet]` or `export OUT` (no argparse: few options)."""
+    pos, overrides, max_minutes, quiet = parse_argv(argv)
+    if len(pos) < 2:
+        sys.exit(__doc__.split("\n\n")[-1])
+    if pos[0] == "export":
+        print(export_checkpoint(pos[1]))
+        return
+    cfg = get_recipe(pos[0], **overrides)
+    print(train(cfg, pos[1], max_minutes=max_minutes, quiet=quiet, log=lambda m: print(m, flush=True)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,182 @@
+"""Few-shot prompt learning for the attention scorer (Discffusion) and cross-attention heat maps.
+
+LoRA adapters (peft, rank 4, on to_q/to_k/to_v/to_out of every U-Net attention layer, as the official code)
+are trained with a hinge loss: for each image of a group, its own caption's score must beat the best other
+caption's by `margin`. One random t and fresh noise per pair and step; AdamW, gradient clipping 1.0. Only the
+adapter is saved (safetensors + adapter_config.json), and `load_lora` puts it back on a fresh backbone.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..data.groups import Group
+from ..errors import DiffdiscError
+from ..scoring.attention import CrossAttentionCapture, attention_score
+from .match import _image_tensor
+
+TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+WEIGHTS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
+
+
+def _require_unet(backbone):
+    if getattr(backbone, "unet", None) is None or backbone.info.conditioning != "text":
+        raise DiffdiscError(f"{backbone.info.name}: attention tuning needs a text-conditional U-Net")
+    return backbone.unet
+
+
+def add_lora(backbone, rank: int = 4) -> None:
+    from peft import LoraConfig
+
+    if rank < 1:
+        raise DiffdiscError(f"LoRA rank must be >= 1, got {rank}")
+    cfg = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=TARGETS)
+    _require_unet(backbone).add_adapter(cfg)
+
+
+def save_lora(backbone, out: str | Path, meta: dict | None = None) -> Path:
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    unet, out = _require_unet(backbone), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(unet).items()}
+    tmp = out / f".{WEIGHTS}.tmp"
+    save_file(state, str(tmp))
+    tmp.replace(out / WEIGHTS)
+    cfg = unet.peft_config["default"].to_dict()
+    cfg["target_modules"] = sorted(cfg["target_modules"])
+    cfg["diffdisc"] = {"model_fingerprint": backbone.info.fingerprint, **(meta or {})}
+    (out / CONFIG).write_text(json.dumps(cfg, indent=2, default=str))
+    return out
+
+
+def load_lora(backbone, path: str | Path) -> None:
+    """Put a saved adapter on `backbone` (refuses adapters made for another model)."""
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
+        raise DiffdiscError(f"{path} is not a LoRA adapter directory (needs {WEIGHTS} and {CONFIG})")
+    cfg = json.loads((path / CONFIG).read_text())
+    made_for = cfg.get("diffdisc", {}).get("model_fingerprint")
+    if made_for and made_for != backbone.info.fingerprint:
+        raise DiffdiscError(f"{path} was trained for model {made_for}, not {backbone.info.fingerprint} ({backbone.info.name})")
+    add_lora(backbone, int(cfg["r"]))
+    set_peft_model_state_dict(backbone.unet, load_file(str(path / WEIGHTS)))
+    backbone.unet.requires_grad_(False)
+    import dataclasses
+    import hashlib
+
+    h = hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()[:8]
+    backbone.info = dataclasses.replace(backbone.info, fingerprint=f"{backbone.info.fingerprint}+lora{h}",
+                                        name=f"{backbone.info.name}+lora")  # results with and without stay apart
+
+
+def group_loss(backbone, capture: CrossAttentionCapture, grp: Group, g: torch.Generator, margin: float = 0.1,
+               bias: bool = True) -> torch.Tensor:  # fmt: skip
+    """Hinge loss of one group: per image, mean(max(0, best other caption - own caption + margin)).
+
+    One random t and fresh noise per (image, caption) pair, drawn from `g`; differentiable in the LoRA weights.
+    """
+    info, dev = backbone.info, backbone.device
+    images = [_image_tensor(im, info.image_size, info.image_channels) for im in grp.images]
+    x0 = backbone.encode(torch.stack(images)).clone()  # out of inference mode: usable in autograd
+    conds = backbone.conditions(list(grp.captions)).clone()
+    ni, nc = len(grp.images), len(grp.captions)
+    x0r, cr = x0.repeat_interleave(nc, 0), conds.repeat(ni, *([1] * (conds.ndim - 1)))
+    eps = torch.randn(x0r.shape, generator=g).to(dev)
+    t = torch.randint(0, backbone.num_train_timesteps, (len(x0r),), generator=g).to(dev)
+    S = attention_score(backbone, capture, backbone.add_noise(x0r, eps, t), eps, t, cr, bias).view(ni, nc)
+    losses = [(torch.cat([S[i, :i], S[i, i + 1 :]]).max() - S[i, i] + margin).clamp(min=0) for i in range(min(ni, nc))]
+    return torch.stack(losses).mean()
+
+
+def tune(
+    backbone,
+    groups: list[Group],
+    out: str | Path,
+    *,
+    rank: int = 4,
+    margin: float = 0.1,
+    lr: float = 1e-4,
+    epochs: int = 1,
+    bias: bool = True,
+    seed: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> Path:
+    """Train a LoRA adapter on `groups` (image i matches caption i) and save it to `out`."""
+    if not groups:
+        raise DiffdiscError("no training groups (shots = 0 needs no tuning)")
+    unet = _require_unet(backbone)
+    add_lora(backbone, rank)
+    params = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+    capture = CrossAttentionCapture(unet)
+    g, order = torch.Generator().manual_seed(seed), list(range(len(groups)))
+    step, total = 0, epochs * len(groups)
+    unet.train()
+    for epoch in range(epochs):
+        random.Random(seed * 1009 + epoch).shuffle(order)
+        for gi in order:
+            loss = group_loss(backbone, capture, groups[gi], g, margin, bias)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            if progress:
+                progress(step, total, loss.item())
+    unet.eval().requires_grad_(False)
+    meta = {"shots": len(groups), "epochs": epochs, "margin": margin, "lr": lr, "bias": bias, "seed": seed,
+            "train_groups": [grp.id for grp in groups][:1000]}  # fmt: skip
+    return save_lora(backbone, out, meta)
+
+
+@torch.inference_mode()
+def attention_heatmaps(backbone, image, caption: str, out: str | Path, t: int = 300, seed: int = 0) -> Path:
+    """PNG: the image, then one panel per caption token with its cross-attention map (layers averaged)."""
+    from ..plotting import pyplot, save_figure
+
+    plt = pyplot()
+    import torch.nn.functional as F
+
+    unet, info = _require_unet(backbone), backbone.info
+    x = _image_tensor(image, info.image_size, info.image_channels)
+    x0 = backbone.encode(x[None])
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0.device)
+    tt = torch.tensor([t], device=x0.device)
+    with CrossAttentionCapture(unet, keep_maps=True) as cap:
+        backbone.predict_eps(backbone.add_noise(x0, eps, tt), tt, backbone.conditions([caption]))
+        maps = cap.maps()
+    size = info.image_size
+    acc = 0
+    for m in maps.values():  # (1, HW, tokens) -> (tokens, size, size)
+        side = int(round(m.shape[1] ** 0.5))
+        grid = m[0].T.reshape(-1, 1, side, side).float()
+        acc = acc + F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    acc = acc / len(maps)
+    ids = backbone.tokenize([caption])[0].tolist()
+    toks = backbone.tokenizer.convert_ids_to_tokens(ids)
+    keep = [i for i, tok in enumerate(toks) if tok not in (backbone.tokenizer.pad_token, None)][: acc.shape[0]]
+    img = ((x.permute(1, 2, 0).cpu().numpy() + 1) / 2).clip(0, 1)
+    fig, axes = plt.subplots(1, len(keep) + 1, figsize=(1.4 * (len(keep) + 1), 1.8), squeeze=False)
+    axes[0][0].imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")
+    axes[0][0].set_title("image", fontsize=7)
+    for ax, i in zip(axes[0][1:], keep, strict=True):
+        ax.imshow(img.mean(-1), cmap="gray")
+        ax.imshow(acc[i].cpu().numpy(), cmap="jet", alpha=0.55)
+        ax.set_title(toks[i], fontsize=7)
+    for ax in axes[0]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{caption!r} (t={t})", fontsize=8)
+    return save_figure(fig, out, dpi=110)
