@@ -389,6 +389,78 @@ def sample(
     typer.echo(f"wrote {sample_grid(bb, keys, per_row, guidance=guidance, steps=steps, scheduler=scheduler, seed=seed, out=out)}")
 
 
+synth_app = typer.Typer(help="Synthetic training sets from class names (diversity tricks) and timm classifiers.",
+                        no_args_is_help=True)
+app.add_typer(synth_app, name="synth")
+
+
+@synth_app.command("generate", epilog="Example: diffdisc synth generate --model fmnist-scenes-text --per-class 200 "
+                                      "--tricks template,domain,guidance --out runs/synth-all")
+def synth_generate(
+    out: Annotated[Path, typer.Option(help="Output ImageFolder (+ metadata.jsonl); rerun to resume.")],
+    model: Annotated[str, typer.Option(help="Diffusion model (text- or class-conditional).")] = "fmnist-scenes-text",
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names (default: the model's).")] = None,
+    per_class: Annotated[int, typer.Option(help="Images per class.")] = 100,
+    tricks: Annotated[str, typer.Option(help="Comma-separated: template, domain, guidance (empty: none).")] = "",
+    guidance: Annotated[float, typer.Option(help="Fixed guidance scale (without the guidance trick).")] = 3.0,
+    guidance_range: Annotated[str, typer.Option(help="LO,HI for the per-image random guidance trick.")] = "1.5,6",
+    steps: Annotated[int, typer.Option(help="Sampler steps.")] = 25,
+    scheduler: Annotated[str, typer.Option(help="ddim | dpm | euler | ddpm")] = "ddim",
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed (every image's prompt, guidance and noise derive from it).")] = 0,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+):
+    """Generate a labelled training set from class names with classifier-free guidance and diversity tricks."""
+    _quiet_libraries()
+    from .progress import console
+    from .tasks.synth import SynthConfig, generate
+
+    try:
+        lo, hi = (float(v) for v in guidance_range.split(","))
+    except ValueError:
+        raise DiffdiscError(f"bad --guidance-range {guidance_range!r}: expected LO,HI") from None
+    cfg = SynthConfig(per_class=per_class, tricks=tuple(t for t in tricks.split(",") if t), guidance=guidance,
+                      guidance_range=(lo, hi), steps=steps, scheduler=scheduler, seed=seed, batch_size=batch_size)  # fmt: skip
+    bb = _load(model, device)
+    names = _split(classes) or list(bb.info.class_names)
+    path = generate(bb, names, out, cfg, progress=lambda d, n: console.print(f"{d}/{n} images"))
+    typer.echo(f"wrote {path}")
+
+
+@synth_app.command("merge")
+def synth_merge(
+    sources: Annotated[list[Path], typer.Argument(help="Generated sets to combine.")],
+    out: Annotated[Path, typer.Option(help="Merged ImageFolder.")],
+):
+    """Merge sets generated with different tricks into one ImageFolder (metadata kept per image)."""
+    from .tasks.synth import merge
+
+    typer.echo(f"wrote {merge(sources, out)}")
+
+
+@synth_app.command("train", epilog="Example: diffdisc synth train --data runs/synth-all --model resnet18 --out runs/clf")
+def synth_train(
+    data: Annotated[Path, typer.Option(help="(Synthetic) ImageFolder to train on.")],
+    out: Annotated[Path, typer.Option(help="Output dir (checkpoints/, model.safetensors); rerun to resume.")],
+    model: Annotated[str, typer.Option(help="Any timm model name, trained from scratch.")] = "resnet18",
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 15,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate (cosine schedule).")] = 2e-3,
+    mixed_precision: Annotated[str, typer.Option(help="no | bf16 | fp16 (accelerate)")] = "no",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    test: Annotated[Path | None, typer.Option(help="Real labelled ImageFolder to evaluate the best model on.")] = None,
+):
+    """Train a timm classifier from scratch; model selection on a held-out part of the synthetic set only."""
+    _quiet_libraries()
+    from .tasks.synth_train import ClassifierConfig, evaluate_classifier, train_classifier
+
+    cfg = ClassifierConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, mixed_precision=mixed_precision, seed=seed)
+    path = train_classifier(data, out, cfg, log=lambda m: typer.echo(m, err=True))
+    if test:
+        m = evaluate_classifier(path, test)
+        typer.echo(f"real test accuracy {m['accuracy']:.1%} on {m['n_images']} images")
+
+
 @app.command()
 def doctor():
     """Check the installation: library versions, device, Fashion-MNIST files, shipped models loading."""

@@ -52,6 +52,17 @@ def _diff(a, b, prefix=""):
     return None if a == b else (prefix.rstrip("."), a, b)
 
 
+def repair_jsonl(path: Path) -> None:
+    """Cut a torn last line left by a kill mid-write (the intact rows stay), before appending again."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+
+
 def read_records(shards_dir: Path) -> Iterator[dict]:
     """All complete records from all shards (first occurrence of an image id wins; torn lines are skipped)."""
     seen = set()
@@ -89,18 +100,8 @@ class ResultStore:
         else:
             atomic_write_text(run, json.dumps(self.settings, indent=2, sort_keys=True))
         self.path = self.shards / f"part-{rank:05d}.jsonl"
-        self._repair(self.path)
+        repair_jsonl(self.path)
 
-    @staticmethod
-    def _repair(path: Path) -> None:
-        """Cut a torn last line left by a kill mid-write (the intact rows stay)."""
-        if not path.is_file():
-            return
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
-            with open(path, "r+b") as f:
-                f.truncate(keep)
 
     def records(self) -> Iterator[dict]:
         return read_records(self.shards)

@@ -47,12 +47,15 @@ def sample(
     steps: int = 50,
     scheduler: str = "ddim",
     generator: torch.Generator | None = None,
+    init_noise: torch.Tensor | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Images in [-1, 1] (B, C, H, W), one per condition; `guidance` may differ per image (a B-vector).
 
     ε̂ = ε̂(∅) + w (ε̂(c) - ε̂(∅)); w = 1 is the plain conditional model (no unconditional pass).
-    Initial noise is drawn on the CPU from `generator`, so images do not depend on the device.
+    Initial noise is drawn on the CPU from `generator` (or given as `init_noise`, e.g. one seed per image),
+    so images do not depend on the device; with a deterministic scheduler (ddim, dpm, euler) an image then
+    does not depend on the batch it was drawn in either.
     """
     if steps < 1:
         raise DiffdiscError(f"steps must be >= 1, got {steps}")
@@ -62,7 +65,10 @@ def sample(
     sched.set_timesteps(steps, device=backbone.device)
     probe = backbone.encode(torch.zeros(1, backbone.info.image_channels, backbone.info.image_size, backbone.info.image_size))
     shape = (B, *probe.shape[1:])
-    x = torch.randn(shape, generator=generator).to(backbone.device) * sched.init_noise_sigma
+    if init_noise is not None and tuple(init_noise.shape) != shape:
+        raise DiffdiscError(f"init_noise has shape {tuple(init_noise.shape)}, expected {shape}")
+    x0 = init_noise if init_noise is not None else torch.randn(shape, generator=generator)
+    x = x0.to(backbone.device) * sched.init_noise_sigma
     conds = conds.to(backbone.device)
     use_cfg = bool((w != 1).any())
     if use_cfg:

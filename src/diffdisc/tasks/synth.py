@@ -1,0 +1,203 @@
+"""Synthetic training sets from class names (Shipard et al., "Diversity is Definitely Needed").
+
+`generate` plans every image up front — class, prompt, seed, guidance, trick — from the run seed alone, then
+renders the plan in batches with classifier-free guidance and a diffusers scheduler. Each image is written
+under a temporary name and renamed, and its metadata row is appended only after that, so a killed run (or a
+full disk) never counts a half-written image; rerunning the same command renders only what is missing.
+
+Diversity tricks (each switchable):
+  template   - templated prompts instead of the bare class name ("{a} {}" sets; `--templates`);
+  domain     - multi-domain prompts "{a} {domain} {}" over a domain list (the embedded world knows colours);
+  guidance   - guidance scale drawn uniformly from a range **per image** (the original code drew one per run);
+and `merge` combines sets generated with different tricks into one ImageFolder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data.templates import fill
+from ..errors import DiffdiscError
+from ..generation.sampler import sample
+from ..results import repair_jsonl
+from ..scoring.engine import derive_seed
+from ..world.export import folder_name, png_bytes, write_atomic
+
+TRICKS = ("template", "domain", "guidance")
+DEFAULT_TEMPLATES = ("{a} {}", "an image of {a} {}", "{a} {} on black")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    per_class: int = 100
+    tricks: tuple[str, ...] = ()
+    guidance: float = 3.0  # used when the `guidance` trick is off
+    guidance_range: tuple[float, float] = (1.5, 6.0)
+    steps: int = 25
+    scheduler: str = "ddim"
+    seed: int = 0
+    batch_size: int = 64
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    domains: tuple[str, ...] = ()  # default: the model's `domains` metadata, else the embedded palette
+
+    def __post_init__(self):
+        bad = [t for t in self.tricks if t not in TRICKS]
+        if bad:
+            raise DiffdiscError(f"unknown trick {bad[0]!r} (known: {', '.join(TRICKS)})")
+        if self.per_class < 1:
+            raise DiffdiscError(f"images per class must be >= 1, got {self.per_class}")
+        lo, hi = self.guidance_range
+        if lo > hi:
+            raise DiffdiscError(f"guidance range is reversed: {lo} > {hi}")
+        if lo < 0 or self.guidance < 0:
+            raise DiffdiscError("guidance scales must be >= 0")
+
+
+@dataclass
+class Job:
+    index: int
+    class_id: int
+    class_name: str
+    condition: str | int  # prompt (text models) or class id (class-conditional)
+    seed: int
+    guidance: float
+    tricks: list[str] = field(default_factory=list)
+
+    @property
+    def file(self) -> str:
+        return f"{folder_name(self.class_name)}/{self.index:06d}.png"
+
+
+def plan(backbone, classes: list[str], cfg: SynthConfig) -> list[Job]:
+    """Every image's condition, seed and guidance, from (run seed, class, k): independent of batching."""
+    text = backbone.info.conditioning == "text"
+    if not text and {"template", "domain"} & set(cfg.tricks):
+        raise DiffdiscError("prompt tricks (template, domain) need a text-conditional model")
+    domains = cfg.domains or tuple(backbone.info.metadata.get("domains", ())) or _palette()
+    jobs = []
+    for c, name in enumerate(classes):
+        cond_id = None if text else backbone.class_id(name)
+        for k in range(cfg.per_class):
+            rng = random.Random(derive_seed(cfg.seed, name, k, "synth"))
+            tpl = rng.choice(cfg.templates) if "template" in cfg.tricks else "{a} {}"
+            noun = f"{rng.choice(domains)} {name}" if "domain" in cfg.tricks else name
+            prompt = fill(tpl, noun)  # the article follows the domain word: "an orange sneaker"
+            g = rng.uniform(*cfg.guidance_range) if "guidance" in cfg.tricks else cfg.guidance
+            jobs.append(Job(c * cfg.per_class + k, c, name, prompt if text else cond_id, derive_seed(cfg.seed, name, k, "noise"),
+                            round(g, 4), list(cfg.tricks)))  # fmt: skip
+    return jobs
+
+
+def _palette() -> tuple[str, ...]:
+    from ..world.scenes import COLOURS
+
+    return COLOURS
+
+
+def generate(backbone, classes: list[str], out: str | Path, cfg: SynthConfig,
+             progress: Callable[[int, int], None] | None = None) -> Path:  # fmt: skip
+    """Render the plan into `out` (ImageFolder + classes.json + metadata.jsonl + synth.json); resumable."""
+    if getattr(backbone, "is_contrastive", False):
+        raise DiffdiscError(f"{backbone.info.name} is a contrastive model: it cannot generate images")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"model": backbone.info.name, "fingerprint": backbone.info.fingerprint, "classes": list(classes),
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}}  # fmt: skip
+    settings_path = out / "synth.json"
+    if settings_path.is_file():
+        old = json.loads(settings_path.read_text())
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k) and k != "batch_size")
+        if diff:
+            raise DiffdiscError(f"{out} was generated with other settings ({diff[0]}: {old.get(diff[0])!r} there, "
+                                f"{settings.get(diff[0])!r} now); use another --out")  # fmt: skip
+    write_atomic(settings_path, json.dumps(settings, indent=2).encode())
+    write_atomic(out / "classes.json", json.dumps({folder_name(c): c for c in classes}, indent=2).encode())
+    jobs = plan(backbone, classes, cfg)
+    meta_path = out / "metadata.jsonl"
+    repair_jsonl(meta_path)
+    done = _done(meta_path, out)
+    todo = [j for j in jobs if j.file not in done]
+    if progress:
+        progress(len(jobs) - len(todo), len(jobs))
+    for s in range(0, len(todo), cfg.batch_size):
+        batch = todo[s : s + cfg.batch_size]
+        conds = backbone.conditions([j.condition for j in batch])
+        noise_g = torch.Generator().manual_seed(batch[0].seed)  # per-batch stream; per-image noise below
+        imgs = sample(backbone, conds, guidance=torch.tensor([j.guidance for j in batch]), steps=cfg.steps,
+                      scheduler=cfg.scheduler, generator=noise_g, init_noise=_init_noise(backbone, batch))  # fmt: skip
+        u8 = ((imgs.cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        rows = []
+        for j, a in zip(batch, u8, strict=True):
+            try:
+                write_atomic(out / j.file, png_bytes(a[..., 0] if a.shape[-1] == 1 else a))
+            except OSError as e:
+                raise DiffdiscError(f"cannot write {out / j.file}: {e.strerror or e}; images already written are "
+                                    "kept, rerun the same command to continue") from e  # fmt: skip
+            rows.append(json.dumps({"file": j.file, "class": j.class_name, "class_id": j.class_id,
+                                    "prompt": j.condition if isinstance(j.condition, str) else None, "seed": j.seed,
+                                    "guidance": j.guidance, "tricks": j.tricks}) + "\n")  # fmt: skip
+        with open(meta_path, "a") as f:
+            f.write("".join(rows))
+            f.flush()
+            os.fsync(f.fileno())
+        if progress:
+            progress(len(jobs) - len(todo) + s + len(batch), len(jobs))
+    return out
+
+
+def _init_noise(backbone, batch: list[Job]) -> torch.Tensor:
+    """x_T per image from its own seed: an image does not depend on which batch it was rendered in."""
+    shape = backbone.encode(torch.zeros(1, backbone.info.image_channels, backbone.info.image_size, backbone.info.image_size)).shape[1:]
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(j.seed)) for j in batch])
+
+
+def _done(meta_path: Path, out: Path) -> set[str]:
+    """Files recorded in the metadata AND present on disk (a torn last line or a lost file is redone)."""
+    if not meta_path.is_file():
+        return set()
+    done = set()
+    for line in meta_path.read_text().splitlines():
+        try:
+            f = json.loads(line)["file"]
+        except (json.JSONDecodeError, KeyError):
+            continue
+        if (out / f).is_file():
+            done.add(f)
+    return done
+
+
+def merge(sources: list[str | Path], out: str | Path) -> Path:
+    """One ImageFolder from several generated sets (files prefixed by their set; metadata concatenated)."""
+    import shutil
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    classes: dict[str, str] = {}
+    rows = []
+    for n, src in enumerate(map(Path, sources)):
+        if not (src / "metadata.jsonl").is_file():
+            raise DiffdiscError(f"{src} is not a generated set (no metadata.jsonl)")
+        classes.update(json.loads((src / "classes.json").read_text()))
+        done = _done(src / "metadata.jsonl", src)
+        for line in (src / "metadata.jsonl").read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("file") not in done:
+                continue
+            folder, name = row["file"].split("/")
+            new = f"{folder}/s{n}-{name}"
+            (out / folder).mkdir(exist_ok=True)
+            shutil.copyfile(src / row["file"], out / new)
+            rows.append(json.dumps({**row, "file": new, "source": str(src)}) + "\n")
+    write_atomic(out / "classes.json", json.dumps(classes, indent=2).encode())
+    write_atomic(out / "metadata.jsonl", "".join(rows).encode())
+    return out
