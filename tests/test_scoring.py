@@ -123,6 +123,24 @@ def test_adaptive_reaches_exhaustive_argmin_on_clear_case(strategy):
     assert np.mean([r.calls for r in ad]) < np.mean([r.calls for r in ex])
 
 
+def test_halving_early_exit_saves_calls_on_decisive_images_only():
+    g = torch.Generator().manual_seed(0)
+    templates = torch.randn(10, 1, 8, 8, generator=g)
+    labels = torch.arange(10).repeat(2)
+    x0 = templates[labels] + 0.3 * torch.randn(20, 1, 8, 8, generator=g)
+    x0[0] = (templates[0] + templates[1]) / 2  # an ambiguous image: no decisive leader after stage 1
+    bb, keys = TemplateBackbone(templates), [f"i{i}" for i in range(20)]
+    conds = bb.conditions(list(range(10)))
+    stages = ((5, 3), (10, 2), (20, 1))
+    plain = evaluate(ScoringEngine(bb), x0, keys, conds, AdaptiveConfig(strategy="halving", stages=stages))
+    early = evaluate(ScoringEngine(bb), x0, keys, conds, AdaptiveConfig(strategy="halving", stages=stages, exit_z=3.0))
+    assert [r.prediction for r in early] == [r.prediction for r in plain]
+    assert early[0].calls == plain[0].calls  # the ambiguous image runs every stage
+    assert np.mean([r.calls for r in early]) < np.mean([r.calls for r in plain])
+    with pytest.raises(DiffdiscError, match="exit_z"):
+        AdaptiveConfig(strategy="halving", exit_z=-1)
+
+
 def test_paired_p_matches_scipy():
     rng = np.random.default_rng(0)
     a, b = rng.normal(1.1, 1, 30), rng.normal(1.0, 1, 30)

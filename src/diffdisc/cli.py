@@ -67,6 +67,7 @@ def classify(
     min_scores: Annotated[int, typer.Option(help="t-test: scores before the first test.")] = 20,
     max_scores: Annotated[int, typer.Option(help="t-test: cap on scores per candidate.")] = 100,
     p_value: Annotated[float, typer.Option(help="t-test: drop a candidate below this p.")] = 2e-3,
+    exit_z: Annotated[float, typer.Option(help="halving: stop an image after a stage when its leader beats the runner-up by this many standard errors (0 = off).")] = 0.0,
     loss: Annotated[str, typer.Option(help="l2 | l1 | huber")] = "l2",
     weighting: Annotated[str, typer.Option(help="uniform | clark | min_snr")] = "uniform",
     batch_size: Annotated[int, typer.Option(help="U-Net batch size.")] = 64,
@@ -97,7 +98,7 @@ def classify(
     score = ScoreConfig(loss=loss, weighting=weighting, batch_size=batch_size, dtype=dtype, seed=seed,
                         compile=compile, channels_last=channels_last, scorer=scorer)
     adaptive = AdaptiveConfig(strategy=strategy, n_timesteps=timesteps, timesteps=timestep_schedule, stages=parse_stages(stages),
-                              min_scores=min_scores, max_scores=max_scores, p_value=p_value)  # fmt: skip
+                              min_scores=min_scores, max_scores=max_scores, p_value=p_value, exit_z=exit_z)  # fmt: skip
     if not 0 <= rank < world_size:
         raise DiffdiscError(f"rank {rank} is outside 0..{world_size - 1}")
     if device is None and world_size > 1:

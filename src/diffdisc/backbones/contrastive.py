@@ -9,6 +9,7 @@ results, metrics, calibration and reports need no special case. It costs no U-Ne
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -71,9 +72,12 @@ class ContrastiveModel(nn.Module):
     def conditions(self, prompts: list) -> torch.Tensor:
         """L2-normalised text embeddings, cached per prompt."""
         new = [str(p) for p in dict.fromkeys(prompts) if str(p) not in self._cache]
+        limit = getattr(self.tokenizer, "context_length", None)
         for p in new:
             if not p.strip():
                 raise DiffdiscError("empty caption/prompt")
+            if limit and hasattr(self.tokenizer, "tokenizer") and len(self.tokenizer.tokenizer(p)["input_ids"]) > limit:
+                warnings.warn(f"prompt {p!r} is longer than {limit} tokens; truncated", stacklevel=2)
         for i in range(0, len(new), 256):
             emb = self.model.encode_text(self.tokenizer(new[i : i + 256]).to(self.device), normalize=True).float()
             self._cache.update(zip(new[i : i + 256], emb, strict=True))

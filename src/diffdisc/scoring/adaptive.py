@@ -145,8 +145,21 @@ def _halving(ctx: _Ctx, cfg, results):
         for i, r in enumerate(results):
             if keep < len(alive[i]):
                 alive[i] = sorted(alive[i], key=lambda c, r=r: (r.mean(c), c))[:keep]
+            if cfg.exit_z > 0 and len(alive[i]) > 1 and _decisive(r, alive[i], cfg.exit_z):
+                alive[i] = alive[i][:1]  # early exit: the leader's margin is already decisive
             for c in alive[i]:
                 r.level[c] = level
+
+
+def _decisive(r: ImageScores, ranked: list[int], z: float) -> bool:
+    """Leader vs runner-up on their shared timesteps: mean paired difference > z standard errors."""
+    a, b = r.errors[ranked[0]], r.errors[ranked[1]]
+    shared = [t for t in a if t in b]
+    if len(shared) < 3:
+        return False
+    d = np.array([b[t] - a[t] for t in shared])
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    return bool(d.mean() > z * se) if se > 0 else bool(d.mean() > 0)
 
 
 def _ttest(ctx: _Ctx, cfg, results):

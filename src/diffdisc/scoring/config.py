@@ -71,6 +71,8 @@ class AdaptiveConfig:
     ttest: Clark & Jaini Alg. 1; after `min_scores` shared (t, ε) samples a candidate is dropped when a
     one-sided paired t-test against the current best gives p < `p_value`; stop at one survivor or
     `max_scores`.
+    exit_z (halving, ours): after any stage, an image whose leader beats the runner-up by more than `exit_z`
+    standard errors of their paired differences stops there (0 = off): easy images skip the later stages.
     """
 
     strategy: str = "exhaustive"
@@ -80,6 +82,7 @@ class AdaptiveConfig:
     min_scores: int = 20
     max_scores: int = 100
     p_value: float = 2e-3
+    exit_z: float = 0.0
 
     def __post_init__(self):
         _check("strategy", self.strategy, STRATEGIES)
@@ -95,6 +98,8 @@ class AdaptiveConfig:
             ns = [n for n, _ in self.stages]
             if ns != sorted(ns) or len(set(ns)) != len(ns):
                 raise DiffdiscError(f"halving stage sizes must increase, got {ns}")
+        if self.exit_z < 0:
+            raise DiffdiscError(f"exit_z must be >= 0, got {self.exit_z}")
         if self.strategy == "ttest" and not 2 <= self.min_scores <= self.max_scores:
             raise DiffdiscError(f"ttest needs 2 <= min_scores <= max_scores, got {self.min_scores}, {self.max_scores}")
 

@@ -35,7 +35,13 @@ def _image_tensor(img, size: int, channels: int) -> torch.Tensor:
 def score_chunk(backbone, groups: list[Group], score: ScoreConfig, timesteps: list[int]) -> list[np.ndarray]:
     """[n_images, n_captions] score matrix per group (lower = better match)."""
     info = backbone.info
-    imgs = [_image_tensor(im, info.image_size, info.image_channels) for g in groups for im in g.images]
+    imgs = []
+    for g in groups:
+        for im in g.images:
+            try:
+                imgs.append(_image_tensor(im, info.image_size, info.image_channels))
+            except DiffdiscError as e:
+                raise DiffdiscError(f"group {g.id}: {e}") from None
     x0 = backbone.encode(torch.stack(imgs))
     captions = list(dict.fromkeys(c for g in groups for c in g.captions))
     cidx = {c: i for i, c in enumerate(captions)}

@@ -28,7 +28,9 @@ def run_probes(models: list, names: list[str] | None = None, *, n: int = 200, se
         for bb in models:
             contrastive = getattr(bb, "is_contrastive", False)
             how = "" if contrastive or score is None or score.scorer == "denoise" else f"-{score.scorer}"
-            run_dir = Path(out) / f"{name}-{VERSION}-s{seed}-n{n}" / f"{label(bb)}-{bb.info.fingerprint[:8]}{how}"
+            fp = bb.info.fingerprint  # "<model>" or "<model>+lora<adapter>": both parts name the run
+            tag = fp[:8] + (f"-lora{fp.split('+lora', 1)[1][:8]}" if "+lora" in fp else "")
+            run_dir = Path(out) / f"{name}-{VERSION}-s{seed}-n{n}" / f"{label(bb)}-{tag}{how}"
             ctx = progress_factory(f"{name} / {label(bb)}") if progress_factory else None
             cb = ctx.__enter__() if ctx else None
             try:

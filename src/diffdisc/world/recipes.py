@@ -67,6 +67,11 @@ class TrainConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+# Documented CPU settings (2 cores), besides `--max-minutes 85`, which stops any recipe checkpointed in time:
+#   fmnist-scenes-text: `--steps 1000` (measured 9-14 s/step at batch 128 with two other jobs on the cores;
+#                       ~4-5 s/step expected idle from the forward cost) -> about 75-85 min idle;
+#   fmnist-scenes-clip: `--steps 2500` (measured 2.0 s/step at batch 256 under the same load) -> <= 85 min.
+# The shipped weights were trained on an H100 instead (see world/assets/README.md).
 _TEXT = dict(
     kind="text", channels=3, scenes=60000, class_only_p=0.2, attention_levels=(False, True, True),
     block_out_channels=(32, 64, 128), steps=4000,
