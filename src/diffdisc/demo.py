@@ -78,7 +78,7 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 3, progress_factory
         m["images_per_s"] = len(res) / dt
         m.update(model=model, images=kind, strategy=name)
         summary[label] = m
-        short = (Path(model).name if "/" in model else model).removeprefix("fmnist-")
+        short = (Path(model).name if "/" in model else model).removeprefix("fmnist-").removeprefix("scenes-")
         rows.append([short, "grey" if kind == "grey" else "coloured", name,
                      f"{m['accuracy']:.1%}", f"{m['ece_temperature_scaled']:.3f}", f"{m['unet_calls_per_image']:.0f}",
                      f"{m['images_per_s']:.2f}"])  # fmt: skip
