@@ -49,6 +49,12 @@ def main():
     print(f"U-Net calls/s: raw forward loop {n / t_raw:.0f}, engine {n / t_eng:.0f}  "
           f"-> engine/raw = {t_raw / t_eng:.3f} (target >= 0.9)  [batch {B}, {n} items]")  # fmt: skip
 
+    # --batch-size 0: the auto-tuner picks the batch on the run's own shapes (tuning time excluded here)
+    auto = ScoringEngine(bb, ScoreConfig(batch_size=0))
+    auto.run(x0, keys, conds, work)
+    t_auto = best_of(lambda: auto.run(x0, keys, conds, work))
+    print(f"auto batch size: chose {auto.batch_size} -> {t_eng / t_auto:.2f}x the fixed batch {B}")
+
     # images/s vs one prompt and one t at a time (the paper's pseudo-code), same noise and timesteps
     cfg = AdaptiveConfig(n_timesteps=args.timesteps)
     imgs = x0[: args.images]

@@ -89,6 +89,40 @@ def test_noise_shared_across_candidates_and_independent_of_batching(sd_dir):
     assert torch.equal(eng.noise(["a"], [10], (2,))[0], n[0])
 
 
+def test_auto_batch_size_and_oom_fallback_keep_the_numbers(sd_dir, monkeypatch):
+    bb = create_backbone(sd_dir)
+    x0 = bb.encode(torch.rand(3, 3, 16, 16) * 2 - 1)
+    keys, conds, ts = ["a", "b", "c"], bb.conditions(PROMPTS[:2]), [10, 500, 990]
+    ref = ScoringEngine(bb, ScoreConfig(batch_size=4)).exhaustive(x0, keys, conds, ts)
+    auto = ScoringEngine(bb, ScoreConfig(batch_size=0))
+    torch.testing.assert_close(auto.exhaustive(x0, keys, conds, ts), ref, rtol=1e-4, atol=1e-6)
+    assert auto.batch_size >= 8 and auto.batch_size & (auto.batch_size - 1) == 0  # a tuned power of two
+    # a device that runs out of memory above 5 items: the engine halves its batch and loses nothing
+    eng = ScoringEngine(bb, ScoreConfig(batch_size=16))
+    real = eng.errors
+
+    def small_memory(x0_, *a):
+        if x0_.shape[0] > 5:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(x0_, *a)
+
+    monkeypatch.setattr(eng, "errors", small_memory)
+    torch.testing.assert_close(eng.exhaustive(x0, keys, conds, ts), ref, rtol=1e-4, atol=1e-6)
+    assert eng.batch_size == 4 and eng.calls == 18
+
+
+def test_auto_batch_size_stops_at_first_oom():
+    from diffdisc.scoring.autotune import auto_batch_size
+
+    def step(bs):
+        if bs > 64:
+            raise torch.OutOfMemoryError("out of memory")
+
+    assert auto_batch_size(step, torch.device("cpu"), min_gain=float("-inf")) == 64  # speed never stops it
+    with pytest.raises(DiffdiscError, match="does not fit"):
+        auto_batch_size(lambda bs: step(bs * 100), torch.device("cpu"))
+
+
 class TemplateBackbone(Backbone):
     """A denoiser that believes x0 is the template of the conditioned class: error ∝ ||x0 - template||²."""
 

@@ -41,8 +41,14 @@ def _clean(v):
     return v
 
 
+# Settings that change speed, not numbers (noise is keyed by (image, t)): a resume may change them.
+RUNTIME_KEYS = frozenset({"score.batch_size"})
+
+
 def _diff(a, b, prefix=""):
     """First differing key path between two settings dicts, or None."""
+    if prefix.rstrip(".") in RUNTIME_KEYS:
+        return None
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b)):
             d = _diff(a.get(k), b.get(k), f"{prefix}{k}.")

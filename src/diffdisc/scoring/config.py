@@ -26,6 +26,8 @@ class ScoreConfig:
     scorer: `denoise` (the weighted ε-error above) or `attention` (Discffusion: cross-attention LogSumExp
     score, plus the denoising bias when `attention_bias`; text-conditional U-Nets only; negated so that lower
     is better for every scorer).
+    batch_size: U-Net batch; 0 tunes it on the first batch of work (largest that fits memory and still
+    speeds up per item; see scoring/autotune.py). Errors do not depend on it.
     compile / channels_last: speed options (torch.compile of the denoiser; NHWC activations). They change
     no formula, only kernels, so errors may differ in the last bits.
     """
@@ -49,8 +51,8 @@ class ScoreConfig:
         _check("dtype", self.dtype, DTYPES)
         _check("noise", self.noise, NOISE_SHARING)
         _check("scorer", self.scorer, SCORERS)
-        if self.batch_size < 1:
-            raise DiffdiscError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.batch_size < 0:
+            raise DiffdiscError(f"batch_size must be >= 1 (or 0 = auto-tune), got {self.batch_size}")
 
     def to_dict(self) -> dict:
         return asdict(self)

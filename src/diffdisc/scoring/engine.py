@@ -21,6 +21,7 @@ from ..errors import DiffdiscError
 from .config import ScoreConfig
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+MAX_TUNE = 4096  # largest batch the auto-tuner tries
 
 
 def derive_seed(*parts) -> int:
@@ -52,6 +53,8 @@ class ScoringEngine:
         self.backbone = backbone
         self.config = config or ScoreConfig()
         self.calls = 0
+        # None until tuned (batch_size 0 = auto); may shrink after an out-of-memory error.
+        self.batch_size: int | None = self.config.batch_size or None
         dev = backbone.device.type
         if self.config.dtype != "fp32":
             self._autocast = lambda: torch.autocast(dev, dtype=_AUTOCAST[self.config.dtype])
@@ -97,13 +100,39 @@ class ScoringEngine:
         x0 = x0.to(dev)
         conds = conds.to(dev)
         out = torch.empty(n)
-        bs = self.config.batch_size
-        for s in range(0, n, bs):
-            sl = slice(s, min(s + bs, n))
+
+        def batch(sl: slice) -> torch.Tensor:
             img, t = work.image[sl].to(dev), work.t[sl].to(dev)
-            out[sl] = self.errors(x0[img], eps_bank[inverse[sl].to(dev)], t, conds[work.candidate[sl].to(dev)]).cpu()
+            return self.errors(x0[img], eps_bank[inverse[sl].to(dev)], t, conds[work.candidate[sl].to(dev)])
+
+        if self.batch_size is None:  # --batch-size 0: tune once, on this run's real shapes
+            from .autotune import auto_batch_size
+
+            first = torch.zeros(MAX_TUNE, dtype=torch.long)
+            self.batch_size = auto_batch_size(lambda b: self._tune_step(x0, eps_bank, conds, work, inverse, first[:b]), dev)
+        s = 0
+        while s < n:
+            sl = slice(s, min(s + self.batch_size, n))
+            try:
+                out[sl] = batch(sl).cpu()
+            except Exception as e:  # out of memory mid-run (other jobs on the GPU): halve and retry the batch
+                from .autotune import is_oom
+
+                if not is_oom(e) or self.batch_size == 1:
+                    raise
+                self.batch_size //= 2
+                if dev.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            s = sl.stop
         self.calls += n * self.calls_per_item
         return out
+
+    def _tune_step(self, x0, eps_bank, conds, work, inverse, idx) -> None:
+        """One batch made of copies of the first work item: the shapes and kernels of the real run."""
+        dev = self.backbone.device
+        i = idx.to(dev)
+        self.errors(x0[work.image[i].to(dev)], eps_bank[inverse[i].to(dev)], work.t[i].to(dev), conds[work.candidate[i].to(dev)])
 
     @property
     def calls_per_item(self) -> int:
