@@ -37,3 +37,28 @@ def best_of(fn, repeats: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def make_sd_sized(root: Path, classes: list[str]) -> Path:
+    """A random SD-layout model (VAE included) with the shipped text model's U-Net shape on 4 latent channels.
+
+    The shipped text encoder, tokenizer and scheduler are copied, so prompts tokenize as they do for users.
+    """
+    import shutil
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from diffdisc.backbones.registry import shipped_models_dir
+
+    src = shipped_models_dir() / "fmnist-scenes-text"
+    cfg = json.loads((src / "unet" / "config.json").read_text())
+    cfg.update(in_channels=4, out_channels=4, sample_size=16)
+    torch.manual_seed(0)
+    UNet2DConditionModel.from_config({k: v for k, v in cfg.items() if not k.startswith("_")}).save_pretrained(root / "unet")
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  norm_num_groups=32, sample_size=32).save_pretrained(root / "vae")  # fmt: skip
+    for part in ("text_encoder", "tokenizer", "scheduler"):
+        shutil.copytree(src / part, root / part)
+    (root / "diffdisc.json").write_text(json.dumps({"class_names": classes}))
+    return root

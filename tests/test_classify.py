@@ -151,11 +151,11 @@ def test_sigkill_and_restart_gives_identical_metrics(classcond_dir, tmp_path):
 
 def test_cli_errors_are_one_line(tmp_path, image_folder, classcond_dir):
     p = run_cli("classify", "--model", tmp_path / "nope", "--data", image_folder, check=False)
-    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "unknown model" in p.stderr
+    assert p.returncode == 1 and p.stderr.strip().count("\n") == 0 and "unknown model" in p.stderr
     p = run_cli("classify", "--model", classcond_dir, "--data", tmp_path / "nodata", check=False)
-    assert p.returncode == 2 and "does not exist" in p.stderr
+    assert p.returncode == 1 and "does not exist" in p.stderr
     p = run_cli("classify", "--model", classcond_dir, "--data", image_folder, "--strategy", "halving", "--stages", "2000:1", check=False)
-    assert p.returncode == 2 and "1..1000" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 1 and "1..1000" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_cli_classify_json_and_calibrate(classcond_dir, image_folder, tmp_path):

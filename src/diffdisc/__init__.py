@@ -25,7 +25,11 @@ def __getattr__(name):  # lazy: importing diffdisc must not import torch/diffuse
         from .tasks.classify import classify
 
         return classify
+    if name == "write_report":
+        from .report.html import write_report
+
+        return write_report
     raise AttributeError(name)
 
 
-__all__ = ["DiffdiscError", "create_backbone", "list_backbones", "ScoreConfig", "AdaptiveConfig", "classify"]
+__all__ = ["DiffdiscError", "create_backbone", "list_backbones", "ScoreConfig", "AdaptiveConfig", "classify", "write_report"]

@@ -70,7 +70,7 @@ def classify(
     exit_z: Annotated[float, typer.Option(help="halving: stop an image after a stage when its leader beats the runner-up by this many standard errors (0 = off).")] = 0.0,
     loss: Annotated[str, typer.Option(help="l2 | l1 | huber")] = "l2",
     weighting: Annotated[str, typer.Option(help="uniform | clark | min_snr")] = "uniform",
-    batch_size: Annotated[int, typer.Option(help="U-Net batch size.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="U-Net batch size (0 = auto-tune to memory and speed).")] = 64,
     dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (autocast)")] = "fp32",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser (GPU: worth it).")] = False,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC activations.")] = False,
@@ -138,11 +138,11 @@ def _print_metrics(metrics: dict, out: Path, as_json: bool) -> None:
     Console().print(t)
 
 
-@app.command()
+@app.command(epilog="Example: diffdisc calibrate runs/val --apply-to runs/test  (fit T on a labelled run, use it on another)")
 def calibrate(
     run_dir: Annotated[Path, typer.Argument(help="A labelled classify run to fit on.")],
     apply_to: Annotated[Path | None, typer.Option("--apply-to", help="Rewrite this run's metrics with the fitted T.")] = None,
-    json_out: Annotated[bool, typer.Option("--json")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One line of JSON (default: indented).")] = False,
 ):
     """Fit softmax temperature (and Platt a, b on log U-Net calls) on a labelled run."""
     from .results import ClassificationResult, atomic_write_text
@@ -162,40 +162,53 @@ def calibrate(
     typer.echo(json.dumps(cal, indent=None if json_out else 2))
 
 
-@app.command()
-def merge(run_dir: Annotated[Path, typer.Argument(help="Run directory written by one or more processes.")]):
+@app.command(epilog="Example: diffdisc merge runs/x  (after `torchrun ... classify --out runs/x` shards finish)")
+def merge(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by one or more processes.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print metrics as JSON only.")] = False,
+):
     """Merge shards of a (multi-process) run into results.jsonl, predictions.jsonl and metrics.json."""
     from .results import ClassificationResult
     from .tasks.classify import finalize
 
     res = ClassificationResult.load(run_dir)
-    _print_metrics(finalize(run_dir, res, res.settings.get("temperature")), run_dir, False)
+    _print_metrics(finalize(run_dir, res, res.settings.get("temperature")), run_dir, json_out)
 
 
 @app.command(epilog="Example: diffdisc train fmnist-classcond --out runs/train --max-minutes 60  (rerun to resume)")
 def train(
-    recipe: Annotated[str, typer.Argument(help="Recipe name: fmnist-classcond | tiny")],
+    recipe: Annotated[str, typer.Argument(help="Recipe name: fmnist-classcond | fmnist-scenes-text[-cc] | "
+                                               "fmnist-scenes-clip[-cc] | tiny")],
     out: Annotated[Path, typer.Option(help="Output directory (checkpoints/, model/); rerun to resume.")],
     steps: Annotated[int | None, typer.Option(help="Total optimiser steps.")] = None,
     data: Annotated[Path | None, typer.Option(help="Your own ImageFolder instead of Fashion-MNIST.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (checkpointed) after this many minutes.")] = None,
+    init_from: Annotated[str | None, typer.Option(help="Fine-tune: start from this model dir or shipped name.")] = None,
+    colour_correlation: Annotated[float | None, typer.Option(help="P(item wears its class colour) in scenes.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (e.g. lower when fine-tuning).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log lines.")] = False,
 ):
     """Train a shipped-model recipe (resumable: checkpoints every N steps, EMA weights exported to OUT/model)."""
     _quiet_libraries()
     from .world.recipes import get_recipe
     from .world.train import train as run
 
-    cfg = get_recipe(recipe, steps=steps, data=str(data) if data else None, batch_size=batch_size, seed=seed)
-    model_dir = run(cfg, out, max_minutes=max_minutes, log=lambda m: typer.echo(m, err=True))
+    cfg = get_recipe(recipe, steps=steps, data=str(data) if data else None, batch_size=batch_size, seed=seed,
+                     init_from=str(Path(init_from).resolve()) if init_from and "/" in init_from else init_from,
+                     colour_correlation=colour_correlation, lr=lr)  # fmt: skip
+    model_dir = run(cfg, out, max_minutes=max_minutes, log=(lambda m: None) if quiet else (lambda m: typer.echo(m, err=True)),
+                    quiet=quiet)  # fmt: skip
     typer.echo(f"model exported to {model_dir}")
 
 
-@app.command()
+@app.command(epilog="Example: diffdisc demo --per-class 3 --out runs/demo  (then: diffdisc report runs/demo)")
 def demo(
     out: Annotated[Path, typer.Option(help="Where results and index.html go.")] = Path("runs/demo"),
     per_class: Annotated[int, typer.Option(help="Shipped test images per class.")] = 3,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the table as JSON rows only.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ):
     """Zero-shot classify shipped real Fashion-MNIST test images with the shipped model; table + HTML page."""
     _quiet_libraries()
@@ -205,7 +218,12 @@ def demo(
     from .demo import run_demo
     from .progress import classify_progress
 
-    r = run_demo(out, per_class, progress_factory=lambda name: classify_progress(name))
+    r = run_demo(out, per_class, progress_factory=lambda name: classify_progress(name, enabled=not (quiet or json_out)),
+                 echo=lambda m: typer.echo(m, err=True))  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps({"rows": [dict(zip(r["header"], row, strict=True)) for row in r["rows"]], "page": r["page"],
+                               "banner": r["banner"]}))  # fmt: skip
+        return
     t = Table(title="diffdisc demo: zero-shot Fashion-MNIST (halving 10:3,20:1; t-test min 10 max 20 p 0.02)")
     for h in r["header"]:
         t.add_column(h)
@@ -215,6 +233,33 @@ def demo(
     if r["banner"]:
         Console().print(f"[bold red]{r['banner']}[/]")
     typer.echo(f"report: {r['page']}")
+
+
+@app.command(epilog="Examples: diffdisc report runs/x --out report.html\n\n"
+                    "diffdisc report runs/halving runs/ttest runs/probes --out compare.html  (runs side by side)")
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="Run directories (classify, probe, features sweep, heat maps, synth).")],
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("report.html"),
+    title: Annotated[str, typer.Option(help="Page title.")] = "diffdisc report",
+    json_out: Annotated[bool, typer.Option("--json", help="Print what was found as JSON.")] = False,
+):
+    """One self-contained HTML page (figures inline, no network) for one or more runs, side by side."""
+    from .report.load import load_runs
+
+    runs = load_runs(run_dirs)  # a mistyped path fails here, before the heavy imports
+    from .report.html import write_runs
+
+    path = write_runs(runs, out, title=title)
+    if json_out:
+        typer.echo(json.dumps({"out": str(path), "runs": [
+            {"name": r.name, "path": str(r.path), "classification": r.classification is not None,
+             "probes": len(r.matchings), "sweeps": len(r.sweeps), "overlays": len(r.overlays), "synth": len(r.synth),
+             "problems": r.problems} for r in runs]}))  # fmt: skip
+        return
+    for r in runs:
+        for p in r.problems:
+            typer.echo(f"{r.name}: {p}", err=True)
+    typer.echo(f"wrote {path}")
 
 
 def _fmt(m: dict) -> str:
@@ -227,13 +272,14 @@ def match(
     groups: Annotated[Path, typer.Option(help="groups.jsonl / .csv (images + captions), or a Winoground dir.")],
     out: Annotated[Path, typer.Option(help="Run directory (resumable).")] = Path("runs/match"),
     timesteps: Annotated[int, typer.Option(help="Evenly spaced timesteps per pair.")] = 20,
-    batch_size: Annotated[int, typer.Option(help="U-Net batch size.")] = 64,
+    batch_size: Annotated[int, typer.Option(help="U-Net batch size (0 = auto-tune to memory and speed).")] = 64,
     dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16")] = "fp32",
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     scorer: Annotated[str, typer.Option(help="denoise | attention (Discffusion)")] = "denoise",
     lora: Annotated[Path | None, typer.Option(help="LoRA adapter dir from `diffdisc attention tune`.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
     """Score every (image, caption) pair of each group: Winoground text/image/group scores, R@1/R@5."""
     _quiet_libraries()
@@ -245,7 +291,7 @@ def match(
     gs = load_groups(groups)
     bb = _load(model, device, lora)
     score = ScoreConfig(batch_size=batch_size, dtype=dtype, seed=seed, scorer=scorer)
-    with classify_progress("match", enabled=not as_json) as cb:
+    with classify_progress("match", enabled=not (as_json or quiet)) as cb:
         run(bb, gs, score=score, n_timesteps=timesteps, out=out, progress=cb)
     m = json.loads((out / "metrics.json").read_text())
     if as_json:
@@ -259,7 +305,8 @@ def match(
 
 @app.command(epilog="Example: diffdisc probe binding spatial --model fmnist-scenes-text --model fmnist-scenes-clip")
 def probe(
-    names: Annotated[list[str] | None, typer.Argument(help="binding | spatial | object | colour (default: all)")] = None,
+    names: Annotated[list[str] | None, typer.Argument(help="binding | spatial | object | colour | cue-conflict "
+                                                     "(default: all)")] = None,
     model: Annotated[list[str] | None, typer.Option(help="Model(s) to compare; repeat the option.")] = None,
     n: Annotated[int, typer.Option(help="Groups per probe.")] = 200,
     seed: Annotated[int, typer.Option(help="Probe generation seed.")] = 0,
@@ -269,9 +316,11 @@ def probe(
     scorer: Annotated[str, typer.Option(help="denoise | attention (diffusion models)")] = "denoise",
     lora: Annotated[Path | None, typer.Option(help="LoRA adapter for the diffusion model(s).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print rows as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ):
-    """Compositional probes (attribute binding, spatial relation, object/colour-swap controls), diffusion vs
-    contrastive, with chance levels and bootstrap 95% intervals."""
+    """Compositional probes (attribute binding, spatial relation, object/colour-swap controls) and shape bias on
+    cue-conflict items (shape of one class, class colour of another), diffusion vs contrastive, with chance
+    levels and bootstrap 95% intervals."""
     _quiet_libraries()
     from rich.console import Console
     from rich.table import Table
@@ -290,15 +339,17 @@ def probe(
             if not getattr(bb, "is_contrastive", False):
                 load_lora(bb, lora)
     rows = run_probes(models, names or None, n=n, seed=seed, n_timesteps=timesteps, out=out, score=ScoreConfig(scorer=scorer),
-                      progress_factory=None if as_json else (lambda d: classify_progress(d)))  # fmt: skip
+                      progress_factory=None if (as_json or quiet) else (lambda d: classify_progress(d)))  # fmt: skip
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    t = Table(title=f"probes (n={n}, seed={seed}; chance: text 25%, image 25%, group 16.7%)")
+    t = Table(title=f"probes (n={n}, seed={seed}; chance: text 25%, image 25%, group 16.7%; "
+                    "cue-conflict: text score = shape bias, chance 50%)")
     for h in ("probe", "model", "kind", "text score", "image score", "group score", "calls/group"):
         t.add_column(h)
     for r in rows:
-        t.add_row(r["probe"], r["model"], r["kind"], _fmt(r["text"]), _fmt(r["image"]), _fmt(r["group"]),
+        image, group = (_fmt(r[k]) if k in r else "-" for k in ("image", "group"))
+        t.add_row(r["probe"], r["model"], r["kind"], _fmt(r["text"]), image, group,
                   f"{r['calls_per_group']:.0f}")  # fmt: skip
     Console().print(t)
 
@@ -323,6 +374,8 @@ def attention_tune(
     epochs: Annotated[int, typer.Option(help="Passes over the K groups.")] = 1,
     no_bias: Annotated[bool, typer.Option("--no-bias", help="Attention score only (no denoising bias).")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print {adapter, shots} as JSON only.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-step loss lines.")] = False,
 ):
     """Few-shot prompt learning: LoRA on the U-Net's attention, hinge loss on matching vs other captions."""
     _quiet_libraries()
@@ -341,9 +394,10 @@ def attention_tune(
         per = -(-shots // len(names))  # held-out from evaluation: eval probes use seed 0, training 1000+seed
         train = [g for name in names for g in make_probe(name, per, 1000 + seed)][:shots]
     bb = _load(model, device)
+    show = not (quiet or json_out)
     path = tune(bb, train, out, rank=rank, margin=margin, lr=lr, epochs=epochs, bias=not no_bias, seed=seed,
-                progress=lambda s, n, loss: console.print(f"step {s}/{n} loss {loss:.4f}") if s % 8 == 0 or s == n else None)  # fmt: skip
-    typer.echo(f"adapter saved to {path}")
+                progress=lambda s, n, loss: console.print(f"step {s}/{n} loss {loss:.4f}") if show and (s % 8 == 0 or s == n) else None)  # fmt: skip
+    typer.echo(json.dumps({"adapter": str(path), "shots": len(train)}) if json_out else f"adapter saved to {path}")
 
 
 @attention_app.command("heatmap", epilog="Example: diffdisc attention heatmap --image x.png --caption 'a red bag'")
@@ -410,6 +464,8 @@ def synth_generate(
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed (every image's prompt, guidance and noise derive from it).")] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print {out, images, classes} as JSON only.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
 ):
     """Generate a labelled training set from class names with classifier-free guidance and diversity tricks."""
     _quiet_libraries()
@@ -424,11 +480,14 @@ def synth_generate(
                       guidance_range=(lo, hi), steps=steps, scheduler=scheduler, seed=seed, batch_size=batch_size)  # fmt: skip
     bb = _load(model, device)
     names = _split(classes) or list(bb.info.class_names)
-    path = generate(bb, names, out, cfg, progress=lambda d, n: console.print(f"{d}/{n} images"))
+    path = generate(bb, names, out, cfg, progress=None if (quiet or json_out) else (lambda d, n: console.print(f"{d}/{n} images")))
+    if json_out:
+        typer.echo(json.dumps({"out": str(path), "images": per_class * len(names), "classes": names}))
+        return
     typer.echo(f"wrote {path}")
 
 
-@synth_app.command("merge")
+@synth_app.command("merge", epilog="Example: diffdisc synth merge runs/synth-template runs/synth-domain --out runs/synth-all")
 def synth_merge(
     sources: Annotated[list[Path], typer.Argument(help="Generated sets to combine.")],
     out: Annotated[Path, typer.Option(help="Merged ImageFolder.")],
@@ -450,20 +509,195 @@ def synth_train(
     mixed_precision: Annotated[str, typer.Option(help="no | bf16 | fp16 (accelerate)")] = "no",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     test: Annotated[Path | None, typer.Option(help="Real labelled ImageFolder to evaluate the best model on.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print {model_dir, test} as JSON only.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No per-epoch lines.")] = False,
 ):
     """Train a timm classifier from scratch; model selection on a held-out part of the synthetic set only."""
     _quiet_libraries()
     from .tasks.synth_train import ClassifierConfig, evaluate_classifier, train_classifier
 
     cfg = ClassifierConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, mixed_precision=mixed_precision, seed=seed)
-    path = train_classifier(data, out, cfg, log=lambda m: typer.echo(m, err=True))
-    if test:
-        m = evaluate_classifier(path, test)
+    path = train_classifier(data, out, cfg, log=(lambda m: None) if (quiet or json_out) else (lambda m: typer.echo(m, err=True)))
+    m = evaluate_classifier(path, test) if test else None
+    if json_out:
+        typer.echo(json.dumps({"model_dir": str(path), "test": m}))
+    elif m:
         typer.echo(f"real test accuracy {m['accuracy']:.1%} on {m['n_images']} images")
 
 
-@app.command()
-def doctor():
+# ---------------------------------------------------------------------- features (issue 6)
+features_app = typer.Typer(help="Diffusion features (Mukhopadhyay et al.): U-Net activations at (block, t) + light heads.",
+                           no_args_is_help=True)
+app.add_typer(features_app, name="features")
+_FEATURE_CACHE = Path("runs/features-cache")
+
+
+def _feature_data(data: Path, test_data: Path | None, labels: Path | None):
+    from .data.labelled import LabelledImages
+
+    train = LabelledImages.from_folder(data, labels_csv=labels)
+    test = LabelledImages.from_folder(test_data, class_names=train.class_names) if test_data else None
+    return train, test
+
+
+def _head_config(head: str, optimizer: str, weight_decays: str | None, seed: int):
+    from .features.heads import HeadConfig
+
+    try:
+        wds = tuple(float(v) for v in weight_decays.split(",")) if weight_decays else None
+    except ValueError:
+        raise DiffdiscError(f"bad --weight-decays {weight_decays!r}: comma-separated numbers") from None
+    return HeadConfig(kind=head, optimizer=optimizer, weight_decays=wds, seed=seed)
+
+
+def _timesteps(s: str) -> list[int]:
+    try:
+        return [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise DiffdiscError(f"bad --timesteps {s!r}: comma-separated integers") from None
+
+
+@features_app.command("blocks", epilog="Example: diffdisc features blocks --model fmnist-classcond --detail")
+def features_blocks(
+    model: Annotated[str, typer.Option(help="Diffusion model (shipped name or directory).")],
+    detail: Annotated[bool, typer.Option("--detail", help="Also list each block's resnets and attentions.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+):
+    """List the tappable blocks (stable names for --blocks) with their output shape [C, H, W]."""
+    _quiet_libraries()
+    from .features.taps import describe_blocks
+
+    for b in describe_blocks(_load(model, device), detail):
+        typer.echo(f"{b.name:18s} {b.module:24s} {'x'.join(map(str, b.shape))}")
+
+
+@features_app.command("extract", epilog="Example: diffdisc features extract --model fmnist-classcond --data imgs/ "
+                                        "--blocks mid,up.0 --timesteps 50,150 --pooling gap,avg2")
+def features_extract(
+    model: Annotated[str, typer.Option(help="Diffusion model (shipped name or directory).")],
+    data: Annotated[Path, typer.Option(help="ImageFolder or flat folder of images.")],
+    blocks: Annotated[str | None, typer.Option(help="Comma-separated block names (default: all top-level blocks).")] = None,
+    timesteps: Annotated[str, typer.Option(help="Comma-separated timesteps.")] = "50,150,300",
+    pooling: Annotated[str, typer.Option(help="Comma-separated: gap | avgK (avg2, avg4) | flat.")] = "gap",
+    condition: Annotated[str, typer.Option(help="null | class:NAME | caption:TEXT (same for every image).")] = "null",
+    seed: Annotated[int, typer.Option(help="Noise seed (ε per image and t).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="U-Net batch size.")] = 64,
+    dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (autocast)")] = "fp32",
+    cache: Annotated[Path, typer.Option(help="Feature cache directory.")] = _FEATURE_CACHE,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+):
+    """Fill the feature cache (one U-Net forward per image per timestep, all blocks and poolings at once)."""
+    _quiet_libraries()
+    from .data.labelled import LabelledImages
+    from .features.cache import cached_features
+    from .features.taps import ExtractStats, block_modules, denoiser
+    from .progress import step_progress
+
+    bb = _load(model, device)
+    names = _split(blocks) or list(block_modules(denoiser(bb)))
+    imgs = LabelledImages.from_folder(data)
+    x = imgs.tensors(bb.info.image_size, bb.info.image_channels)
+    stats = ExtractStats()
+    with step_progress("features", enabled=not quiet) as cb:
+        cached_features(bb, x, imgs.keys, names, _timesteps(timesteps), tuple(_split(pooling)), cache=cache, condition=condition,
+                        seed=seed, batch_size=batch_size, dtype=dtype, stats=stats, progress=cb, load=False)  # fmt: skip
+    typer.echo(f"{len(imgs)} images x {len(names)} blocks x {len(_timesteps(timesteps))} t: {stats.forwards} U-Net forwards, "
+               f"{stats.cache_hits} cached shard(s) reused, {stats.stale} stale cell(s) recomputed; cache {cache}")  # fmt: skip
+
+
+@features_app.command("sweep", epilog="Example: diffdisc features sweep --model fmnist-classcond --data train/ "
+                                      "--test-data test/ --blocks down.2,mid,up.0 --timesteps 25,100,250 --out runs/feat")
+def features_sweep(
+    model: Annotated[str, typer.Option(help="Diffusion model (shipped name or directory).")],
+    data: Annotated[Path, typer.Option(help="Labelled training ImageFolder (the validation split is carved from it).")],
+    out: Annotated[Path, typer.Option(help="Writes features_sweep.json, features_sweep.png, details and the best head.")],
+    test_data: Annotated[Path | None, typer.Option(help="Labelled test ImageFolder: scored once, at the chosen cell.")] = None,
+    blocks: Annotated[str | None, typer.Option(help="Comma-separated block names (default: all top-level blocks).")] = None,
+    timesteps: Annotated[str, typer.Option(help="Comma-separated timesteps.")] = "50,150,300",
+    pooling: Annotated[str, typer.Option(help="gap | avgK (avg2, avg4) | flat")] = "gap",
+    head: Annotated[str, typer.Option(help="linear | attention (needs avgK/flat pooling)")] = "linear",
+    optimizer: Annotated[str, typer.Option(help="Linear head: lbfgs (full batch) | adamw.")] = "lbfgs",
+    weight_decays: Annotated[str | None, typer.Option(help="Comma-separated decay grid (chosen on validation).")] = None,
+    condition: Annotated[str, typer.Option(help="null | class:NAME | caption:TEXT (same for every image).")] = "null",
+    val_fraction: Annotated[float, typer.Option(help="Fraction of each training class held out for validation.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Noise, split and head seed.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="U-Net batch size.")] = 64,
+    dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (autocast)")] = "fp32",
+    cache: Annotated[Path, typer.Option(help="Feature cache directory.")] = _FEATURE_CACHE,
+    labels: Annotated[Path | None, typer.Option(help="CSV image,label for a flat training folder.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print features_sweep.json only.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+):
+    """Validation accuracy over blocks x timesteps, heat map, best cell chosen on validation, test scored once."""
+    _quiet_libraries()
+    from .features.taps import block_modules, denoiser
+    from .progress import step_progress
+    from .tasks.features import FeatureConfig, sweep
+
+    bb = _load(model, device)
+    train, test = _feature_data(data, test_data, labels)
+    names = _split(blocks) or list(block_modules(denoiser(bb)))
+    fcfg = FeatureConfig(pooling=pooling, condition=condition, seed=seed, batch_size=batch_size, dtype=dtype, val_fraction=val_fraction)
+    r = sweep(bb, train, test, names, _timesteps(timesteps), features=fcfg, head=_head_config(head, optimizer, weight_decays, seed),
+              cache=cache, out=out, progress_factory=None if (quiet or as_json) else (lambda d: step_progress(d)))  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(r.to_json(), indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"validation accuracy, {r.head} head on {r.pooling} features ({r.n_train} train / {r.n_val} val)")
+    t.add_column("block")
+    for ts in r.timesteps:
+        t.add_column(f"t={ts}", justify="right")
+    for b, row in zip(r.blocks, r.val_acc, strict=True):
+        t.add_row(b, *[f"{v:.1%}" for v in row])
+    Console().print(t)
+    test_s = f"; test {r.test_acc:.2%} on {r.n_test} images" if r.test_acc is not None else ""
+    typer.echo(f"best {r.best['block']} @ t={r.best['t']}: val {r.best['val_acc']:.2%}{test_s}")
+    typer.echo(f"wrote {out / 'features_sweep.json'} and {out / 'features_sweep.png'}")
+
+
+@features_app.command("probe", epilog="Example: diffdisc features probe --model fmnist-classcond --data train/ --test-data test/ "
+                                      "--cells mid@100,up.0@100 --pooling avg4 --head attention")
+def features_probe(
+    model: Annotated[str, typer.Option(help="Diffusion model (shipped name or directory).")],
+    data: Annotated[Path, typer.Option(help="Labelled training ImageFolder (the validation split is carved from it).")],
+    cells: Annotated[str, typer.Option(help="BLOCK@T[,BLOCK@T...]: several cells are fused by concatenation.")],
+    test_data: Annotated[Path | None, typer.Option(help="Labelled test ImageFolder.")] = None,
+    pooling: Annotated[str, typer.Option(help="gap | avgK (avg2, avg4) | flat")] = "gap",
+    head: Annotated[str, typer.Option(help="linear | attention (needs avgK/flat pooling)")] = "linear",
+    optimizer: Annotated[str, typer.Option(help="Linear head: lbfgs | adamw.")] = "lbfgs",
+    weight_decays: Annotated[str | None, typer.Option(help="Comma-separated decay grid (chosen on validation).")] = None,
+    condition: Annotated[str, typer.Option(help="null | class:NAME | caption:TEXT")] = "null",
+    val_fraction: Annotated[float, typer.Option(help="Fraction of each training class held out for validation.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Noise, split and head seed.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="U-Net batch size.")] = 64,
+    cache: Annotated[Path, typer.Option(help="Feature cache directory.")] = _FEATURE_CACHE,
+    save: Annotated[Path | None, typer.Option(help="Save the trained head here (safetensors + head.json).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="CSV image,label for a flat training folder.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+):
+    """Train one head on fixed cell(s) (fusion when several); validation and test accuracy."""
+    _quiet_libraries()
+    from .progress import step_progress
+    from .tasks.features import FeatureConfig, parse_cells, probe
+
+    bb = _load(model, device)
+    train, test = _feature_data(data, test_data, labels)
+    fcfg = FeatureConfig(pooling=pooling, condition=condition, seed=seed, batch_size=batch_size, val_fraction=val_fraction)
+    r, fitted = probe(bb, train, test, parse_cells(cells), features=fcfg, head=_head_config(head, optimizer, weight_decays, seed),
+                      cache=cache, progress_factory=None if quiet else (lambda d: step_progress(d)))  # fmt: skip
+    if save:
+        fitted.save_pretrained(save)
+    typer.echo(json.dumps(r.to_dict(), indent=2))
+
+
+@app.command(epilog="Example: diffdisc doctor --json  (exit 1 when something is missing or a shipped model fails)")
+def doctor(json_out: Annotated[bool, typer.Option("--json", help="Print the checks as JSON only.")] = False):
     """Check the installation: library versions, device, Fashion-MNIST files, shipped models loading."""
     _quiet_libraries()
     import importlib.metadata as md
@@ -473,41 +707,52 @@ def doctor():
     from .backbones.registry import create_backbone, list_backbones
     from .world.fashion_mnist import DEFAULT_DIR, FILES, INSTALL_HINT
 
-    ok = True
+    checks = []  # (name, what was found, ok)
     for pkg in ("torch", "torchvision", "diffusers", "transformers", "accelerate", "open_clip_torch", "safetensors",
                 "torchmetrics", "peft", "timm"):  # fmt: skip
         try:
-            typer.echo(f"{pkg:16s} {md.version(pkg)}")
+            checks.append((pkg, md.version(pkg), True))
         except md.PackageNotFoundError:
-            ok = False
-            typer.echo(f"{pkg:16s} MISSING")
+            checks.append((pkg, "MISSING", False))
     dev = f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
-    typer.echo(f"{'device':16s} {dev}")
+    checks.append(("device", dev, True))
     missing = [f for fs in FILES.values() for f in fs if not (DEFAULT_DIR / f).is_file()]
-    typer.echo(f"{'fashion-mnist':16s} " + (f"{DEFAULT_DIR}" if not missing else f"not found ({INSTALL_HINT}); the shipped 1,000 test images still work"))
+    checks.append(("fashion-mnist", f"{DEFAULT_DIR}" if not missing else
+                   f"not found ({INSTALL_HINT}); the shipped 1,000 test images still work", True))  # fmt: skip
     for name in list_backbones():
         try:
             bb = create_backbone(name)
-            typer.echo(f"{name:16s} loads ({bb.info.family}, {bb.info.metadata.get('steps', '?')} steps)")
+            checks.append((name, f"loads ({bb.info.family}, {bb.info.metadata.get('steps', '?')} steps)", True))
         except DiffdiscError as e:
-            ok = False
-            typer.echo(f"{name:16s} FAILS: {e}")
+            checks.append((name, f"FAILS: {e}", False))
+    ok = all(c[2] for c in checks)
+    if json_out:
+        typer.echo(json.dumps({"ok": ok, "checks": [{"name": n, "value": v, "ok": k} for n, v, k in checks]}))
+    else:
+        for n, v, _ in checks:
+            typer.echo(f"{n:16s} {v}")
     if not ok:
         raise typer.Exit(1)
 
 
-@app.command()
-def models():
+@app.command(epilog="Example: diffdisc models --json")
+def models(json_out: Annotated[bool, typer.Option("--json", help="Print name, recipe and steps as JSON.")] = False):
     """List the shipped models."""
     from .backbones.base import read_metadata
     from .backbones.registry import list_backbones, shipped_models_dir
 
     names = list_backbones()
-    if not names:
-        typer.echo("no shipped models installed")
+    rows = []
     for n in names:
         meta = read_metadata(shipped_models_dir() / n)
-        typer.echo(f"{n}\t{meta.get('recipe', '')}\tsteps={meta.get('steps', '?')}")
+        rows.append({"name": n, "recipe": meta.get("recipe", ""), "steps": meta.get("steps")})
+    if json_out:
+        typer.echo(json.dumps(rows))
+        return
+    if not names:
+        typer.echo("no shipped models installed")
+    for r in rows:
+        typer.echo(f"{r['name']}\t{r['recipe']}\tsteps={r['steps'] if r['steps'] is not None else '?'}")
 
 
 def main() -> None:
@@ -517,19 +762,19 @@ def main() -> None:
         if _state["debug"]:
             raise
         typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        sys.exit(1)  # exit codes: 0 ok, 1 user error (this), 2 usage (click), 130 interrupted
     except KeyboardInterrupt:
         typer.echo("interrupted: finished images are saved; rerun the same command to resume", err=True)
         sys.exit(130)
-    except Exception as e:  # click usage errors and the like
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+    except Exception as e:  # click's usage errors, Exit and Abort
+        # Matched by shape, not class: typer >= 0.29 raises its own vendored copies of click's exceptions.
+        code = getattr(e, "exit_code", None)
+        if isinstance(code, int) and callable(getattr(e, "show", None)):
+            e.show()  # usage error: message (and usage line) to stderr, exit 2
+            sys.exit(code)
+        if isinstance(code, int) and type(e).__name__ == "Exit":
+            sys.exit(code)
+        if type(e).__name__ == "Abort":
             sys.exit(1)
         raise
 

@@ -93,6 +93,6 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 3, progress_factory
     if missing:
         note += f" Not shipped, skipped: {', '.join(missing)}."
     page = write_page(out / "index.html", "diffdisc demo: zero-shot Fashion-MNIST", ", ".join(loaded), header, rows,
-                      runs, note=note, banner=banner)  # fmt: skip
+                      runs, note=note, banner=banner, report_hint=f"diffdisc report {out} --out {out / 'report.html'}")  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return {"header": header, "rows": rows, "page": str(page), "banner": banner, "model": ", ".join(loaded)}

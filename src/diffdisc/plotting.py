@@ -15,13 +15,16 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, out: str | Path, dpi: int = 100) -> Path:
-    """tight_layout, write to a temporary name, rename (a kill never leaves half a PNG), close."""
+def save_figure(fig, out: str | Path, dpi: int = 100, metadata: dict | None = None) -> Path:
+    """tight_layout, write to a temporary name, rename (a kill never leaves half a PNG), close.
+
+    `metadata`: PNG text chunks (latin-1) — how `diffdisc report` learns what a PNG shows.
+    """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=dpi)
+    fig.savefig(tmp, dpi=dpi, metadata=metadata)
     tmp.replace(out)
     pyplot().close(fig)
     return out

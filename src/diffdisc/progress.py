@@ -21,6 +21,24 @@ console = Console(stderr=True)
 @contextlib.contextmanager
 def classify_progress(description: str, enabled: bool = True):
     """Yields a callback taking the task's stats dict; a no-op when disabled (--quiet/--json)."""
+    with step_progress(description, enabled) as step:
+        if step is None:
+            yield None
+            return
+
+        def update(s: dict) -> None:
+            dt = max(time.time() - s["start"], 1e-9)
+            info = f"{s['images'] / dt:.2f} img/s  {s['calls'] / max(s['images'], 1):.0f} calls/img"
+            if s["labelled"]:
+                info += f"  acc {s['correct'] / s['labelled']:.1%}"
+            step(s["done"], s["total"], info)
+
+        yield update
+
+
+@contextlib.contextmanager
+def step_progress(description: str, enabled: bool = True):
+    """Yields `update(done, total, info)` for loops counted in steps (feature extraction, head fitting)."""
     if not enabled:
         yield None
         return
@@ -29,11 +47,7 @@ def classify_progress(description: str, enabled: bool = True):
     with Progress(*cols, console=console, transient=False) as prog:
         task = prog.add_task(description, total=None, info="")
 
-        def update(s: dict) -> None:
-            dt = max(time.time() - s["start"], 1e-9)
-            info = f"{s['images'] / dt:.2f} img/s  {s['calls'] / max(s['images'], 1):.0f} calls/img"
-            if s["labelled"]:
-                info += f"  acc {s['correct'] / s['labelled']:.1%}"
-            prog.update(task, completed=s["done"], total=s["total"], info=info)
+        def update(done: int, total: int, info: str = "") -> None:
+            prog.update(task, completed=done, total=total, info=info)
 
         yield update

@@ -178,5 +178,6 @@ def attention_heatmaps(backbone, image, caption: str, out: str | Path, t: int = 
     for ax in axes[0]:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{caption!r} (t={t})", fontsize=8)
-    return save_figure(fig, out, dpi=110)
+    fig.suptitle(f"{caption!r} (t={t})".replace("$", r"\$"), fontsize=8)
+    meta = {"diffdisc": json.dumps({"kind": "attention-heatmap", "caption": caption, "t": t, "model": info.name})}
+    return save_figure(fig, out, dpi=110, metadata=meta if Path(out).suffix.lower() == ".png" else None)

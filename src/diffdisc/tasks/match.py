@@ -153,13 +153,23 @@ def _summary(v) -> dict:
 
 def match_metrics(mats: list[np.ndarray]) -> dict:
     """Winoground text/image/group scores for 2x2 groups; R@1/R@5 (caption retrieval per image and image
-    retrieval per caption) for square groups larger than 2; each with a bootstrap 95% interval."""
+    retrieval per caption) for square groups larger than 2; each with a bootstrap 95% interval.
+
+    A one-image group (1 x K: caption 0 is the image's, e.g. cue-conflict's shape vs colour caption) counts
+    in the text score: correct when caption 0 scores strictly best, chance 1/K.
+    """
     out: dict = {"n_groups": len(mats)}
     w = [winoground_scores(m) for m in mats if m.shape == (2, 2)]
+    singles = [m for m in mats if m.shape[0] == 1 and m.shape[1] >= 2]
+    if w or singles:
+        text = [t for t, _, _ in w] + [bool(m[0, 0] < m[0, 1:].min()) for m in singles]
+        out["text"] = _summary(np.array(text, dtype=np.float64))
     if w:
         arr = np.array(w, dtype=np.float64)
-        out.update(text=_summary(arr[:, 0]), image=_summary(arr[:, 1]), group=_summary(arr[:, 2]),
-                   chance={"text": 0.25, "image": 0.25, "group": 1 / 6})  # fmt: skip
+        out.update(image=_summary(arr[:, 1]), group=_summary(arr[:, 2]))
+    if w or singles:
+        chance = np.mean([0.25] * len(w) + [1 / m.shape[1] for m in singles])
+        out["chance"] = {"text": float(chance), **({"image": 0.25, "group": 1 / 6} if w else {})}
     big = [m for m in mats if m.shape[0] == m.shape[1] and m.shape[0] > 2]
     if big:
         r = {f"{d}_R@{k}": [] for d in ("text", "image") for k in (1, 5)}

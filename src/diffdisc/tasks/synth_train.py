@@ -16,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..data.folders import open_image_dataset
 from ..data.images import open_image, to_tensor
 from ..errors import DiffdiscError
+from ..features.heads import stratified_split
 
 
 @dataclass(frozen=True)
@@ -73,19 +73,6 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return out / 127.5 - 1
 
 
-def _split(y: torch.Tensor, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    val = []
-    for c in torch.unique(y).tolist():
-        idx = np.flatnonzero(y.numpy() == c)
-        k = max(1, int(round(len(idx) * fraction)))
-        if len(idx) - k < 1:
-            raise DiffdiscError(f"class {c} has {len(idx)} images: too few for a validation split")
-        val += rng.choice(idx, k, replace=False).tolist()
-    val = np.sort(np.array(val))
-    return np.setdiff1d(np.arange(len(y)), val), val
-
-
 def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierConfig | None = None,
                      log: Callable[[str], None] = print) -> Path:  # fmt: skip
     """Train (or resume) into `out`: checkpoints/, best model.safetensors + classifier.json (classes, config)."""
@@ -94,7 +81,7 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierConfig | 
 
     cfg, out = cfg or ClassifierConfig(), Path(out)
     x, y, names = _load_folder(data, cfg.image_size)
-    tr, va = _split(y, cfg.val_fraction, cfg.seed)
+    tr, va = stratified_split(y.numpy(), cfg.val_fraction, cfg.seed, names)
     torch.manual_seed(cfg.seed)
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
     model = _create(cfg.model, len(names))
@@ -150,17 +137,20 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierConfig | 
 
 
 @torch.no_grad()
-def _accuracy(model, x: torch.Tensor, y: torch.Tensor, device, batch: int = 512) -> float:
+def _correct(model, x: torch.Tensor, y: torch.Tensor, device, batch: int = 512) -> torch.Tensor:
     model.eval()
-    correct = 0
-    for s in range(0, len(x), batch):
-        pred = model((x[s : s + batch].float() / 127.5 - 1).to(device)).argmax(-1).cpu()
-        correct += int((pred == y[s : s + batch]).sum())
-    return correct / max(len(x), 1)
+    out = [model((x[s : s + batch].float() / 127.5 - 1).to(device)).argmax(-1).cpu() == y[s : s + batch]
+           for s in range(0, len(x), batch)]  # fmt: skip
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
-def evaluate_classifier(model_dir: str | Path, data: str | Path) -> dict:
-    """Top-1 of a trained classifier on a labelled ImageFolder (classes aligned by name)."""
+def _accuracy(model, x: torch.Tensor, y: torch.Tensor, device) -> float:
+    return float(_correct(model, x, y, device).float().mean()) if len(x) else 0.0
+
+
+def evaluate_classifier(model_dir: str | Path, data: str | Path, per_image: bool = False) -> dict:
+    """Top-1 of a trained classifier on a labelled ImageFolder (classes aligned by name); `per_image` adds the
+    0/1 correctness of every image (in folder order) for bootstrap intervals."""
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
@@ -171,4 +161,6 @@ def evaluate_classifier(model_dir: str | Path, data: str | Path) -> dict:
     model = _create(cfg.model, len(meta["classes"]))
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     x, y, _ = _load_folder(data, cfg.image_size, meta["classes"])
-    return {"accuracy": _accuracy(model, x, y, "cpu"), "n_images": len(y), "model": cfg.model}
+    correct = _correct(model, x, y, "cpu")
+    out = {"accuracy": float(correct.float().mean()), "n_images": len(y), "model": cfg.model}
+    return {**out, "correct": correct.int().tolist()} if per_image else out

@@ -47,6 +47,32 @@ def _fmnist_train(cfg: TrainConfig):
     return load_fashion_mnist("train")
 
 
+def init_dir(cfg: TrainConfig) -> Path | None:
+    """The model directory `cfg.init_from` names (a shipped model name or a path), checked to be of cfg.kind."""
+    if not cfg.init_from:
+        return None
+    from importlib import resources
+
+    shipped = Path(str(resources.files("diffdisc") / "world" / "assets" / "models")) / cfg.init_from
+    src = shipped if "/" not in cfg.init_from and shipped.is_dir() else Path(cfg.init_from).expanduser()
+    if not src.is_dir():
+        raise DiffdiscError(f"init_from {cfg.init_from!r} is not a model directory or shipped model name")
+    meta = src / "diffdisc.json"
+    kind = json.loads(meta.read_text()).get("kind") if meta.is_file() else None
+    if kind not in (None, cfg.kind):
+        raise DiffdiscError(f"init_from {src} is a {kind!r} model; recipe {cfg.recipe!r} trains {cfg.kind!r}")
+    return src
+
+
+def load_init(model: nn.Module, state: dict, src: Path) -> None:
+    """Load `state` into `model` strictly: fine-tuning from a model of another architecture is a user error."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).split("\n")[1].strip() if "\n" in str(e) else str(e)
+        raise DiffdiscError(f"init_from {src} does not fit this recipe's architecture ({first})") from None
+
+
 def make_scheduler(cfg: TrainConfig):
     from diffusers import DDPMScheduler
 
@@ -107,6 +133,13 @@ class ClassCondObjective(_Diffusion):
             norm_num_groups=min(32, cfg.block_out_channels[0]),
         )  # fmt: skip
 
+    def init_weights(self, model, src: Path) -> None:
+        from diffusers import UNet2DModel
+
+        if not (src / "unet").is_dir():
+            raise DiffdiscError(f"init_from {src} has no unet/ directory")
+        load_init(model, UNet2DModel.from_pretrained(src / "unet").state_dict(), src)
+
     def loss(self, model, g: torch.Generator, dev) -> torch.Tensor:
         cfg = self.cfg
         idx = torch.randint(0, len(self.images), (cfg.batch_size,), generator=g)
@@ -127,7 +160,8 @@ class Captioned:
     """Images with captions: embedded scenes (full and class-only captions) or a user's captions.jsonl.
 
     `ids[i, v]` are the token ids of variant v of caption i (v=1: class-only, "a sneaker"; equal to v=0 for
-    user captions). The word-level tokenizer's vocabulary is built from the captions themselves.
+    user captions). The word-level tokenizer's vocabulary is built from the captions themselves (when
+    fine-tuning, the base model's tokenizer is kept instead).
     """
 
     def __init__(self, cfg: TrainConfig):
@@ -137,7 +171,11 @@ class Captioned:
         images, variants, names = self._load(cfg)
         self.images, self.names = images, names
         texts = [v for vs in variants for v in vs]
-        self.tokenizer = build_word_tokenizer(words_of(texts), max_length=cfg.max_length)
+        src = init_dir(cfg)
+        if src is None:
+            self.tokenizer = build_word_tokenizer(words_of(texts), max_length=cfg.max_length)
+        else:  # fine-tuning: the base model's token ids must keep their meaning
+            self.tokenizer = self._base_tokenizer(src, words_of(texts))
         lengths = [len(self.tokenizer(t)["input_ids"]) for t in set(texts)]
         if max(lengths) > cfg.max_length:
             raise DiffdiscError(f"captions have up to {max(lengths)} tokens; raise max_length ({cfg.max_length})")
@@ -145,6 +183,19 @@ class Captioned:
         self.ids = enc.view(len(images), 2, cfg.max_length)
         self.null_ids = self._tokenize([""])[0]
         self.data_hash = _hash(self.images, self.ids)
+
+    def _base_tokenizer(self, src: Path, words: list[str]):
+        from transformers import AutoTokenizer
+
+        tdir = src / "tokenizer" if (src / "tokenizer").is_dir() else src
+        if not (tdir / "tokenizer.json").is_file():
+            raise DiffdiscError(f"init_from {src} has no tokenizer (expected {tdir / 'tokenizer.json'})")
+        tok = AutoTokenizer.from_pretrained(tdir)
+        missing = [w for w in words if w not in tok.get_vocab()]
+        if missing:
+            raise DiffdiscError(f"init_from {src}: its tokenizer lacks caption word {missing[0]!r}")
+        tok.model_max_length = self.cfg.max_length
+        return tok
 
     def _tokenize(self, texts: list[str]) -> torch.Tensor:
         return self.tokenizer(texts, padding="max_length", max_length=self.cfg.max_length, truncation=True,
@@ -175,8 +226,9 @@ class Captioned:
 
         imgs, labels = _fmnist_train(cfg)
         n_pair = int(round(cfg.scenes * cfg.pair_fraction))
-        sets = [generate_scenes(imgs, labels, cfg.scenes - n_pair, "single", seed=cfg.seed),
-                generate_scenes(imgs, labels, n_pair, "pair", seed=cfg.seed + 1)]  # fmt: skip
+        cc = cfg.colour_correlation
+        sets = [generate_scenes(imgs, labels, cfg.scenes - n_pair, "single", seed=cfg.seed, colour_correlation=cc),
+                generate_scenes(imgs, labels, n_pair, "pair", seed=cfg.seed + 1, colour_correlation=cc)]  # fmt: skip
         arrays = np.concatenate([s.images for s in sets if len(s)])
         x = torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
         if cfg.image_size != x.shape[-1] or cfg.channels != 3:
@@ -235,6 +287,16 @@ class TextObjective(Captioned, _Diffusion):
         )  # fmt: skip
         return TextToImage(unet, text)
 
+    def init_weights(self, model, src: Path) -> None:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        if not ((src / "unet").is_dir() and (src / "text_encoder").is_dir()):
+            raise DiffdiscError(f"init_from {src} needs unet/ and text_encoder/ (a text-conditional model)")
+        base = TextToImage(UNet2DConditionModel.from_pretrained(src / "unet"),
+                           CLIPTextModel.from_pretrained(src / "text_encoder"))  # fmt: skip
+        load_init(model, base.state_dict(), src)
+
     def loss(self, model, g: torch.Generator, dev) -> torch.Tensor:
         idx, ids = self._batch(g)
         x0 = self.images[idx].float() / 127.5 - 1
@@ -274,6 +336,14 @@ class ContrastiveObjective(Captioned):
         c = self.model_cfg()
         text_cfg = {k: v for k, v in c["text_cfg"].items() if k != "tokenizer_kwargs"}
         return CLIP(c["embed_dim"], c["vision_cfg"], text_cfg, output_dict=True)
+
+    def init_weights(self, model, src: Path) -> None:
+        from safetensors.torch import load_file
+
+        weights = src / "open_clip_model.safetensors"
+        if not weights.is_file():
+            raise DiffdiscError(f"init_from {src} has no {weights.name} (a contrastive model)")
+        load_init(model, load_file(str(weights)), src)
 
     def loss(self, model, g: torch.Generator, dev) -> torch.Tensor:
         idx, ids = self._batch(g, unique=True)

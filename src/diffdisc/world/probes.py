@@ -6,8 +6,19 @@ Each group is a pair scene of real Fashion-MNIST *test* items and one edited cop
   object   - one item replaced by an item of a third class, same colour: object-swap control;
   colour   - one item's colour replaced by a third colour: colour-swap control.
 The controls change *what* is present, binding and spatial only *how* it is composed; a model that only
-checks the bag of words passes the controls and fails binding/spatial. Bump VERSION whenever generation
-changes so stored numbers stay comparable.
+checks the bag of words passes the controls and fails binding/spatial.
+
+  cue-conflict - (Clark & Jaini's shape-bias probe, colour in the role of texture) one image, two captions:
+  a single test item of class A tinted with the class colour (`scenes.class_colour`) of another class B, and
+  the class-name prompts "a <A>" (caption 0, the shape) and "a <B>" (caption 1, the colour). Shape bias =
+  the share of items where the shape caption wins (the text score of a 1x2 group; chance 50%). It measures
+  something only on a model trained with class-correlated colours (`colour_correlation` > 0); on one trained
+  without, colour says nothing about the class and the probe is a control. The palette has 8 colours for 10
+  classes, so t-shirt/bag share red and trouser/ankle boot share green: B is drawn from the classes whose
+  class colour is theirs alone (COLOUR_CUE_CLASSES), A from all ten (A != B), cycling A over the classes.
+
+Each probe has its own version (PROBE_VERSIONS, in group ids and run directories): bump a probe's version
+whenever its generation changes, so stored numbers stay comparable. VERSION names the set of probes.
 """
 
 from __future__ import annotations
@@ -16,10 +27,29 @@ import numpy as np
 
 from ..data.groups import Group
 from ..errors import DiffdiscError
-from .scenes import COLOURS, Scene, generate_scenes, make_scene, swap_colours, swap_sides
+from .scenes import (
+    COLOURS,
+    Item,
+    Scene,
+    class_colour,
+    describe,
+    generate_scenes,
+    make_scene,
+    swap_colours,
+    swap_sides,
+)
 
-VERSION = "v1"
-PROBES = ("binding", "spatial", "object", "colour")
+# v2 added cue-conflict; the four v1 probes' items (and their group ids) are unchanged.
+VERSION = "v2"
+PROBE_VERSIONS = {"binding": "v1", "spatial": "v1", "object": "v1", "colour": "v1", "cue-conflict": "v1"}
+PROBES = tuple(PROBE_VERSIONS)
+CHANCE = {"cue-conflict": {"text": 0.5}}  # the 2x2 probes' chance levels come with their metrics
+
+
+def colour_cue_classes(n_classes: int) -> list[int]:
+    """Classes whose class colour no other class shares: the only colours that point at one class."""
+    colours = [class_colour(c) for c in range(n_classes)]
+    return [c for c in range(n_classes) if colours.count(colours[c]) == 1]
 
 
 def _replace_object(scene: Scene, rng: np.random.Generator, images: np.ndarray, labels: np.ndarray) -> Scene:
@@ -49,8 +79,32 @@ def _name(class_id: int) -> str:
     return CLASS_NAMES[class_id]
 
 
+def _cue_conflict(n: int, seed: int, images: np.ndarray, labels: np.ndarray) -> list[Group]:
+    """Shape A (cycling over the classes), colour of B != A drawn from the unique-colour classes."""
+    from .fashion_mnist import CLASS_NAMES
+
+    cue = colour_cue_classes(len(CLASS_NAMES))
+    rng = np.random.default_rng([seed, PROBES.index("cue-conflict")])
+    by_class = [np.flatnonzero(labels == c) for c in range(len(CLASS_NAMES))]
+    tag = f"cue-conflict-{PROBE_VERSIONS['cue-conflict']}-s{seed}"
+    groups = []
+    for i in range(n):
+        a = i % len(CLASS_NAMES)
+        src = int(by_class[a][rng.integers(len(by_class[a]))])
+        options = [c for c in cue if c != a]
+        b = options[int(rng.integers(len(options)))]
+        item = Item(a, CLASS_NAMES[a], class_colour(b), "centre", src)
+        scene = make_scene([item], [images[src]])
+        shape, colour = describe([item], colours=False), describe([item._replace(class_name=CLASS_NAMES[b])], colours=False)
+        groups.append(Group(f"{tag}-{i:05d}", (scene.image,), (shape, colour), ("cue-conflict", CLASS_NAMES[a], CLASS_NAMES[b])))
+    return groups
+
+
 def make_probe(name: str, n: int = 200, seed: int = 0) -> list[Group]:
-    """`n` groups of probe `name`; image 0 matches caption 0, image 1 (edited) caption 1."""
+    """`n` groups of probe `name`; image i matches caption i (image 1 is the edited copy).
+
+    cue-conflict groups hold one image and two captions: the shape's class (0, correct) and the colour's (1).
+    """
     from .fashion_mnist import load_shipped_subset
 
     if name not in PROBES:
@@ -58,6 +112,8 @@ def make_probe(name: str, n: int = 200, seed: int = 0) -> list[Group]:
     if n < 1:
         raise DiffdiscError(f"probe size must be >= 1, got {n}")
     images, labels, _ = load_shipped_subset()  # real test items: never seen in training
+    if name == "cue-conflict":
+        return _cue_conflict(n, seed, images, labels)
     base = generate_scenes(images, labels, n, "pair", seed=seed)
     rng = np.random.default_rng([seed, PROBES.index(name)])
     groups = []
@@ -70,5 +126,5 @@ def make_probe(name: str, n: int = 200, seed: int = 0) -> list[Group]:
             e = _replace_object(s, rng, images, labels)
         else:
             e = _replace_colour(s, rng)
-        groups.append(Group(f"{name}-{VERSION}-s{seed}-{i:05d}", (s.image, e.image), (s.caption, e.caption), (name,)))
+        groups.append(Group(f"{name}-{PROBE_VERSIONS[name]}-s{seed}-{i:05d}", (s.image, e.image), (s.caption, e.caption), (name,)))
     return groups

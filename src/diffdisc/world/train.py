@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DiffdiscError
-from .objectives import DATA_ORDER, make_objective
+from .objectives import DATA_ORDER, init_dir, make_objective
 from .recipes import TrainConfig, get_recipe
 
 LOG_EVERY = 20
@@ -146,6 +146,11 @@ def train(
         obj = make_objective(cfg)
         dhash = obj.data_hash
         model = obj.build()
+        step, wall_before, ckpts = 0, 0.0, _checkpoints(out)
+        if cfg.init_from and not ckpts:  # fine-tuning; a resume takes the weights from its checkpoint instead
+            src = init_dir(cfg)
+            obj.init_weights(model, src)
+            log(f"initialised from {src}")
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(1, cfg.warmup_steps)
         lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
@@ -153,7 +158,6 @@ def train(
         raw = acc.unwrap_model(model)
         ema = {k: v.detach().clone().float() for k, v in raw.state_dict().items()}
 
-        step, wall_before, ckpts = 0, 0.0, _checkpoints(out)
         if ckpts:
             state = json.loads((ckpts[-1] / "step.json").read_text())
             if state.get("data_hash", dhash) != dhash:
@@ -243,6 +247,16 @@ def export(out: Path, ema: dict, obj, step: int, wall: float, device: str = "cpu
         "wall_time_s": round(wall, 1), "device": device, "torch": torch.__version__,
         "diffusers": diffusers.__version__, "params": int(sum(p.numel() for p in model.parameters())),
     })  # fmt: skip
+    if cfg.kind != "classcond" and not cfg.data:
+        meta["colour_correlation"] = cfg.colour_correlation  # the cue the cue-conflict probe contradicts
+    if cfg.init_from:  # provenance of a fine-tune: which weights it started from
+        try:
+            src = init_dir(cfg)
+            base = json.loads((src / "diffdisc.json").read_text()) if (src / "diffdisc.json").is_file() else {}
+        except (DiffdiscError, OSError, ValueError):  # base model moved since training: keep what we know
+            src, base = cfg.init_from, {}
+        meta["init_from"] = {"dir": str(src), "recipe": base.get("recipe"), "steps": base.get("steps"),
+                             "data_hash": base.get("data_hash")}  # fmt: skip
     (tmp / "diffdisc.json").write_text(json.dumps(meta, indent=2))
     with _locked(out / "export.lock", blocking=True):  # the trainer and `export_checkpoint` may race
         old = out / f".model.old-{os.getpid()}"

@@ -1,0 +1,1 @@
+"""Diffusion features (Mukhopadhyay et al.): U-Net activations at (block, timestep), pooled, cached, probed."""

@@ -1,0 +1,199 @@
+"""Figures for the report as base64 PNG strings, byte-stable for the same inputs.
+
+Matplotlib's object API (no pyplot state, nothing to close) and PNG only, saved without the Software text
+chunk (Agg output is otherwise a pure function of the data; SVG would need svg.hashsalt and a date), so two
+renders of the same run give identical bytes. User text goes through `_txt`, so a `$` in a class name is not
+parsed as mathtext.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DiffdiscError
+
+MAX_TICKS = 30  # more classes than this: no tick labels or cell counts on the confusion matrix
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure  # no pyplot: no global figure registry, nothing to close
+
+    return Figure(figsize=(w, h))
+
+
+def fig_png(fig, dpi: int = 80) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def png_b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _txt(s: str, n: int = 24) -> str:
+    s = str(s)
+    s = s if len(s) <= n else s[: n - 1] + "…"
+    return s.replace("$", r"\$")
+
+
+def image_png(path: str | Path | None, size: int = 96) -> str | None:
+    """A thumbnail (nearest-neighbour upscaling keeps small images crisp); None when the file is unreadable."""
+    from PIL import Image
+
+    from ..data.images import open_image
+
+    if not path:
+        return None
+    try:
+        im = open_image(path)
+    except DiffdiscError:
+        return None
+    scale = size / max(im.size)
+    im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return png_b64(buf.getvalue())
+
+
+def confusion_png(labels: np.ndarray, preds: np.ndarray, classes: list[str], title: str) -> str:
+    n = len(classes)
+    cm = np.zeros((n, n), dtype=int)
+    for y, p in zip(labels, preds, strict=True):
+        if y >= 0:
+            cm[y, p] += 1
+    side = min(3.0 + 0.25 * n, 9.0)
+    fig = _figure(side + 0.5, side)
+    ax = fig.add_subplot()
+    ax.imshow(cm, cmap="Blues")
+    if n <= MAX_TICKS:
+        ax.set_xticks(range(n), [_txt(c) for c in classes], rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(range(n), [_txt(c) for c in classes], fontsize=8)
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7,
+                            color="white" if cm[i, j] > cm.max() / 2 else "black")  # fmt: skip
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(_txt(title, 60), fontsize=10)
+    return fig_png(fig)
+
+
+def reliability_png(conf: np.ndarray, correct: np.ndarray, n_bins: int, title: str) -> str:
+    """Accuracy vs confidence per bin (bars) against the diagonal, with the image count per bin."""
+    edges = np.linspace(0, 1, n_bins + 1)
+    b = np.clip(np.digitize(conf, edges, right=True) - 1, 0, n_bins - 1)
+    n = np.bincount(b, minlength=n_bins)
+    acc = np.bincount(b, weights=correct.astype(float), minlength=n_bins) / np.maximum(n, 1)
+    fig = _figure(4, 3.6)
+    ax = fig.add_subplot()
+    centres = (edges[:-1] + edges[1:]) / 2
+    ax.bar(centres[n > 0], acc[n > 0], width=1 / n_bins, edgecolor="black", color="#6a9fd4", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    for x, a, k in zip(centres, acc, n, strict=True):
+        if k:
+            ax.text(x, min(a + 0.02, 0.97), str(k), ha="center", fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (predicted class)")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(_txt(title, 60), fontsize=10)
+    return fig_png(fig)
+
+
+def timestep_curves_png(items: list[dict]) -> str:
+    """One panel per image: denoising error vs t for every class scored (true class green, wrong pick red).
+
+    items: {title, timesteps, errors [class][t index], classes, label, pred}.
+    """
+    k = len(items)
+    cols = min(k, 2)
+    rows = -(-k // cols)
+    fig = _figure(3.4 * cols, 2.8 * rows)
+    for n, it in enumerate(items, start=1):
+        ax = fig.add_subplot(rows, cols, n)
+        order = np.argsort(it["timesteps"])
+        ts = np.array(it["timesteps"])[order]
+        for c, row in enumerate(it["errors"]):
+            v = np.array([np.nan if row[j] is None else row[j] for j in order], dtype=float)
+            if np.isnan(v).all():
+                continue
+            if c == it["label"]:
+                style = {"color": "tab:green", "lw": 2, "zorder": 3, "label": f"true: {_txt(it['classes'][c])}"}
+            elif c == it["pred"]:
+                style = {"color": "tab:red", "lw": 2, "zorder": 3, "label": f"predicted: {_txt(it['classes'][c])}"}
+            else:
+                style = {"color": "grey", "lw": 0.8, "alpha": 0.6}
+            ax.plot(ts[~np.isnan(v)], v[~np.isnan(v)], marker=".", ms=3, **style)
+        ax.set_xlabel("timestep t")
+        ax.set_ylabel("denoising error" if n % cols == 1 or cols == 1 else "")
+        ax.set_title(_txt(it["title"], 40), fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    return fig_png(fig)
+
+
+def single_t_png(centres: np.ndarray, acc: np.ndarray, n: np.ndarray, chance: float, title: str) -> str:
+    fig = _figure(4.2, 3.0)
+    ax = fig.add_subplot()
+    ok = n > 0
+    ax.plot(centres[ok], acc[ok], marker="o", color="tab:blue", label="true class lowest at t")
+    ax.axhline(chance, ls="--", color="grey", label=f"chance {chance:.0%}")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("timestep t (binned)")
+    ax.set_ylabel("single-t accuracy")
+    ax.legend(fontsize=7)
+    ax.set_title(_txt(title, 60), fontsize=9)
+    return fig_png(fig)
+
+
+def pruning_png(n_calls: np.ndarray, title: str, max_lines: int = 100) -> str:
+    """Candidates left vs U-Net calls: thin steps per image, the mean over images in bold."""
+    from .stats import mean_trace, pruning_trace
+
+    fig = _figure(4.4, 3.2)
+    ax = fig.add_subplot()
+    for row in n_calls[:max_lines]:
+        x, y = pruning_trace(row)
+        ax.step(x, y, where="post", color="tab:blue", alpha=0.15, lw=0.8)
+    xs, ys = mean_trace(n_calls)
+    ax.plot(xs, ys, color="black", lw=2, label=f"mean of {len(n_calls)} images")
+    ax.set_xlabel("U-Net calls spent on the image")
+    ax.set_ylabel("candidates left")
+    ax.set_ylim(0, n_calls.shape[1] + 0.5)
+    ax.legend(fontsize=7)
+    ax.set_title(_txt(title, 60), fontsize=9)
+    return fig_png(fig)
+
+
+def sweep_png(blocks: list[str], timesteps: list[int], val_acc: np.ndarray, best: dict, title: str) -> str:
+    """Validation accuracy over (block, timestep), best cell outlined."""
+    from matplotlib.patches import Rectangle
+
+    fig = _figure(2.6 + 0.8 * len(timesteps), 1.8 + 0.45 * len(blocks))
+    ax = fig.add_subplot()
+    finite = np.isfinite(val_acc).any()
+    lo, hi = (np.nanmin(val_acc), np.nanmax(val_acc)) if finite else (0.0, 1.0)
+    im = ax.imshow(np.ma.masked_invalid(val_acc), cmap="viridis", aspect="auto", vmin=lo, vmax=hi)
+    ax.set_xticks(range(len(timesteps)), [str(t) for t in timesteps], fontsize=8)
+    ax.set_yticks(range(len(blocks)), [_txt(b, 30) for b in blocks], fontsize=8)
+    for i in range(len(blocks)):
+        for j in range(len(timesteps)):
+            if np.isfinite(val_acc[i, j]):
+                bright = val_acc[i, j] > lo + 0.6 * (hi - lo)  # viridis turns yellow: dark text there
+                ax.text(j, i, f"{val_acc[i, j]:.0%}", ha="center", va="center", fontsize=7, color="black" if bright else "white")
+    if best.get("block") in blocks and best.get("t") in timesteps:
+        i, j = blocks.index(best["block"]), timesteps.index(best["t"])
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
+    ax.set_xlabel("timestep t")
+    ax.set_ylabel("U-Net block")
+    fig.colorbar(im, ax=ax, label="val accuracy")
+    ax.set_title(_txt(title, 60), fontsize=9)
+    return fig_png(fig)

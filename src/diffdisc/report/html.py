@@ -1,0 +1,263 @@
+"""`diffdisc report`: run directories -> one self-contained HTML page (jinja2, autoescaped; figures inline).
+
+Each section is a row of run columns; a section appears when at least one run has its data, and a run
+without it says so in its column. Classes of different runs are aligned by name. Apart from the
+`generated` timestamp the page is a pure function of the run directories.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from ..results import atomic_write_text
+from . import figures, stats
+from .load import Classification, Run, load_runs
+
+MAX_CURVES = 4
+MAX_MISTAKES = 8
+
+
+def environment():
+    """The package's templates, HTML-escaped everywhere (class names and captions are user text)."""
+    import jinja2
+
+    return jinja2.Environment(loader=jinja2.PackageLoader("diffdisc.report", "templates"),
+                              autoescape=True, keep_trailing_newline=True)  # fmt: skip
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{v:.1%}"
+
+
+def _ci(v, ci) -> str:
+    if v is None or not np.isfinite(v):
+        return "–"
+    return _pct(v) if ci is None else f"{_pct(v)} [{_pct(ci[0])}, {_pct(ci[1])}]"
+
+
+def _num(v, fmt="{:.3f}") -> str:
+    return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else fmt.format(v)
+
+
+# ------------------------------------------------------------------ classification sections
+def _classification(run: Run, c: Classification) -> dict:
+    T, source = stats.temperature(c)
+    s = stats.summarise(c, T)
+    lab = c.labels >= 0
+    out = {
+        "summary": {"run": run.name, "model": c.model, "strategy": c.strategy, "images": s.n_images,
+                    "labelled": s.n_labelled, "accuracy": _ci(s.accuracy, s.accuracy_ci), "top5": _pct(s.top5),
+                    "ece": _ci(s.ece, s.ece_ci), "ece_cf": _num(s.ece_cross_fitted), "T": _num(T, "{:.3g}"),
+                    "T_source": source, "calls": f"{s.calls_per_image:.0f}"},  # fmt: skip
+        "per_class": stats.per_class_accuracy(c) if lab.any() else None,
+        "notes": [],
+    }
+    if not len(c):
+        return out
+    if not lab.any():
+        out["notes"].append("no labelled images: accuracy, confusion matrix, calibration and mistakes need labels")
+    else:
+        out["confusion"] = figures.confusion_png(c.labels, c.preds, c.classes, run.name)
+        conf, correct = stats.reliability(c, T)
+        out["reliability"] = figures.reliability_png(conf, correct, stats.N_BINS, f"{run.name} (T={T:.3g})")
+        out["mistakes"] = [
+            {"img": figures.image_png(c.image_path(i)), "path": c.paths[i], "id": c.image_ids[i],
+             "true": c.classes[c.labels[i]], "pred": c.classes[c.preds[i]], "prob": _pct(p)}
+            for i, p in stats.hardest_mistakes(c, T, MAX_MISTAKES)
+        ]  # fmt: skip
+    if c.contrastive:
+        out["timestep_note"] = "contrastive model: one score per class, no timesteps"
+    elif not stats.has_timestep_errors(c):
+        out["timestep_note"] = "this run did not store per-timestep errors (made before they were kept)"
+    else:
+        items = [{"title": f"{c.image_ids[i]}" + ("" if c.labels[i] < 0 else f" (true {c.classes[c.labels[i]]})"),
+                  "timesteps": c.timesteps[i], "errors": c.errors[i], "classes": c.classes,
+                  "label": int(c.labels[i]), "pred": int(c.preds[i])} for i in stats.curve_images(c, MAX_CURVES)]  # fmt: skip
+        out["curves"] = figures.timestep_curves_png(items)
+        out["curve_ids"] = [it["title"] for it in items]
+        st = stats.single_t_accuracy(c)
+        if st is not None:
+            out["single_t"] = figures.single_t_png(*st, 1 / len(c.classes), f"{run.name}: which t discriminates")
+    if c.strategy in ("halving", "ttest") and c.n_calls.any():
+        out["pruning"] = figures.pruning_png(c.n_calls, f"{run.name} ({c.strategy})")
+    elif c.n_calls.any():
+        out["pruning_note"] = f"{c.strategy} strategy: every class gets every timestep (no pruning)"
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in sorted(d.items()):
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            s = json.dumps(v, ensure_ascii=False)
+            if isinstance(v, list) and len(s) > 90:
+                s = f"{len(v)} items: " + ", ".join(map(str, v[:4])) + (", …" if len(v) > 4 else "")
+            out[key] = s
+    return out
+
+
+def _settings_table(runs: list[Run]) -> dict | None:
+    cols = [(r.name, _flatten(r.classification.settings)) for r in runs if r.classification]
+    if not cols:
+        return None
+    keys = sorted({k for _, f in cols for k in f})
+    rows = [{"key": k, "values": [f.get(k, "—") for _, f in cols], "differs": len({f.get(k) for _, f in cols}) > 1}
+            for k in keys]  # fmt: skip
+    return {"runs": [n for n, _ in cols], "rows": rows}
+
+
+def _aligned_classes(runs: list[Run], per_run: list[dict]) -> dict | None:
+    """Per-class accuracy with classes aligned by name across runs; a class a run lacks is marked."""
+    cols = [(r.name, d["per_class"]) for r, d in zip(runs, per_run, strict=True) if d and d.get("per_class")]
+    if not cols:
+        return None
+    names = list(dict.fromkeys(n for _, pc in cols for n in pc))
+    rows = []
+    for n in names:
+        cells = []
+        for _, pc in cols:
+            if n not in pc:
+                cells.append({"text": "not in this run", "missing": True})
+            else:
+                k, tot = pc[n]
+                cells.append({"text": f"{k}/{tot} ({_pct(k / tot)})" if tot else "no images", "missing": False})
+        rows.append({"name": n, "cells": cells, "partial": any(c["missing"] for c in cells)})
+    return {"runs": [n for n, _ in cols], "rows": rows}
+
+
+# ------------------------------------------------------------------ other sections
+def _probe_rows(run: Run) -> list[dict]:
+    from ..tasks.match import match_metrics
+
+    rows = []
+    for m in run.matchings:
+        met = match_metrics(m.score_mats)
+        cell = {k: _ci(v["mean"], v["ci95"]) for k, v in met.items() if isinstance(v, dict) and "mean" in v}
+        headline = next((met[k]["mean"] for k in ("group", "text", "text_R@1") if k in met), None)
+        chance = ", ".join(f"{k} {v:.0%}" for k, v in met.get("chance", {}).items())
+        rows.append({"probe": m.probe, "model": m.model, "kind": m.kind, "n": met["n_groups"], "cells": cell,
+                     "group": headline, "chance": chance or "–", "calls": f"{np.mean(m.calls):.0f}",
+                     "path": str(m.path)})  # fmt: skip
+    rows.sort(key=lambda r: (r["probe"], r["kind"], r["model"]))
+    scored: dict[str, list[float]] = {}
+    for r in rows:
+        if r["group"] is not None:
+            scored.setdefault(r["probe"], []).append(r["group"])
+    for r in rows:  # bold the best model of each probe (group score, else text score)
+        vals = scored.get(r["probe"], [])
+        r["best"] = r["group"] is not None and len(vals) > 1 and r["group"] == max(vals)
+    return rows
+
+
+def _probe_columns(rows: list[dict]) -> list[str]:
+    order = ["text", "image", "group", "text_R@1", "image_R@1", "text_R@5", "image_R@5"]
+    have = {k for r in rows for k in r["cells"]}
+    return [k for k in order if k in have]
+
+
+def _sweeps(run: Run) -> list[dict]:
+    out = []
+    for s in run.sweeps:
+        best = s.best or {}
+        out.append({"img": figures.sweep_png(s.blocks, s.timesteps, s.val_acc, best, f"{s.model}"),
+                    "model": s.model, "path": str(s.path),
+                    "best": f"{best.get('block', '?')} at t={best.get('t', '?')}: val {_pct(best.get('val_acc'))}"
+                    if best else "not recorded",
+                    "extra": [(k, _pct(v) if k == "test_acc" else str(v)) for k, v in s.extra.items()]})  # fmt: skip
+    return out
+
+
+def _synth(run: Run) -> list[dict]:
+    out = []
+    for s in run.synth:
+        st = s.settings
+        tricks = ", ".join(st.get("tricks", [])) or "none"
+        line = (f"model {st.get('model', '?')}; tricks: {tricks}; steps {st.get('steps', '?')}, "
+                f"scheduler {st.get('scheduler', '?')}, seed {st.get('seed', '?')}")  # fmt: skip
+        samples = []
+        for x in s.samples:
+            img = figures.image_png(x.path, 80)
+            if img:
+                samples.append({"img": img, "cls": x.class_name, "prompt": x.prompt or x.class_name,
+                                "guidance": _num(x.guidance, "{:.2f}")})  # fmt: skip
+        want = st.get("per_class")
+        counts = [(k, v, want) for k, v in s.counts.items()]
+        out.append({"path": str(s.path), "line": line, "counts": counts, "samples": samples,
+                    "classes": list(dict.fromkeys(x["cls"] for x in samples))})  # fmt: skip
+    return out
+
+
+# ------------------------------------------------------------------ page
+def build_context(runs: list[Run], title: str, generated: str | None = None) -> dict:
+    from .. import __version__
+
+    per_run = [_classification(r, r.classification) if r.classification else None for r in runs]
+    probes = [_probe_rows(r) for r in runs]
+    cols = {  # section -> one entry per run (None: the run lacks it)
+        "confusion": [d.get("confusion") if d else None for d in per_run],
+        "reliability": [d.get("reliability") if d else None for d in per_run],
+        "timesteps": [d if d and (d.get("curves") or d.get("timestep_note")) else None for d in per_run],
+        "pruning": [d if d and (d.get("pruning") or d.get("pruning_note")) else None for d in per_run],
+        "mistakes": [d.get("mistakes") if d and "mistakes" in d else None for d in per_run],
+        "probes": [rows or None for rows in probes],
+        "sweeps": [_sweeps(r) or None for r in runs],
+        "attention": [[{"img": figures.png_b64(o.png), "caption": o.caption, "file": o.path.name} for o in r.overlays] or None
+                      for r in runs],
+        "synth": [_synth(r) or None for r in runs],
+    }  # fmt: skip
+    if not any(d and d.get("pruning") for d in per_run):
+        cols["pruning"] = [None] * len(runs)  # only exhaustive runs: nothing to trace
+    sections = [
+        ("confusion", "Confusion matrices"),
+        ("reliability", "Reliability diagrams (calibration)"),
+        ("timesteps", "Per-timestep errors"),
+        ("pruning", "Pruning traces: candidates left vs U-Net calls"),
+        ("mistakes", "Hardest mistakes"),
+        ("probes", "Probes: diffusion vs contrastive"),
+        ("sweeps", "Feature sweeps"),
+        ("attention", "Cross-attention overlays"),
+        ("synth", "Synthetic samples"),
+    ]
+    present = [(k, t) for k, t in sections if any(v is not None for v in cols[k])]
+    return {
+        "title": title,
+        "generated": generated or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "version": __version__,
+        "runs": [{"name": r.name, "path": str(r.path), "problems": r.problems, "absent": r.absent, "empty": r.empty}
+                 for r in runs],  # fmt: skip
+        "names": [r.name for r in runs],
+        "metrics": [d["summary"] for d in per_run if d],
+        "notes": {r.name: d["notes"] for r, d in zip(runs, per_run, strict=True) if d and d["notes"]},
+        "settings": _settings_table(runs),
+        "per_class": _aligned_classes(runs, per_run),
+        "sections": present,
+        "cols": cols,
+        "lacking": {k: [r.name for r, v in zip(runs, cols[k], strict=True) if v is None] for k, _ in present},
+        "probe_columns": _probe_columns([x for rows in probes for x in rows]),
+        "n_bins": stats.N_BINS,
+        "n_boot": stats.N_BOOT,
+    }
+
+
+def render(runs: list[Run], title: str = "diffdisc report", generated: str | None = None) -> str:
+    return environment().get_template("report.html.j2").render(**build_context(runs, title, generated))
+
+
+def write_report(run_dirs: list[str | Path], out: str | Path, title: str = "diffdisc report",
+                 generated: str | None = None) -> Path:  # fmt: skip
+    """Read `run_dirs` and write one self-contained page to `out` (no network, no other files)."""
+    return write_runs(load_runs(run_dirs), out, title, generated)
+
+
+def write_runs(runs: list[Run], out: str | Path, title: str = "diffdisc report", generated: str | None = None) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, render(runs, title, generated))
+    return out

@@ -1,0 +1,185 @@
+"""Numbers the report shows, computed from a loaded run: metrics with bootstrap intervals, traces, mistakes.
+
+Everything is a pure function of the run's arrays and a fixed seed, so the same run gives the same page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..scoring.calibrate import classification_metrics, fit_temperature, probabilities
+from .load import Classification
+
+N_BOOT = 2000  # bootstrap resamples (as tasks.match.bootstrap_ci)
+N_BINS = 10  # reliability-diagram and ECE bins
+
+
+@dataclass
+class Summary:
+    """One row of the metrics table."""
+
+    n_images: int
+    n_labelled: int
+    accuracy: float | None
+    accuracy_ci: tuple[float, float] | None
+    top5: float | None
+    ece: float | None
+    ece_ci: tuple[float, float] | None
+    ece_cross_fitted: float | None  # from metrics.json (temperature fitted on the other half)
+    temperature: float | None
+    temperature_source: str
+    calls_per_image: float
+
+
+def temperature(c: Classification) -> tuple[float | None, str]:
+    """The softmax temperature the page uses, and where it came from (said on the page)."""
+    if c.calibration and c.calibration.get("temperature"):
+        return float(c.calibration["temperature"]), "calibration.json"
+    if c.settings.get("temperature"):
+        return float(c.settings["temperature"]), "run setting"
+    lab = c.labels >= 0
+    if lab.sum() >= 2 and np.isfinite(c.scores[lab]).any():
+        return fit_temperature(c.scores[lab], c.labels[lab]), "fitted on this run (in-sample)"
+    return None, "none (no labels)"
+
+
+def summarise(c: Classification, T: float | None) -> Summary:
+    lab = c.labels >= 0
+    n_lab = int(lab.sum())
+    calls = float(c.n_calls.sum(1).mean()) if len(c) else 0.0
+    crossfit = (c.metrics or {}).get("ece_temperature_scaled")
+    if not n_lab or T is None:
+        return Summary(len(c), n_lab, None, None, None, None, None, crossfit, T, "", calls)
+    y, pred = c.labels[lab], c.preds[lab]
+    correct = (pred == y).astype(np.float64)
+    scores = c.scores[lab]
+    m = classification_metrics(scores, y, T, n_bins=N_BINS)
+    acc_ci, ece_ci = _intervals(correct, probabilities(scores, T), y)
+    return Summary(len(c), n_lab, float(correct.mean()), acc_ci, m["top5"], m["ece"], ece_ci, crossfit, T, "", calls)
+
+
+def ece(p: np.ndarray, y: np.ndarray, idx: np.ndarray | None = None, n_bins: int = N_BINS) -> np.ndarray:
+    """torchmetrics' multiclass L1 calibration error, vectorised over resamples `idx` [B, n] (default: one, all).
+
+    Same binning as torchmetrics (confidence = max probability, bucketize right=True over n_bins equal bins),
+    so the bootstrap costs one numpy pass instead of a torchmetrics call per resample.
+    """
+    conf, hit = p.max(1), (p.argmax(1) == y).astype(np.float64)
+    b = np.clip(np.searchsorted(np.linspace(0, 1, n_bins + 1), conf, side="right") - 1, 0, n_bins - 1)
+    idx = np.arange(len(y))[None] if idx is None else idx
+    rows = np.repeat(np.arange(len(idx)), idx.shape[1])
+    gap = np.bincount(rows * n_bins + b[idx].ravel(), weights=(hit - conf)[idx].ravel(), minlength=len(idx) * n_bins)
+    return np.abs(gap.reshape(len(idx), n_bins)).sum(1) / idx.shape[1]
+
+
+def _intervals(correct: np.ndarray, p: np.ndarray, y: np.ndarray, seed: int = 0, chunk: int = 100):
+    """95% percentile bootstrap intervals of (accuracy, ECE), both over the same image resamples.
+
+    Resamples are drawn `chunk` at a time, so 50,000 images need tens of megabytes, not gigabytes.
+    """
+    rng, n = np.random.default_rng(seed), len(y)
+    accs, eces = [], []
+    for s in range(0, N_BOOT, chunk):
+        idx = rng.integers(0, n, (min(chunk, N_BOOT - s), n))
+        accs.append(correct[idx].mean(1))
+        eces.append(ece(p, y, idx))
+
+    def ci(v: list[np.ndarray]) -> tuple[float, float]:
+        return float(np.percentile(np.concatenate(v), 2.5)), float(np.percentile(np.concatenate(v), 97.5))
+
+    return ci(accs), ci(eces)
+
+
+def per_class_accuracy(c: Classification) -> dict[str, tuple[int, int]]:
+    """class name -> (correct, labelled images of that class)."""
+    out = {}
+    for i, name in enumerate(c.classes):
+        m = c.labels == i
+        out[name] = (int((c.preds[m] == i).sum()), int(m.sum()))
+    return out
+
+
+def reliability(c: Classification, T: float) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence of the predicted class, correct) for labelled images at temperature T."""
+    lab = c.labels >= 0
+    p = probabilities(c.scores[lab], T)
+    return p[np.arange(len(p)), c.preds[lab]], (c.preds[lab] == c.labels[lab])
+
+
+def hardest_mistakes(c: Classification, T: float | None, k: int = 8) -> list[tuple[int, float | None]]:
+    """(image index, probability given to the wrong prediction): the most confident mistakes first."""
+    wrong = np.flatnonzero((c.labels >= 0) & (c.preds != c.labels))
+    if not len(wrong):
+        return []
+    if T is None:
+        return [(int(i), None) for i in wrong[:k]]
+    p = probabilities(c.scores[wrong], T)[np.arange(len(wrong)), c.preds[wrong]]
+    order = sorted(range(len(wrong)), key=lambda j: (-p[j], int(wrong[j])))
+    return [(int(wrong[j]), float(p[j])) for j in order[:k]]
+
+
+def has_timestep_errors(c: Classification) -> bool:
+    return any(e is not None and len(ts) > 1 for e, ts in zip(c.errors, c.timesteps, strict=True))
+
+
+def curve_images(c: Classification, k: int = 4) -> list[int]:
+    """A few images for per-timestep curves: up to half mistakes (most confident first), then correct ones."""
+    ok = [i for i in range(len(c)) if c.errors[i] is not None and len(c.timesteps[i]) > 1]
+    wrong = [i for i in ok if c.labels[i] >= 0 and c.preds[i] != c.labels[i]][: k // 2]
+    right = [i for i in ok if i not in wrong][: k - len(wrong)]
+    return wrong + right
+
+
+def single_t_accuracy(c: Classification, n_bins: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Per t bin: how often the true class alone has the lowest error at that t ("which t discriminates").
+
+    Only (image, t) pairs where every class was scored count: adaptive strategies score later t on
+    survivors only, which would flatter those t. Returns (bin centres, accuracy, pairs per bin) or None.
+    """
+    ts_all, hits = [], []
+    for i in range(len(c)):
+        e, ts = c.errors[i], c.timesteps[i]
+        if e is None or c.labels[i] < 0 or len(ts) < 2:
+            continue
+        for j, t in enumerate(ts):
+            col = [row[j] if j < len(row) else None for row in e]
+            if any(v is None for v in col):
+                continue
+            ts_all.append(t)
+            hits.append(int(np.argmin(col)) == c.labels[i])
+    if not ts_all:
+        return None
+    ts_all, hits = np.array(ts_all), np.array(hits, dtype=np.float64)
+    top = max(1000, int(ts_all.max()) + 1)
+    edges = np.linspace(0, top, n_bins + 1)
+    b = np.clip(np.digitize(ts_all, edges) - 1, 0, n_bins - 1)
+    n = np.bincount(b, minlength=n_bins)
+    acc = np.bincount(b, weights=hits, minlength=n_bins) / np.maximum(n, 1)
+    return (edges[:-1] + edges[1:]) / 2, np.where(n > 0, acc, np.nan), n
+
+
+def pruning_trace(n_calls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates left vs U-Net calls spent, for one image, from its per-candidate call counts.
+
+    Adaptive strategies score every surviving candidate at the same timesteps, so after each candidate has
+    had k calls the image has spent sum_c min(n_c, k) calls and #{c : n_c > k} candidates remain (at the
+    end: those that reached the most calls, the survivors).
+    """
+    levels = np.unique(np.concatenate([[0], n_calls]))
+    x = np.array([np.minimum(n_calls, k).sum() for k in levels])
+    y = np.array([(n_calls > k).sum() for k in levels])
+    y[0], y[-1] = len(n_calls), (n_calls == levels[-1]).sum()  # start with all; end with the survivors
+    return x, y
+
+
+def mean_trace(n_calls: np.ndarray, grid: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over images of candidates left, on a common calls axis (step functions sampled on a grid)."""
+    xmax = max(int(n_calls.sum(1).max()), 1)
+    xs = np.linspace(0, xmax, grid)
+    ys = []
+    for row in n_calls:
+        x, y = pruning_trace(row)
+        ys.append(y[np.clip(np.searchsorted(x, xs, side="right") - 1, 0, len(y) - 1)])
+    return xs, np.mean(ys, 0)
