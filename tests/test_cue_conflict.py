@@ -158,3 +158,8 @@ def test_cue_conflict_probe_for_diffusion_and_contrastive_models(text_model, cli
                                    "--out", str(tmp_path / "cli")])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "cue-conflict" in res.output and "shape bias" in res.output
+    res = CliRunner().invoke(app, ["train", "tiny-text", "--out", str(tmp_path / "ft"), "--steps", "1",
+                                   "--init-from", str(text_model), "--colour-correlation", "0.5"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "ft" / "model" / "diffdisc.json").read_text())
+    assert meta["colour_correlation"] == 0.5 and meta["init_from"]["dir"] == str(text_model)

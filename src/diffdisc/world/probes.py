@@ -43,7 +43,6 @@ from .scenes import (
 VERSION = "v2"
 PROBE_VERSIONS = {"binding": "v1", "spatial": "v1", "object": "v1", "colour": "v1", "cue-conflict": "v1"}
 PROBES = tuple(PROBE_VERSIONS)
-CHANCE = {"cue-conflict": {"text": 0.5}}  # the 2x2 probes' chance levels come with their metrics
 
 
 def colour_cue_classes(n_classes: int) -> list[int]:
