@@ -2,8 +2,9 @@
 
 On a GPU the best batch is usually the largest that fits; on a CPU throughput stops improving long
 before memory runs out. `auto_batch_size` doubles the batch on real inputs until the device runs out of
-memory, the per-item time stops improving, or a cap is reached. Errors do not depend on the batch size
-(noise is keyed by (image, t), not by position), so tuning never changes results.
+memory, the per-item time gets clearly worse, or a cap is reached, and keeps the fastest size per item.
+Errors do not depend on the batch size (noise is keyed by (image, t), not by position), so tuning never
+changes results.
 """
 
 from __future__ import annotations
@@ -31,15 +32,17 @@ def _sync(device: torch.device) -> None:
 
 
 def auto_batch_size(step: Callable[[int], object], device: torch.device, start: int = 8,
-                    max_batch: int | None = None, min_gain: float = 0.05, repeats: int = 2) -> int:  # fmt: skip
-    """Largest power-of-two batch (from `start`) for which `step(bs)` fits and is ≥ `min_gain` faster per item.
+                    max_batch: int | None = None, slack: float = 0.10, repeats: int = 2) -> int:  # fmt: skip
+    """The power-of-two batch (from `start`) with the lowest per-item time for `step(bs)`, among those that fit.
 
-    step(bs) runs one representative forward of batch `bs`. Each size is timed after one warm-up call;
-    the search stops at the first out-of-memory, at `max_batch`, or when doubling gains less than
-    `min_gain` per item (CPU: bigger batches only add latency and memory there).
+    step(bs) runs one representative forward of batch `bs`. Each size is timed after one warm-up call; the
+    search doubles until the first out-of-memory, `max_batch`, or a size more than `slack` slower per item
+    than the best so far (past the knee: on CPUs per-item time flattens, then rises with cache misses).
+    Stopping at the first small gain instead picked too small a batch on a CPU, where timings are flat and noisy.
     """
     cap = max_batch or MAX_BATCH.get(device.type, MAX_BATCH["cuda"])
-    best_bs, best_per_item, bs = None, float("inf"), max(1, start)
+    per_item: dict[int, float] = {}
+    bs = max(1, start)
     while bs <= cap:
         try:
             step(bs)  # warm-up: allocator, kernels, lazy init
@@ -48,17 +51,16 @@ def auto_batch_size(step: Callable[[int], object], device: torch.device, start: 
             for _ in range(repeats):
                 step(bs)
             _sync(device)
-            per_item = (time.perf_counter() - t0) / (repeats * bs)
+            per_item[bs] = (time.perf_counter() - t0) / (repeats * bs)
         except Exception as e:
             if not is_oom(e):
                 raise
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             break
-        if per_item > best_per_item * (1 - min_gain):
+        if per_item[bs] > min(per_item.values()) * (1 + slack):
             break
-        best_bs, best_per_item = bs, per_item
         bs *= 2
-    if best_bs is None:
+    if not per_item:
         raise DiffdiscError(f"even a batch of {max(1, start)} does not fit in {device} memory; use a smaller model or --dtype bf16")
-    return best_bs
+    return min(per_item, key=per_item.get)
