@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from diffdisc.results import read_records
 from diffdisc.world.export import export_shipped_test
 
 BIN = Path(sys.executable).parent / "diffdisc"
@@ -32,12 +33,7 @@ def classify(data: Path, out: Path, args, rank: int, world: int) -> subprocess.P
 
 
 def rows(out: Path) -> dict:
-    recs = {}
-    for shard in sorted((out / "shards").glob("*.jsonl")):
-        for line in shard.read_text().splitlines():
-            r = json.loads(line)
-            recs[r["image_id"]] = r
-    return recs
+    return {r["image_id"]: r for r in read_records(out / "shards")}
 
 
 def main():

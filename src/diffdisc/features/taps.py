@@ -25,9 +25,6 @@ from torch import nn
 from ..errors import DiffdiscError
 from .pooling import parse_pooling, pool, to_map
 
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-DTYPES = ("fp32", "bf16", "fp16")
-
 
 def denoiser(backbone) -> nn.Module:
     """The network whose blocks are tapped (SD: `unet`; class-conditional: `model`)."""
@@ -199,8 +196,6 @@ def extract(
     from ..scoring.config import ScoreConfig
     from ..scoring.engine import ScoringEngine
 
-    if dtype not in DTYPES:
-        raise DiffdiscError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if batch_size < 1:
         raise DiffdiscError(f"batch_size must be >= 1, got {batch_size}")
     if len(keys) != len(images):
@@ -208,10 +203,10 @@ def extract(
     modules = resolve_blocks(backbone, blocks)
     ts = check_timesteps(backbone, timesteps)
     stats = stats if stats is not None else ExtractStats()
-    engine = ScoringEngine(backbone, ScoreConfig(seed=seed))  # its noise(): ε seeded by (seed, key, t)
+    # the engine's noise() (ε seeded by (seed, key, t)) and autocast (dtype checked by ScoreConfig)
+    engine = ScoringEngine(backbone, ScoreConfig(seed=seed, dtype=dtype))
     cond1 = condition_tensor(backbone, condition)
     dev = backbone.device
-    autocast = (lambda: torch.autocast(dev.type, dtype=_AUTOCAST[dtype])) if dtype != "fp32" else contextlib.nullcontext
     parts: dict[tuple[str, int, str], list[torch.Tensor]] = {(b, t, p): [] for b in modules for t in ts for p in poolings}
     n, t0 = len(images), time.perf_counter()
     with FeatureTaps(modules, poolings, stop_early) as taps, torch.inference_mode():
@@ -223,7 +218,7 @@ def extract(
                 tt = torch.full((b,), t, dtype=torch.long, device=dev)
                 eps = engine.noise(bkeys, [t] * b, tuple(x0.shape[1:])).to(dev)
                 x_t = backbone.add_noise(x0, eps, tt)
-                with autocast():
+                with engine.autocast():
                     got = taps.capture(lambda x_t=x_t, tt=tt, c=cond: backbone.model_output(x_t, tt, c))
                 stats.forwards += b
                 for (blk, p), v in got.items():

@@ -57,9 +57,9 @@ class ScoringEngine:
         self.batch_size: int | None = self.config.batch_size or None
         dev = backbone.device.type
         if self.config.dtype != "fp32":
-            self._autocast = lambda: torch.autocast(dev, dtype=_AUTOCAST[self.config.dtype])
+            self.autocast = lambda: torch.autocast(dev, dtype=_AUTOCAST[self.config.dtype])
         else:
-            self._autocast = contextlib.nullcontext
+            self.autocast = contextlib.nullcontext
         self._memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         if self.config.channels_last:
             backbone.to(memory_format=torch.channels_last)
@@ -147,9 +147,9 @@ class ScoringEngine:
         if self._capture is not None:
             from .attention import attention_score
 
-            with self._autocast():
+            with self.autocast():
                 return -attention_score(bb, self._capture, x_t, eps, t, cond, cfg.attention_bias)
-        with self._autocast():
+        with self.autocast():
             eps_hat = self._predict(x_t, t, cond)
         if not torch.isfinite(eps_hat).all():
             raise DiffdiscError(
