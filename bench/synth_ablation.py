@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from diffdisc.backbones.registry import create_backbone
+from diffdisc.tasks.match import bootstrap_ci
 from diffdisc.tasks.synth import SynthConfig, generate
 from diffdisc.tasks.synth_train import ClassifierConfig, evaluate_classifier, train_classifier
 from diffdisc.world.export import export_shipped_test
@@ -78,18 +79,16 @@ def main():
                 train_classifier(data, run, ccfg, log=lambda m, name=name, seed=seed: print(f"[{name} s{seed}] {m}", flush=True))
                 done.write_text(json.dumps(evaluate_classifier(run, test, per_image=True)))
             results.setdefault(name, []).append(json.loads(done.read_text()))
-    rng = np.random.default_rng(0)
     print(f"\n{args.classifier} from scratch on {args.per_class}/class synthetic images ({args.model}, "
           f"{args.scheduler} {args.steps} steps), tested on 1,000 real images; seeds {args.seeds}\n")  # fmt: skip
     print("| tricks | real test top-1, mean ± sd | pooled bootstrap 95 % | val acc (synthetic) |\n|---|---|---|---|")
     for name, rows in results.items():
         accs = np.array([r["accuracy"] for r in rows])
         correct = np.concatenate([np.array(r["correct"], dtype=float) for r in rows])
-        boot = [correct[rng.integers(0, len(correct), len(correct))].mean() for _ in range(1000)]
+        lo, hi = bootstrap_ci(correct)
         val = np.mean([json.loads((args.out / "clf" / f"{name.split()[0]}-s{s}" / "classifier.json").read_text())["val_acc_synthetic"]
                        for s in map(int, args.seeds.split(","))])  # fmt: skip
-        print(f"| {name} | {accs.mean():.1%} ± {accs.std():.1%} | [{np.percentile(boot, 2.5):.1%}, "
-              f"{np.percentile(boot, 97.5):.1%}] | {val:.1%} |")  # fmt: skip
+        print(f"| {name} | {accs.mean():.1%} ± {accs.std():.1%} | [{lo:.1%}, {hi:.1%}] | {val:.1%} |")  # fmt: skip
 
 
 if __name__ == "__main__":
