@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/attention_kshot.py --n 40 --timesteps 10 --shots 0,8,32,128 --out runs/kshot
 
-Evaluation groups: binding + spatial probes, seed 0 (the ones docs/results.md reports). Training groups for
-LoRA: the same probes drawn with seed 1000 (disjoint scenes), K split evenly between them. Rows: plain
+Evaluation groups: binding + spatial probes, seed 0, on the shipped Fashion-MNIST test items (the ones
+docs/results.md reports). Training groups for LoRA: `tuning_groups`, the same probes built from the shipped
+*train* items (no item in common with evaluation), K split evenly between them. Rows: plain
 denoising score, attention score (+ denoising bias), attention + LoRA trained on K groups. Text score is the
 headline (image scores of generative scorers compare errors across images; see docs/methods.md).
 """
@@ -20,9 +21,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.scoring.config import ScoreConfig
-from diffdisc.tasks.attention import load_lora, tune
+from diffdisc.tasks.attention import CONFIG, WEIGHTS, load_lora, tune, tuning_groups
 from diffdisc.tasks.probe import run_probes
-from diffdisc.world.probes import make_probe
+
+
+def _trained_on(adapter: Path) -> list[str] | None:
+    """The group ids a saved adapter was tuned on (None when there is no adapter)."""
+    cfg = adapter / CONFIG
+    if not (adapter / WEIGHTS).is_file() or not cfg.is_file():
+        return None
+    return json.loads(cfg.read_text())["diffdisc"].get("train_groups")
 
 
 def main() -> None:
@@ -54,10 +62,9 @@ def main() -> None:
     evaluate(bb, "denoise", 0)
     evaluate(bb, "attention", 0)
     for k in [int(s) for s in args.shots.split(",") if int(s) > 0]:
-        per = -(-k // len(probes))
-        train = [g for p in probes for g in make_probe(p, per, 1000)][:k]
+        train = tuning_groups(probes, k)
         adapter = out / f"lora-{k}"
-        if not (adapter / "adapter_model.safetensors").is_file():
+        if _trained_on(adapter) != [g.id for g in train]:  # none yet, or tuned on other groups: (re)train
             t0 = time.time()
             tune(create_backbone(args.model), train, adapter)
             print(f"K={k}: tuned in {time.time() - t0:.0f}s", flush=True)

@@ -62,8 +62,10 @@ def main():
         m = res.metrics()
         m["wall_s"] = time.time() - t0
         summary[name] = m
-        print(f"{name:10s} acc {m['accuracy']:.3f}  calls/img {m['unet_calls_per_image']:.0f}  "
-              f"ECE(ts) {m['ece_temperature_scaled']:.3f}  n {m['n_images']}  {m['wall_s']:.0f}s", flush=True)  # fmt: skip
+        print(f"{name:10s} acc {m['accuracy']:.3f}  top5 {m['top5']:.3f}  per-class {m['mean_per_class_accuracy']:.3f}  "
+              f"calls/img {m['unet_calls_per_image']:.0f}  ECE {m['ece']:.3f} (T {m['temperature']:.3g}: "
+              f"{m['temperature_source'][:14]})  ECE(cross-fitted) {m['ece_temperature_scaled']:.3f}  "
+              f"n {m['n_images']}  {m['wall_s']:.0f}s", flush=True)  # fmt: skip
     meta = bb.info.metadata
     summary["_model"] = {"name": args.model, "steps": meta.get("steps"), "fingerprint": bb.info.fingerprint}
     (out / f"summary-{tag}-{args.dtype}.json").write_text(json.dumps(summary, indent=2))

@@ -116,6 +116,7 @@ def test_resume_skips_done_and_recovers_torn_line(classcond_dir, image_folder, t
     shard.write_bytes(data[: len(data) - 40])  # a kill in the middle of the 4th line
     store = ResultStore(tmp_path / "part", json.loads((tmp_path / "part" / "run.json").read_text()))
     assert len(store.done()) == 3
+    store.close()  # it holds the rank-0 lock, as a second process would
     res = classify(bb, image_folder, adaptive=FAST, out=tmp_path / "part")
     assert res.image_ids == full.image_ids and res.predictions.tolist() == full.predictions.tolist()
     np.testing.assert_allclose(res.scores, full.scores, rtol=1e-5)

@@ -11,7 +11,8 @@ import pytest
 from diffdisc.errors import DiffdiscError
 from diffdisc.report.html import build_context, render, write_report
 from diffdisc.report.load import load_runs
-from diffdisc.report.stats import ece, pruning_trace
+from diffdisc.report.stats import pruning_trace
+from diffdisc.scoring.calibrate import top_label_ece
 from report_runs import SCRIPT, session_runs
 
 STAMP = re.compile(r'<span id="generated">[^<]*</span>')
@@ -61,11 +62,12 @@ def test_vectorised_ece_equals_torchmetrics():
     from torchmetrics.functional.classification import multiclass_calibration_error
 
     rng = np.random.default_rng(0)
-    for n, m in [(7, 3), (200, 10)]:
+    for n, m, bins in [(7, 3, 10), (200, 10, 15)]:
         p = rng.dirichlet(np.ones(m) * 0.3, n).astype(np.float32).astype(np.float64)
         y = rng.integers(0, m, n)
-        ref = multiclass_calibration_error(torch.from_numpy(p).float(), torch.from_numpy(y), num_classes=m, n_bins=10, norm="l1")
-        assert ece(p, y)[0] == pytest.approx(ref.item(), abs=1e-6)
+        ref = multiclass_calibration_error(torch.from_numpy(p).float(), torch.from_numpy(y), num_classes=m, n_bins=bins, norm="l1")
+        conf, hit = p.max(1), p.argmax(1) == y
+        assert top_label_ece(conf, hit, bins)[0] == pytest.approx(ref.item(), abs=1e-6)
 
 
 def test_two_runs_with_different_classes_are_aligned_by_name(ctx):

@@ -2,19 +2,53 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from .errors import DiffdiscError
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
-app = typer.Typer(
+
+class _Interrupted(Exception):
+    """Ctrl-C inside a command. Typer turns a KeyboardInterrupt into a bare exit code (Exit(130), or click's Abort
+    in older versions) before `main()` could print the resume hint; this carries it past typer instead."""
+
+
+class _Command(TyperCommand):
+    """Every diffdisc command: Ctrl-C -> `_Interrupted`; under --quiet / --json, Python warnings (prompt
+    truncated, missing glyph, ...) and library log warnings are silenced, so the output is only the result."""
+
+    def invoke(self, ctx):
+        with contextlib.ExitStack() as stack:
+            if any(ctx.params.get(k) for k in ("quiet", "json_out", "as_json")):
+                stack.enter_context(warnings.catch_warnings())
+                warnings.simplefilter("ignore")
+                stack.callback(logging.disable, logging.root.manager.disable)
+                logging.disable(logging.WARNING)
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt:
+                raise _Interrupted from None
+
+
+class _Typer(typer.Typer):
+    """typer.Typer whose commands are `_Command`s."""
+
+    def command(self, name=None, *, cls=None, **kwargs):
+        return super().command(name, cls=cls or _Command, **kwargs)
+
+
+app = _Typer(
     help="diffdisc: diffusion models as discriminators (zero-shot classification from denoising error).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -54,11 +88,31 @@ def _split(s: str | None) -> list[str] | None:
     return [x.strip() for x in s.split(",")] if s else None
 
 
+def _classes(s: str | None) -> list[str] | None:
+    """--classes: comma-separated names, or @FILE with one name per line (for names that contain commas; blank
+    lines ignored). None (option not given) means the data's or model's classes; an empty list is an error, not
+    a silent fall back to those."""
+    if s is None:
+        return None
+    if s.startswith("@"):
+        try:
+            lines = Path(s[1:]).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise DiffdiscError(f"--classes {s}: cannot read {s[1:]} ({e.strerror})") from None
+        names = [x.strip() for x in lines if x.strip()]
+    else:
+        names = [x.strip() for x in s.split(",")]
+    if not names or not all(names):
+        raise DiffdiscError(f"--classes {s!r} has {'an empty class name' if names else 'no class names'}: "
+                            "give comma-separated names or @FILE with one name per line")  # fmt: skip
+    return names
+
+
 @app.command(epilog="Example: diffdisc classify --model fmnist-classcond --data imgs/ --strategy halving --out runs/x")
 def classify(
     model: Annotated[str, typer.Option(help="Shipped model name, diffusers directory or cached hub id.")],
     data: Annotated[Path, typer.Option(help="ImageFolder (class subfolders) or a flat folder of images.")],
-    classes: Annotated[str | None, typer.Option(help="Comma-separated class names (default: the data's or model's).")] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names, or @FILE (one per line; default: the data's or model's).")] = None,
     templates: Annotated[list[str] | None, typer.Option("--template", help="Prompt template(s) or set name (text models).")] = None,
     strategy: Annotated[str, typer.Option(help="exhaustive | halving | ttest")] = "exhaustive",
     timesteps: Annotated[int, typer.Option(help="Timesteps per candidate (exhaustive).")] = 50,
@@ -90,6 +144,7 @@ def classify(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
     """Zero-shot classify images with a diffusion model (Li et al. / Clark & Jaini)."""
+    names = _classes(classes)
     _quiet_libraries()
     from .progress import classify_progress
     from .scoring.config import AdaptiveConfig, ScoreConfig, parse_stages
@@ -111,7 +166,7 @@ def classify(
     bb = _load(model, device, lora)
     out = out or Path("runs") / f"classify-{bb.info.name.replace('/', '_')}-{strategy}"
     with classify_progress("classify", enabled=not (quiet or json_out)) as cb:
-        result = run(bb, data, _split(classes), templates=templates or None, score=score, adaptive=adaptive, out=out,
+        result = run(bb, data, names, templates=templates or None, score=score, adaptive=adaptive, out=out,
                      labels_csv=labels, on_error=on_error, limit=limit, chunk_images=chunk, temperature=temperature, progress=cb,
                      rank=rank, world_size=world_size)  # fmt: skip
     if not (out / "metrics.json").is_file():
@@ -120,6 +175,8 @@ def classify(
     metrics = json.loads((out / "metrics.json").read_text())
     for image_id, why in getattr(result, "skipped", []):
         typer.echo(f"skipped {image_id}: {why}", err=True)
+    for note in getattr(result, "notes", []):
+        typer.echo(f"note: {note}", err=True)
     _print_metrics(metrics, out, json_out)
 
 
@@ -131,10 +188,15 @@ def _print_metrics(metrics: dict, out: Path, as_json: bool) -> None:
     from rich.table import Table
 
     t = Table(title=f"results in {out}")
-    for k in ("n_images", "accuracy", "top5", "ece", "ece_temperature_scaled", "unet_calls_per_image"):
+    for k in ("n_images", "accuracy", "top5", "mean_per_class_accuracy", "ece", "ece_uncalibrated",
+              "ece_temperature_scaled", "unet_calls_per_image"):  # fmt: skip
         if k in metrics and metrics[k] is not None:
             v = metrics[k]
             t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    if "temperature" in metrics:
+        t.add_row("temperature", f"{metrics['temperature']:.4g} ({metrics.get('temperature_source', '?')})")
+    if metrics.get("ece_source"):
+        t.add_row("ece is", metrics["ece_source"])
     Console().print(t)
 
 
@@ -144,7 +206,9 @@ def calibrate(
     apply_to: Annotated[Path | None, typer.Option("--apply-to", help="Rewrite this run's metrics with the fitted T.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One line of JSON (default: indented).")] = False,
 ):
-    """Fit softmax temperature (and Platt a, b on log U-Net calls) on a labelled run."""
+    """Fit softmax temperature (and Platt a, b on log U-Net calls) on a labelled run.
+
+    A run with images scored without U-Net calls (contrastive models) gets the temperature only (Platt: null)."""
     from .results import ClassificationResult, atomic_write_text
     from .scoring.calibrate import fit_platt_calls, fit_temperature
     from .tasks.classify import finalize
@@ -154,8 +218,14 @@ def calibrate(
     if lab.sum() < 2:
         raise DiffdiscError(f"{run_dir} has fewer than 2 labelled images; calibration needs labels")
     T = fit_temperature(res.scores[lab], res.labels[lab])
-    a, b = fit_platt_calls(res.calls[lab], res.predictions[lab] == res.labels[lab])
-    cal = {"temperature": T, "platt_log_calls": {"a": a, "b": b}, "fitted_on": str(run_dir), "n": int(lab.sum())}
+    platt = None
+    if (res.calls[lab] > 0).all():
+        a, b = fit_platt_calls(res.calls[lab], res.predictions[lab] == res.labels[lab])
+        platt = {"a": a, "b": b}
+    else:  # log(0): a fit would be meaningless, not (0, 0)
+        typer.echo(f"note: {run_dir} has images scored without U-Net calls (a contrastive model?): "
+                   "fitted the temperature only, no Platt scaling on log U-Net calls", err=True)  # fmt: skip
+    cal = {"temperature": T, "platt_log_calls": platt, "fitted_on": str(run_dir), "n": int(lab.sum())}
     atomic_write_text(Path(run_dir) / "calibration.json", json.dumps(cal, indent=2))
     if apply_to:
         cal["applied_metrics"] = finalize(Path(apply_to), ClassificationResult.load(apply_to), T)
@@ -354,8 +424,8 @@ def probe(
     Console().print(t)
 
 
-attention_app = typer.Typer(help="Discffusion cross-attention scoring: few-shot LoRA tuning and heat maps.",
-                            no_args_is_help=True)
+attention_app = _Typer(help="Discffusion cross-attention scoring: few-shot LoRA tuning and heat maps.",
+                       no_args_is_help=True)
 app.add_typer(attention_app, name="attention")
 
 
@@ -365,7 +435,7 @@ def attention_tune(
     out: Annotated[Path, typer.Option(help="Adapter directory to write (safetensors + adapter_config.json).")],
     model: Annotated[str, typer.Option(help="Text-conditional diffusion model.")] = "fmnist-scenes-text",
     shots: Annotated[int, typer.Option(help="Training groups (K).")] = 32,
-    probe: Annotated[list[str] | None, typer.Option(help="Embedded probes to draw training groups from.")] = None,
+    probe: Annotated[list[str] | None, typer.Option(help="Embedded probes to draw training groups from (Fashion-MNIST train items; evaluation uses test items).")] = None,
     groups: Annotated[Path | None, typer.Option(help="Or: your groups.jsonl / Winoground dir.")] = None,
     seed: Annotated[int, typer.Option(help="Training seed; embedded training groups use seed 1000+seed.")] = 0,
     rank: Annotated[int, typer.Option(help="LoRA rank.")] = 4,
@@ -380,8 +450,7 @@ def attention_tune(
     """Few-shot prompt learning: LoRA on the U-Net's attention, hinge loss on matching vs other captions."""
     _quiet_libraries()
     from .progress import console
-    from .tasks.attention import tune
-    from .world.probes import make_probe
+    from .tasks.attention import tune, tuning_groups
 
     if shots < 1:
         raise DiffdiscError("--shots must be >= 1 (K = 0 is the untuned model)")
@@ -390,9 +459,7 @@ def attention_tune(
 
         train = load_groups(groups)[:shots]
     else:
-        names = probe or ["binding", "spatial"]
-        per = -(-shots // len(names))  # held-out from evaluation: eval probes use seed 0, training 1000+seed
-        train = [g for name in names for g in make_probe(name, per, 1000 + seed)][:shots]
+        train = tuning_groups(probe or ["binding", "spatial"], shots, seed)
     bb = _load(model, device)
     show = not (quiet or json_out)
     path = tune(bb, train, out, rank=rank, margin=margin, lr=lr, epochs=epochs, bias=not no_bias, seed=seed,
@@ -424,7 +491,7 @@ def attention_heatmap(
 def sample(
     model: Annotated[str, typer.Argument(help="Shipped name or model directory (class- or text-conditional).")],
     out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("samples.png"),
-    classes: Annotated[str | None, typer.Option(help="Comma-separated classes (default: the model's).")] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated classes, or @FILE (one per line; default: the model's).")] = None,
     captions: Annotated[str | None, typer.Option(help="Semicolon-separated captions (text models).")] = None,
     per_row: Annotated[int, typer.Option(help="Samples per class / caption.")] = 8,
     steps: Annotated[int, typer.Option(help="Sampler steps.")] = 50,
@@ -434,18 +501,18 @@ def sample(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
 ):
     """Draw a labelled grid of samples, to see what a diffusion model has learned before using it as a classifier."""
+    keys = [c.strip() for c in captions.split(";")] if captions else _classes(classes)
     _quiet_libraries()
     from .tasks.sample import sample_grid
 
     bb = _load(model, device)
     if getattr(bb, "is_contrastive", False):
         raise DiffdiscError(f"{model} is a contrastive model: it cannot generate images")
-    keys = [c.strip() for c in captions.split(";")] if captions else _split(classes)
     typer.echo(f"wrote {sample_grid(bb, keys, per_row, guidance=guidance, steps=steps, scheduler=scheduler, seed=seed, out=out)}")
 
 
-synth_app = typer.Typer(help="Synthetic training sets from class names (diversity tricks) and timm classifiers.",
-                        no_args_is_help=True)
+synth_app = _Typer(help="Synthetic training sets from class names (diversity tricks) and timm classifiers.",
+                   no_args_is_help=True)
 app.add_typer(synth_app, name="synth")
 
 
@@ -454,7 +521,7 @@ app.add_typer(synth_app, name="synth")
 def synth_generate(
     out: Annotated[Path, typer.Option(help="Output ImageFolder (+ metadata.jsonl); rerun to resume.")],
     model: Annotated[str, typer.Option(help="Diffusion model (text- or class-conditional).")] = "fmnist-scenes-text",
-    classes: Annotated[str | None, typer.Option(help="Comma-separated class names (default: the model's).")] = None,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names, or @FILE (one per line; default: the model's).")] = None,
     per_class: Annotated[int, typer.Option(help="Images per class.")] = 100,
     tricks: Annotated[str, typer.Option(help="Comma-separated: template, domain, guidance (empty: none).")] = "",
     guidance: Annotated[float, typer.Option(help="Fixed guidance scale (without the guidance trick).")] = 3.0,
@@ -478,8 +545,9 @@ def synth_generate(
         raise DiffdiscError(f"bad --guidance-range {guidance_range!r}: expected LO,HI") from None
     cfg = SynthConfig(per_class=per_class, tricks=tuple(t for t in tricks.split(",") if t), guidance=guidance,
                       guidance_range=(lo, hi), steps=steps, scheduler=scheduler, seed=seed, batch_size=batch_size)  # fmt: skip
+    names = _classes(classes)
     bb = _load(model, device)
-    names = _split(classes) or list(bb.info.class_names)
+    names = names or list(bb.info.class_names)
     path = generate(bb, names, out, cfg, progress=None if (quiet or json_out) else (lambda d, n: console.print(f"{d}/{n} images")))
     if json_out:
         typer.echo(json.dumps({"out": str(path), "images": per_class * len(names), "classes": names}))
@@ -526,8 +594,8 @@ def synth_train(
 
 
 # ---------------------------------------------------------------------- features (issue 6)
-features_app = typer.Typer(help="Diffusion features (Mukhopadhyay et al.): U-Net activations at (block, t) + light heads.",
-                           no_args_is_help=True)
+features_app = _Typer(help="Diffusion features (Mukhopadhyay et al.): U-Net activations at (block, t) + light heads.",
+                      no_args_is_help=True)
 app.add_typer(features_app, name="features")
 _FEATURE_CACHE = Path("runs/features-cache")
 
@@ -756,27 +824,28 @@ def models(json_out: Annotated[bool, typer.Option("--json", help="Print name, re
 
 
 def main() -> None:
+    """Exit codes: 0 ok, 1 user error or a failed `doctor` check, 2 usage (click), 130 interrupted."""
     try:
-        app(standalone_mode=False)
+        # Under standalone_mode=False, typer.Exit (doctor's failed check) comes back as the return value.
+        code = app(standalone_mode=False)
     except DiffdiscError as e:
         if _state["debug"]:
             raise
         typer.echo(f"error: {e}", err=True)
-        sys.exit(1)  # exit codes: 0 ok, 1 user error (this), 2 usage (click), 130 interrupted
-    except KeyboardInterrupt:
+        sys.exit(1)
+    except (KeyboardInterrupt, _Interrupted):
         typer.echo("interrupted: finished images are saved; rerun the same command to resume", err=True)
         sys.exit(130)
-    except Exception as e:  # click's usage errors, Exit and Abort
+    except Exception as e:  # click's usage errors and Abort
         # Matched by shape, not class: typer >= 0.29 raises its own vendored copies of click's exceptions.
         code = getattr(e, "exit_code", None)
         if isinstance(code, int) and callable(getattr(e, "show", None)):
             e.show()  # usage error: message (and usage line) to stderr, exit 2
             sys.exit(code)
-        if isinstance(code, int) and type(e).__name__ == "Exit":
-            sys.exit(code)
         if type(e).__name__ == "Abort":
             sys.exit(1)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ dropped and its image redone.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import math
 import os
@@ -20,14 +22,42 @@ import numpy as np
 
 from .errors import DiffdiscError
 
+TMP_MARK = ".tmp-"
+
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write then rename, so readers see the old file or the new one; a failed write leaves no temp file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DiffdiscError(f"could not write {path} ({e.strerror or e}); earlier results in {path.parent} are kept") from e
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Delete `.name.tmp-<pid>` files left by a process that died mid-write (a live writer's are kept)."""
+    for tmp in Path(folder).glob(f".*{TMP_MARK}*"):
+        pid = tmp.name.rsplit(TMP_MARK, 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers are from an earlier failed write in this process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _clean(v):
@@ -43,19 +73,35 @@ def _clean(v):
 
 # Settings that change speed, not numbers (noise is keyed by (image, t)): a resume may change them.
 RUNTIME_KEYS = frozenset({"score.batch_size"})
+# The keys a user changes on purpose, named first when a resume is refused (then the rest, alphabetically).
+MEANINGFUL_KEYS = ("model.name", "model.fingerprint", "data", "labels", "adaptive.strategy", "adaptive.n_timesteps",
+                   "adaptive.stages", "score.scorer", "score.loss", "score.weighting", "score.seed", "score.dtype",
+                   "classes", "prompts", "temperature")  # fmt: skip
 
 
-def _diff(a, b, prefix=""):
-    """First differing key path between two settings dicts, or None."""
-    if prefix.rstrip(".") in RUNTIME_KEYS:
-        return None
+def setting_diffs(a, b, prefix="") -> list[tuple[str, object, object]]:
+    """Every differing key path between two settings dicts, the meaningful ones first."""
+    key = prefix.rstrip(".")
+    if key in RUNTIME_KEYS:
+        return []
     if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            d = _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-            if d:
-                return d
-        return None
-    return None if a == b else (prefix.rstrip("."), a, b)
+        out = [d for k in sorted(set(a) | set(b)) for d in setting_diffs(a.get(k), b.get(k), f"{prefix}{k}.")]
+        if not prefix:
+            rank = {k: i for i, k in enumerate(MEANINGFUL_KEYS)}
+            out.sort(key=lambda d: (rank.get(d[0], len(rank)), d[0]))
+        return out
+    return [] if a == b else [(key, a, b)]
+
+
+def _short(v, width: int = 40) -> str:
+    text = json.dumps(v) if not isinstance(v, str) else v
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def describe_diffs(diffs: list[tuple[str, object, object]], n: int = 3) -> str:
+    """'adaptive.n_timesteps: 20 -> 30, model.fingerprint: ab12... -> cd34...' (+ how many more)."""
+    text = ", ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in diffs[:n])
+    return text + (f" (and {len(diffs) - n} more)" if len(diffs) > n else "")
 
 
 def repair_jsonl(path: Path) -> None:
@@ -87,27 +133,51 @@ def read_records(shards_dir: Path) -> Iterator[dict]:
 
 
 class ResultStore:
-    """Append-only shards keyed by image id, guarded by the run's settings."""
+    """Append-only shards keyed by image id, guarded by the run's settings and locked per rank.
+
+    `run.json` is read-or-created under an exclusive lock, so two processes started together on one
+    directory cannot both write their own settings: the second sees the first's and is refused if they
+    differ. Each rank also holds a lock on its own shard for as long as the store lives: a second process
+    for the same rank (two identical commands, or a forgotten RANK/WORLD_SIZE) is refused.
+    """
 
     def __init__(self, out_dir: str | Path, settings: dict, rank: int = 0):
         self.dir = Path(out_dir)
         self.shards = self.dir / "shards"
         self.shards.mkdir(parents=True, exist_ok=True)
         self.settings = json.loads(json.dumps(_clean(settings)))
-        run = self.dir / "run.json"
-        if run.is_file():
-            old = json.loads(run.read_text())
-            d = _diff(old, self.settings)
-            if d:
-                raise DiffdiscError(
-                    f"{self.dir} holds results made with different settings ({d[0]}: {d[1]!r} there, {d[2]!r} now); "
-                    "use another --out or delete it"
-                )
-        else:
-            atomic_write_text(run, json.dumps(self.settings, indent=2, sort_keys=True))
+        with open(self.dir / ".run.lock", "a") as guard:
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            run = self.dir / "run.json"
+            if run.is_file():
+                diffs = setting_diffs(json.loads(run.read_text()), self.settings)
+                if diffs:
+                    raise DiffdiscError(f"{self.dir} holds results made with other settings ({describe_diffs(diffs)}); "
+                                        "use another --out or delete it")  # fmt: skip
+            else:
+                atomic_write_text(run, json.dumps(self.settings, indent=2, sort_keys=True))
+        self._lock = _try_lock(self.dir / f".rank-{rank:05d}.lock")
+        if self._lock is None:
+            raise DiffdiscError(
+                f"another process is already writing {self.dir} (rank {rank}); wait for it, or use another --out. "
+                "To share one run across processes start them with torchrun or `accelerate launch` "
+                "(they set RANK/WORLD_SIZE)"
+            )
+        remove_stale_temps(self.dir)
+        remove_stale_temps(self.shards)
         self.path = self.shards / f"part-{rank:05d}.jsonl"
         repair_jsonl(self.path)
 
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
 
     def records(self) -> Iterator[dict]:
         return read_records(self.shards)
@@ -119,10 +189,26 @@ class ResultStore:
         lines = "".join(json.dumps(_clean(r), separators=(",", ":")) + "\n" for r in records)
         if not lines:
             return
-        with open(self.path, "a") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a") as f:
+                f.write(lines)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            why = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+            raise DiffdiscError(f"could not append results to {self.path} ({why}); images finished before this chunk "
+                                "are kept: free space and rerun the same command to resume") from e  # fmt: skip
+
+
+def _try_lock(path: Path):
+    """An open file holding an exclusive lock on `path`, or None if another process holds it."""
+    f = open(path, "a")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        return None
+    return f
 
 
 class ClassificationResult:
@@ -163,20 +249,42 @@ class ClassificationResult:
         return np.array([-1 if r.get("label") is None else r["label"] for r in self.records], dtype=np.int64)
 
     @property
+    def rankings(self) -> np.ndarray:
+        """[N, n_classes] the strategy's ranking per image, best first: prediction, top-k and ECE come from it."""
+        return np.array([r["ranking"] for r in self.records], dtype=np.int64).reshape(len(self), len(self.classes))
+
+    @property
     def calls(self) -> np.ndarray:
         return np.array([r["calls"] for r in self.records], dtype=np.int64)
+
+    def temperature(self, override: float | None = None) -> tuple[float | None, str]:
+        """The softmax temperature for probabilities and where it comes from (None: uncalibrated, T = 1)."""
+        if override:
+            return float(override), "given"
+        if self.settings.get("temperature"):
+            return float(self.settings["temperature"]), "run setting (--temperature)"
+        shipped = self.settings.get("model_temperature")
+        if shipped:
+            return float(shipped["value"]), shipped["source"]
+        return None, "none: T = 1, uncalibrated (run `diffdisc calibrate` on a labelled run)"
 
     def metrics(self, temperature: float | None = None) -> dict:
         from .scoring.calibrate import classification_metrics, cross_fitted_ece
 
-        T = temperature or self.settings.get("temperature") or 1.0
-        out = {"n_images": len(self), "unet_calls_per_image": float(self.calls.mean()) if len(self) else 0.0}
+        T, source = self.temperature(temperature)
+        out = {"n_images": len(self), "unet_calls_per_image": float(self.calls.mean()) if len(self) else 0.0,
+               "temperature": T or 1.0, "temperature_source": source}  # fmt: skip
         lab = self.labels >= 0
         if lab.any():
-            sc, y = self.scores[lab], self.labels[lab]
-            out.update(classification_metrics(sc, y, T))
-            out["accuracy"] = float((self.predictions[lab] == y).mean())  # the strategy's own decision
-            out["ece_temperature_scaled"] = cross_fitted_ece(sc, y)
+            sc, y, rk = self.scores[lab], self.labels[lab], self.rankings[lab]
+            m = classification_metrics(sc, y, T or 1.0, rk)
+            out.update({k: v for k, v in m.items() if k != "temperature"})
+            out["ece_temperature_scaled"] = cross_fitted_ece(sc, y, rk)
+            if T is None:  # no temperature to trust: the headline is the cross-fitted one
+                out["ece_uncalibrated"], out["ece"] = m["ece"], out["ece_temperature_scaled"]
+                out["ece_source"] = "cross-fitted: T fitted on one half of these images, ECE on the other, and back"
+            else:
+                out["ece_source"] = f"at T = {T:.4g} ({source})"
             out["n_labelled"] = int(lab.sum())
         return out
 
@@ -191,7 +299,7 @@ class ClassificationResult:
         run_dir = Path(run_dir)
         atomic_write_text(run_dir / "results.jsonl", "".join(json.dumps(_clean(x)) + "\n" for x in self.rows()))
         preds = []
-        p = self.probabilities(metrics.get("temperature", 1.0))
+        p = self.probabilities(metrics.get("temperature") or 1.0)
         for i, r in enumerate(self.records):
             preds.append({"image_id": r["image_id"], "path": r.get("path"), "label": r.get("label"), "pred": r["pred"], "pred_name": self.classes[r["pred"]], "prob": float(p[i, r["pred"]]), "calls": r["calls"]})
         atomic_write_text(run_dir / "predictions.jsonl", "".join(json.dumps(_clean(x)) + "\n" for x in preds))

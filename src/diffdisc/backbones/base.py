@@ -8,6 +8,7 @@ and `predict_eps`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,23 @@ class BackboneInfo:
     image_size: int
     image_channels: int
     latent: bool
-    fingerprint: str  # hash of the model configs + weight file sizes: ties results to weights
+    fingerprint: str  # content hash of the model directory (`fingerprint`): ties results to weights
     class_names: tuple[str, ...] = ()
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+def has_learned_variance(model_config, scheduler_config) -> bool:
+    """Whether the model also outputs a variance (DiT, IF): its config has twice as many output channels as
+    input channels. DiT's `learn_sigma` or the scheduler's `variance_type` learned/learned_range claiming so
+    for a model without the extra channels is a contradiction in the model's own configs: refused."""
+    cin = model_config.get("in_channels")
+    twice = cin is not None and (model_config.get("out_channels") or cin) == 2 * cin
+    vt = scheduler_config.get("variance_type")
+    if not twice and (model_config.get("learn_sigma") or vt in ("learned", "learned_range")):
+        claim = "learn_sigma" if model_config.get("learn_sigma") else f"the scheduler's variance_type {vt!r}"
+        raise DiffdiscError(f"{claim} says the model predicts its variance, but its out_channels "
+                            f"({model_config.get('out_channels')}) are not twice its in_channels ({cin})")  # fmt: skip
+    return twice
 
 
 def alphas_cumprod_from_scheduler(scheduler) -> torch.Tensor:
@@ -49,11 +64,12 @@ class Backbone(nn.Module):
 
     info: BackboneInfo
 
-    def __init__(self, alphas_cumprod: torch.Tensor, prediction_type: str):
+    def __init__(self, alphas_cumprod: torch.Tensor, prediction_type: str, learned_variance: bool = False):
         super().__init__()
         if prediction_type not in {"epsilon", "v_prediction", "sample"}:
             raise DiffdiscError(f"unsupported prediction_type {prediction_type!r} (epsilon, v_prediction, sample)")
         self.prediction_type = prediction_type
+        self.learned_variance = learned_variance  # read from the configs (`has_learned_variance`)
         self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float64), persistent=False)
         self._cond_cache: dict = {}
 
@@ -126,7 +142,7 @@ class Backbone(nn.Module):
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """ε̂ whatever the model predicts; learned-variance channels (DiT) are dropped."""
         out = self.model_output(x_t, t, cond).float()
-        if out.shape[1] == 2 * x_t.shape[1]:
+        if self.learned_variance:  # [ε̂, variance] on the channel axis, as DiTPipeline splits it
             out = out[:, : x_t.shape[1]]
         if self.prediction_type == "epsilon":
             return out
@@ -163,6 +179,47 @@ def require_safetensors(component_dir: Path) -> None:
     raise DiffdiscError(f"incomplete model directory: no weights (*.safetensors) in {component_dir}")
 
 
+def load_model(cls, directory: Path):
+    """`cls.from_pretrained(directory)` from safetensors only (a diffusers or transformers model class).
+
+    Weights whose shapes contradict the config become one diffdisc error naming the tensor and the
+    directory, instead of the loaders' advice about their own options (`ignore_mismatched_sizes`, ...).
+    """
+    require_safetensors(directory)
+    try:
+        return cls.from_pretrained(directory, use_safetensors=True)
+    except (ValueError, RuntimeError):
+        try:
+            bad = _shape_mismatch(cls, directory)
+        except Exception:  # diagnosis only: the loader's own error stands
+            bad = None
+        if bad is None:
+            raise
+        name, got, want = bad
+        raise DiffdiscError(f"weights in {directory} do not match its config.json: {name} has shape "
+                            f"{list(got)} in the weights, {list(want)} from the config") from None  # fmt: skip
+
+
+def _shape_mismatch(cls, directory: Path) -> tuple[str, tuple, tuple] | None:
+    """First tensor whose shape in the safetensors headers differs from the model built from the config
+    (on the meta device: no memory, no weights read)."""
+    from safetensors import safe_open
+
+    with torch.device("meta"):
+        if hasattr(cls, "load_config"):  # diffusers
+            model = cls.from_config(cls.load_config(directory))
+        else:  # transformers
+            model = cls._from_config(cls.config_class.from_pretrained(directory))
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for p in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(p), framework="pt") as f:
+            for k in f.keys():
+                got = tuple(f.get_slice(k).get_shape())
+                if k in want and got != want[k]:
+                    return k, got, want[k]
+    return None
+
+
 def read_config(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -170,15 +227,55 @@ def read_config(path: Path) -> dict:
         raise DiffdiscError(f"cannot read model config {path}: {e}") from e
 
 
+SAMPLE = 4096  # values read per tensor for a fingerprint
+
+
+def tensor_sample(t) -> torch.Tensor:
+    """About SAMPLE evenly strided values of `t`, a torch tensor or a safetensors slice (`get_slice`).
+
+    The same strides in every dimension for both, so a loaded model and its file are sampled alike; a slice
+    reads only the sampled values, so this stays fast on multi-GB checkpoints.
+    """
+    shape = tuple(t.shape) if isinstance(t, torch.Tensor) else tuple(t.get_shape())
+    k = max(1, round(SAMPLE ** (1 / max(len(shape), 1))))
+    return t[tuple(slice(None, None, max(1, -(-d // k))) for d in shape)]
+
+
+def update_digest(h, tensors) -> None:
+    """Feed (name, tensor or safetensors slice) pairs to the hash `h`: name, shape and a strided sample.
+
+    The one content digest of weights: model directories (`fingerprint`), loaded backbones (the feature
+    cache) and, through the fingerprint, the LoRA guard all use it.
+    """
+    for name, t in tensors:
+        shape = tuple(t.shape) if isinstance(t, torch.Tensor) else tuple(t.get_shape())
+        h.update(f"{name}{shape}".encode())
+        h.update(tensor_sample(t).detach().float().cpu().numpy().tobytes())
+
+
 def fingerprint(root: Path) -> str:
-    """Cheap identity of a model directory: configs and weight file sizes (not a full weight hash)."""
-    import hashlib
+    """Identity of a model directory by content: configs and tokenizer files in full, and for each
+    safetensors file its metadata plus a strided sample of every tensor (`update_digest`).
+
+    Weight-file sizes alone accepted a model retrained in place (same architecture, same sizes) into an
+    old run. Paths are relative to `root`: an identical copy elsewhere has the same fingerprint.
+    """
+    from safetensors import SafetensorError, safe_open
 
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.suffix in {".json", ".safetensors", ".txt"}:
-            h.update(str(p.relative_to(root)).encode())
-            h.update(p.read_bytes() if p.suffix == ".json" else str(p.stat().st_size).encode())
+        if not p.is_file() or p.suffix not in {".json", ".safetensors", ".txt"}:
+            continue
+        h.update(str(p.relative_to(root)).encode())
+        if p.suffix != ".safetensors":
+            h.update(p.read_bytes())
+            continue
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                h.update(json.dumps(f.metadata() or {}, sort_keys=True).encode())
+                update_digest(h, ((k, f.get_slice(k)) for k in sorted(f.keys())))
+        except (OSError, SafetensorError) as e:  # truncated, or not safetensors at all
+            raise DiffdiscError(f"cannot read weights {p}: {e}") from None
     return h.hexdigest()[:16]
 
 

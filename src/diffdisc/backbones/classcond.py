@@ -15,15 +15,17 @@ from .base import (
     BackboneInfo,
     alphas_cumprod_from_scheduler,
     fingerprint,
+    has_learned_variance,
+    load_model,
     read_config,
     read_metadata,
-    require_safetensors,
 )
 
 
 class ClassCondBackbone(Backbone):
     def __init__(self, model, scheduler, vae=None, name="classcond", root: Path | None = None, class_names=(), null_class=None):
-        super().__init__(alphas_cumprod_from_scheduler(scheduler), scheduler.config.get("prediction_type", "epsilon"))
+        super().__init__(alphas_cumprod_from_scheduler(scheduler), scheduler.config.get("prediction_type", "epsilon"),
+                         has_learned_variance(model.config, scheduler.config))  # fmt: skip
         self.model, self.vae = model, vae
         self.scheduler_config = dict(scheduler.config)
         self.is_dit = not hasattr(model.config, "num_class_embeds")
@@ -59,22 +61,18 @@ class ClassCondBackbone(Backbone):
         if (root / "transformer").is_dir():
             from diffusers import DiTTransformer2DModel
 
-            require_safetensors(root / "transformer")
-            model = DiTTransformer2DModel.from_pretrained(root, subfolder="transformer", use_safetensors=True)
+            model = load_model(DiTTransformer2DModel, root / "transformer")
         else:
             from diffusers import UNet2DModel
 
-            sub = "unet" if (root / "unet").is_dir() else None
-            require_safetensors(root / sub if sub else root)
-            model = UNet2DModel.from_pretrained(root, subfolder=sub, use_safetensors=True)
+            model = load_model(UNet2DModel, root / "unet" if (root / "unet").is_dir() else root)
         sched_dir = root / "scheduler"
         if not (sched_dir / "scheduler_config.json").is_file():
             raise DiffdiscError(f"incomplete model directory: missing {sched_dir / 'scheduler_config.json'}")
         scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
         vae = None
         if (root / "vae").is_dir():
-            require_safetensors(root / "vae")
-            vae = AutoencoderKL.from_pretrained(root, subfolder="vae", use_safetensors=True)
+            vae = load_model(AutoencoderKL, root / "vae")
         id2label = {}
         mi = root / "model_index.json"
         if mi.is_file():

@@ -17,6 +17,8 @@ from .base import (
     BackboneInfo,
     alphas_cumprod_from_scheduler,
     fingerprint,
+    has_learned_variance,
+    load_model,
     read_metadata,
     require_safetensors,
 )
@@ -24,7 +26,8 @@ from .base import (
 
 class SDBackbone(Backbone):
     def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, name: str = "sd", root: Path | None = None):
-        super().__init__(alphas_cumprod_from_scheduler(scheduler), scheduler.config.get("prediction_type", "epsilon"))
+        super().__init__(alphas_cumprod_from_scheduler(scheduler), scheduler.config.get("prediction_type", "epsilon"),
+                         has_learned_variance(unet.config, scheduler.config))  # fmt: skip
         self.unet, self.text_encoder, self.tokenizer, self.vae = unet, text_encoder, tokenizer, vae
         self.scheduler_config = dict(scheduler.config)
         meta = read_metadata(root) if root else {}
@@ -54,19 +57,18 @@ class SDBackbone(Backbone):
 
         root = Path(root)
         for sub in ("unet", "text_encoder"):
-            require_safetensors(root / sub)
+            require_safetensors(root / sub)  # both checked before either loads
         if not (root / "tokenizer").is_dir():
             raise DiffdiscError(f"incomplete model directory: missing {root / 'tokenizer'}")
         if not (root / "scheduler" / "scheduler_config.json").is_file():
             raise DiffdiscError(f"incomplete model directory: missing {root / 'scheduler/scheduler_config.json'}")
-        unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", use_safetensors=True)
-        text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder", use_safetensors=True)
+        unet = load_model(UNet2DConditionModel, root / "unet")
+        text_encoder = load_model(CLIPTextModel, root / "text_encoder")
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
         scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
         vae = None
         if (root / "vae").is_dir():
-            require_safetensors(root / "vae")
-            vae = AutoencoderKL.from_pretrained(root, subfolder="vae", use_safetensors=True)
+            vae = load_model(AutoencoderKL, root / "vae")
         bb = cls(unet, text_encoder, tokenizer, scheduler, vae, name=name or root.name, root=root)
         return bb.eval().requires_grad_(False)
 

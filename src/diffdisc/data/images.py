@@ -1,17 +1,28 @@
 """Image decoding and preprocessing shared by inference and the training recipes.
 
-Any PIL-readable image becomes a float tensor in [-1, 1] of the backbone's size and channel count:
-RGBA is composited on white, 16-bit and palette images are converted, tiny images are upsampled.
-Training and inference use this same function so the model never sees a different resize.
+Any PIL-readable image becomes a float tensor in [-1, 1] of the backbone's size and channel count through the
+official Diffusion Classifier transform: torchvision `Resize(size, BICUBIC)` on the shorter side (PIL's
+antialiased resampling), `CenterCrop(size)`, `ToTensor`, `Normalize([0.5], [0.5])`. Training and inference use
+this same function so the model never sees a different resize.
+
+Deliberate choices before that transform, where the official code only calls `convert("RGB")`:
+- EXIF orientation is applied, so a phone photo is classified upright, as any viewer shows it;
+- transparency is composited on white (not dropped to the hidden, often black, colour under alpha 0);
+- 16-bit and float images are scaled to 8 bits rather than clipped.
+Images over PIL's `Image.MAX_IMAGE_PIXELS` (about 89.5 M pixels by default) are refused as unreadable, so the
+run's `--on-error` policy applies to them.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision import transforms as T
 
 from ..errors import DiffdiscError
 
@@ -19,11 +30,20 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """Decode fully (so truncated files fail here, not later) and normalise the mode to L or RGB."""
+    """Decode fully (so truncated files fail here, not later) and normalise the mode to L or RGB.
+
+    PIL's decompression-bomb warning (over `Image.MAX_IMAGE_PIXELS`) and error (over twice that) both become
+    a DiffdiscError: an image too large to decode is unreadable, reported in one line, not a traceback.
+    """
     try:
-        with Image.open(path) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im) or im
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                im = ImageOps.exif_transpose(im) or im
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        limit = f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,}, a decompression-bomb guard"
+        raise DiffdiscError(f"cannot read image {path}: more pixels than {limit}") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DiffdiscError(f"cannot read image {path}: {e}") from e
     return normalise_mode(im)
@@ -47,24 +67,17 @@ def normalise_mode(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+@functools.lru_cache
+def transform(size: int) -> T.Compose:
+    """The official Diffusion Classifier preprocessing, PIL image -> (C, size, size) in [-1, 1]."""
+    return T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(size),
+                      T.ToTensor(), T.Normalize([0.5], [0.5])])  # fmt: skip
+
+
 def to_tensor(im: Image.Image, size: int, channels: int) -> torch.Tensor:
-    """PIL image -> (C, size, size) float in [-1, 1]: resize shorter side (bicubic), centre crop."""
-    im = im.convert("L" if channels == 1 else "RGB")
-    if im.size != (size, size):
-        w, h = im.size
-        s = size / min(w, h)
-        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-        w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-    a = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
-    if a.ndim == 2:
-        a = a[None]
-    else:
-        a = a.transpose(2, 0, 1)
-    if a.shape[0] != channels:  # e.g. a 3-channel model fed grayscale
-        a = np.repeat(a[:1], channels, axis=0)
-    return torch.from_numpy(np.ascontiguousarray(a))
+    """PIL image -> (channels, size, size) float in [-1, 1] through `transform`, grayscale for 1-channel models."""
+    x = transform(size)(im.convert("L" if channels == 1 else "RGB"))
+    return x if x.shape[0] == channels else x[:1].repeat(channels, 1, 1)  # e.g. a 4-channel pixel model
 
 
 def array_to_tensor(a: np.ndarray, size: int, channels: int) -> torch.Tensor:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from ..backbones.base import update_digest
 from ..errors import DiffdiscError
 from .taps import ExtractStats, check_timesteps, extract, resolve_blocks
 
@@ -32,17 +33,13 @@ FORMAT = "diffdisc-features-1"
 
 
 def model_fingerprint(backbone) -> str:
-    """The backbone's file fingerprint (configs + weight sizes) plus a digest of the loaded weights.
+    """The backbone's directory fingerprint plus the same content digest of its loaded weights.
 
-    File sizes alone cannot tell two trainings of one architecture apart, and an adapter loaded in memory
-    changes no file; a strided sample of every tensor (at most 4,096 values each) does, cheaply even for SD.
+    An adapter loaded in memory, or weights changed after loading, change no file; `update_digest`'s strided
+    sample of every tensor sees them, cheaply even for SD.
     """
     h = hashlib.sha256(backbone.info.fingerprint.encode())
-    for name, t in sorted(backbone.state_dict().items()):
-        flat = t.detach().reshape(-1)
-        step = max(1, flat.numel() // 4096)
-        h.update(name.encode())
-        h.update(flat[::step][:4096].float().cpu().numpy().tobytes())
+    update_digest(h, sorted(backbone.state_dict().items()))
     return h.hexdigest()[:16]
 
 

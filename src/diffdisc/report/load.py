@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import DiffdiscError
 from ..results import read_records
+from ..scoring.calibrate import default_ranking
 
 MAX_PNG_BYTES = 8 << 20  # an overlay larger than this is not embedded (the page must stay loadable)
 SYNTH_PER_CLASS = 6  # sample images shown per class of a synthetic set
@@ -32,6 +33,7 @@ class Classification:
     paths: list[str | None]
     labels: np.ndarray  # [N], -1 = unlabelled
     preds: np.ndarray  # [N]
+    rankings: np.ndarray  # [N, M] the strategy's ranking, best first (top-k comes from it)
     scores: np.ndarray  # [N, M], lower is better; inf = never scored
     n_calls: np.ndarray  # [N, M] U-Net calls spent on each candidate
     timesteps: list[list[int]]  # per image: the t evaluated, in evaluation order
@@ -249,12 +251,19 @@ def _classification(path: Path, settings: dict, problems: list[str]) -> Classifi
         return v if isinstance(v, list) and len(v) == M else [0] * M
 
     errors = [r.get("errors") if isinstance(r.get("errors"), list) else None for r in recs]
+    scores = np.array([[np.inf if s is None else float(s) for s in r["scores"]] for r in recs], dtype=np.float64).reshape(-1, M)
+
+    def ranking(r, row):
+        v = r.get("ranking")
+        return v if isinstance(v, list) and sorted(v) == list(range(M)) else default_ranking(row[None])[0].tolist()
+
     return Classification(
         path=path, settings=settings, classes=classes,
         image_ids=[str(r["image_id"]) for r in recs], paths=[r.get("path") for r in recs],
         labels=np.array([-1 if r.get("label") is None else int(r["label"]) for r in recs], dtype=np.int64),
         preds=np.array([int(r["pred"]) for r in recs], dtype=np.int64),
-        scores=np.array([[np.inf if s is None else float(s) for s in r["scores"]] for r in recs], dtype=np.float64).reshape(-1, M),
+        rankings=np.array([ranking(r, row) for r, row in zip(recs, scores, strict=True)], dtype=np.int64).reshape(-1, M),
+        scores=scores,
         n_calls=np.array([nc(r) for r in recs], dtype=np.int64).reshape(-1, M),
         timesteps=[list(r.get("timesteps") or []) for r in recs], errors=errors,
         metrics=metrics if isinstance(metrics, dict) else None, calibration=cal if isinstance(cal, dict) else None,

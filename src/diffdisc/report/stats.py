@@ -9,11 +9,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..scoring.calibrate import classification_metrics, fit_temperature, probabilities
+from ..scoring.calibrate import (
+    ECE_BINS,
+    classification_metrics,
+    fit_temperature,
+    probabilities,
+    top_label_ece,
+)
 from .load import Classification
 
 N_BOOT = 2000  # bootstrap resamples (as tasks.match.bootstrap_ci)
-N_BINS = 10  # reliability-diagram and ECE bins
+N_BINS = ECE_BINS  # reliability-diagram bins: the same as the ECE's
 
 
 @dataclass
@@ -39,6 +45,8 @@ def temperature(c: Classification) -> tuple[float | None, str]:
         return float(c.calibration["temperature"]), "calibration.json"
     if c.settings.get("temperature"):
         return float(c.settings["temperature"]), "run setting"
+    if (c.settings.get("model_temperature") or {}).get("value"):
+        return float(c.settings["model_temperature"]["value"]), c.settings["model_temperature"]["source"]
     lab = c.labels >= 0
     if lab.sum() >= 2 and np.isfinite(c.scores[lab]).any():
         return fit_temperature(c.scores[lab], c.labels[lab]), "fitted on this run (in-sample)"
@@ -53,43 +61,35 @@ def summarise(c: Classification, T: float | None) -> Summary:
     if not n_lab or T is None:
         return Summary(len(c), n_lab, None, None, None, None, None, crossfit, T, "", calls)
     y, pred = c.labels[lab], c.preds[lab]
-    correct = (pred == y).astype(np.float64)
-    scores = c.scores[lab]
-    m = classification_metrics(scores, y, T, n_bins=N_BINS)
-    acc_ci, ece_ci = _intervals(correct, probabilities(scores, T), y)
-    return Summary(len(c), n_lab, float(correct.mean()), acc_ci, m["top5"], m["ece"], ece_ci, crossfit, T, "", calls)
+    m = classification_metrics(c.scores[lab], y, T, c.rankings[lab], n_bins=N_BINS)
+    conf = probabilities(c.scores[lab], T)[np.arange(n_lab), pred]
+    (acc, acc_ci), (ece, ece_ci) = _intervals((pred == y).astype(np.float64), conf)
+    return Summary(len(c), n_lab, acc, acc_ci, m["top5"], ece, ece_ci, crossfit, T, "", calls)
 
 
-def ece(p: np.ndarray, y: np.ndarray, idx: np.ndarray | None = None, n_bins: int = N_BINS) -> np.ndarray:
-    """torchmetrics' multiclass L1 calibration error, vectorised over resamples `idx` [B, n] (default: one, all).
+def _intervals(correct: np.ndarray, conf: np.ndarray, seed: int = 0, chunk: int = 100):
+    """(point, 95% interval) of accuracy and ECE, from one computation over the same image resamples.
 
-    Same binning as torchmetrics (confidence = max probability, bucketize right=True over n_bins equal bins),
-    so the bootstrap costs one numpy pass instead of a torchmetrics call per resample.
-    """
-    conf, hit = p.max(1), (p.argmax(1) == y).astype(np.float64)
-    b = np.clip(np.searchsorted(np.linspace(0, 1, n_bins + 1), conf, side="right") - 1, 0, n_bins - 1)
-    idx = np.arange(len(y))[None] if idx is None else idx
-    rows = np.repeat(np.arange(len(idx)), idx.shape[1])
-    gap = np.bincount(rows * n_bins + b[idx].ravel(), weights=(hit - conf)[idx].ravel(), minlength=len(idx) * n_bins)
-    return np.abs(gap.reshape(len(idx), n_bins)).sum(1) / idx.shape[1]
-
-
-def _intervals(correct: np.ndarray, p: np.ndarray, y: np.ndarray, seed: int = 0, chunk: int = 100):
-    """95% percentile bootstrap intervals of (accuracy, ECE), both over the same image resamples.
-
+    ECE is biased upward under resampling (duplicated images make every bin's gap noisier): the plain
+    percentile interval of a well-calibrated run can lie entirely above its own point estimate. The
+    interval is therefore the bootstrap percentiles shifted by the bootstrap's bias estimate
+    (mean of resamples − point), clipped at 0; for accuracy, an unbiased mean, the shift is ~0.
     Resamples are drawn `chunk` at a time, so 50,000 images need tens of megabytes, not gigabytes.
     """
-    rng, n = np.random.default_rng(seed), len(y)
+    rng, n = np.random.default_rng(seed), len(correct)
     accs, eces = [], []
     for s in range(0, N_BOOT, chunk):
         idx = rng.integers(0, n, (min(chunk, N_BOOT - s), n))
         accs.append(correct[idx].mean(1))
-        eces.append(ece(p, y, idx))
+        eces.append(top_label_ece(conf, correct, N_BINS, idx))
 
-    def ci(v: list[np.ndarray]) -> tuple[float, float]:
-        return float(np.percentile(np.concatenate(v), 2.5)), float(np.percentile(np.concatenate(v), 97.5))
+    def ci(point: float, v: list[np.ndarray]) -> tuple[float, tuple[float, float]]:
+        v = np.concatenate(v)
+        shift = v.mean() - point
+        lo, hi = np.percentile(v, 2.5) - shift, np.percentile(v, 97.5) - shift
+        return point, (float(max(lo, 0.0)), float(max(hi, 0.0)))
 
-    return ci(accs), ci(eces)
+    return ci(float(correct.mean()), accs), ci(float(top_label_ece(conf, correct, N_BINS)[0]), eces)
 
 
 def per_class_accuracy(c: Classification) -> dict[str, tuple[int, int]]:

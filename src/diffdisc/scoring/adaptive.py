@@ -48,13 +48,19 @@ class ImageScores:
         return float(np.mean(vals)) if vals else float("inf")
 
     @property
-    def scores(self) -> list[float]:
+    def means(self) -> list[float]:
+        """Each candidate's mean error over its own timesteps (not comparable across pruning levels)."""
         return [self.mean(c) for c in range(self.n_candidates)]
 
     def ranking(self) -> list[int]:
         """Candidates best first: survivors of later stages first, then lower mean error."""
-        sc = self.scores
+        sc = self.means
         return sorted(range(self.n_candidates), key=lambda c: (-self.level[c], sc[c], c))
+
+    @property
+    def scores(self) -> list[float]:
+        """One comparable score per candidate, ordered as the strategy's ranking (see `ranked_scores`)."""
+        return ranked_scores(self.errors, self.ranking())
 
     @property
     def prediction(self) -> int:
@@ -63,6 +69,33 @@ class ImageScores:
     def error_matrix(self) -> list[list[float | None]]:
         """[candidate][t in self.timesteps] with None where a candidate was not evaluated."""
         return [[self.errors.get(c, {}).get(t) for t in self.timesteps] for c in range(self.n_candidates)]
+
+
+def ranked_scores(errors: dict[int, dict[int, float]], ranking: list[int]) -> list[float]:
+    """Scores that agree with the strategy's ranking, so probabilities and top-k follow its decision.
+
+    Adaptive strategies score pruned candidates on fewer timesteps, and errors grow with t, so raw means
+    over different timestep sets are not comparable. Each candidate is instead compared with the leader on
+    the timesteps both were scored at: score(c) = mean(leader) + mean_t∈shared(e_c(t) − e_leader(t)) (the
+    leader's own mean for the leader; the plain mean error for exhaustive runs, where all share every t).
+    A running maximum along the ranking then keeps a pruned candidate from scoring better than one that
+    outlived it. Candidates never scored get inf.
+    """
+    lead = errors.get(ranking[0], {})
+    base = float(np.mean(list(lead.values()))) if lead else float("inf")
+    out, floor = {}, -float("inf")
+    for c in ranking:
+        row = errors.get(c, {})
+        shared = [t for t in row if t in lead]
+        if c == ranking[0]:
+            s = base
+        elif shared:
+            s = base + float(np.mean([row[t] - lead[t] for t in shared]))
+        else:
+            s = float("inf")
+        floor = max(floor, s)
+        out[c] = floor
+    return [out[c] for c in range(len(ranking))]
 
 
 def image_generator(seed: int, key: str, purpose: str) -> torch.Generator:
@@ -143,8 +176,8 @@ def _halving(ctx: _Ctx, cfg, results):
             plan += [(i, c, t) for c in alive[i] for t in new]
         ctx.run(plan, results)
         for i, r in enumerate(results):
-            if keep < len(alive[i]):
-                alive[i] = sorted(alive[i], key=lambda c, r=r: (r.mean(c), c))[:keep]
+            # rank every stage (not only when pruning): the early exit below compares alive[i][0] and [1]
+            alive[i] = sorted(alive[i], key=lambda c, r=r: (r.mean(c), c))[:keep]
             if cfg.exit_z > 0 and len(alive[i]) > 1 and _decisive(r, alive[i], cfg.exit_z):
                 alive[i] = alive[i][:1]  # early exit: the leader's margin is already decisive
             for c in alive[i]:

@@ -114,15 +114,17 @@ class CrossAttentionCapture:
 
 
 def attention_score(backbone, capture: CrossAttentionCapture, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,
-                    cond: torch.Tensor, bias: bool = True) -> torch.Tensor:  # fmt: skip
+                    cond: torch.Tensor, bias: bool = True, predict=None) -> torch.Tensor:  # fmt: skip
     """Discffusion's per-pair score (higher = better match): LSE attention score, plus by default the
     denoising bias ||ε - ε̂(∅)|| - ||ε - ε̂(c)|| (how much the caption helps denoise; one extra U-Net pass).
-    Differentiable: the LoRA trainer calls it with gradients on."""
+    Differentiable: the LoRA trainer calls it with gradients on. `predict` replaces `backbone.predict_eps`
+    (the engine's torch.compile'd one: the capture sets its processors outside the compiled call)."""
+    predict = predict or backbone.predict_eps
     with capture:
-        eps_c = backbone.predict_eps(x_t, t, cond)
+        eps_c = predict(x_t, t, cond)
         score = capture.score().float()
     if bias:
         null = backbone.null_condition()
-        eps_u = backbone.predict_eps(x_t, t, null.expand(len(t), *null.shape))
+        eps_u = predict(x_t, t, null.expand(len(t), *null.shape))
         score = score + (eps - eps_u).flatten(1).norm(dim=1) - (eps - eps_c).flatten(1).norm(dim=1)
     return score

@@ -8,7 +8,6 @@ needed more U-Net calls are the hard ones.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from scipy import optimize
 
 
@@ -50,23 +49,56 @@ def fit_platt_calls(calls: np.ndarray, correct: np.ndarray) -> tuple[float, floa
     return float(res.x[0]), float(res.x[1])
 
 
-def classification_metrics(scores: np.ndarray, labels: np.ndarray, temperature: float, n_bins: int = 15) -> dict:
-    """Top-1, top-5 and ECE (torchmetrics) for labelled images; scores [N, M], lower is better."""
-    from torchmetrics.functional.classification import multiclass_accuracy, multiclass_calibration_error
-
-    scores = np.asarray(scores, dtype=np.float64)
-    M = scores.shape[1]
-    p = torch.from_numpy(probabilities(scores, temperature)).float()
-    y = torch.from_numpy(np.asarray(labels)).long()
-    acc = multiclass_accuracy(p, y, num_classes=M, average="micro").item()
-    top5 = multiclass_accuracy(p, y, num_classes=M, average="micro", top_k=min(5, M)).item()
-    ece = multiclass_calibration_error(p, y, num_classes=M, n_bins=n_bins, norm="l1").item()
-    per_class = multiclass_accuracy(p, y, num_classes=M, average="macro").item()
-    return {"accuracy": acc, "top5": top5, "mean_per_class_accuracy": per_class, "ece": ece, "temperature": temperature}
+ECE_BINS = 15  # torchmetrics' default; metrics.json, the report and its bootstrap all use it
 
 
-def cross_fitted_ece(scores: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+def top_label_ece(conf: np.ndarray, hit: np.ndarray, n_bins: int = ECE_BINS, idx: np.ndarray | None = None) -> np.ndarray:
+    """Expected calibration error of the predicted class, vectorised over resamples `idx` [B, n] (default: one, all).
+
+    conf = probability given to the prediction, hit = prediction correct. Binning as torchmetrics
+    (bucketize right=True over n_bins equal bins; equal to its `binary_calibration_error(conf, hit)`), in
+    numpy so a bootstrap costs one pass instead of a torchmetrics call per resample.
+    """
+    conf, hit = np.asarray(conf, dtype=np.float64), np.asarray(hit, dtype=np.float64)
+    b = np.clip(np.searchsorted(np.linspace(0, 1, n_bins + 1), conf, side="right") - 1, 0, n_bins - 1)
+    idx = np.arange(len(conf))[None] if idx is None else idx
+    rows = np.repeat(np.arange(len(idx)), idx.shape[1])
+    gap = np.bincount(rows * n_bins + b[idx].ravel(), weights=(hit - conf)[idx].ravel(), minlength=len(idx) * n_bins)
+    return np.abs(gap.reshape(len(idx), n_bins)).sum(1) / idx.shape[1]
+
+
+def default_ranking(scores: np.ndarray) -> np.ndarray:
+    """Best first by score, ties by index: the ranking of an exhaustive strategy."""
+    return np.argsort(np.asarray(scores, dtype=np.float64), axis=1, kind="stable")
+
+
+def classification_metrics(scores: np.ndarray, labels: np.ndarray, temperature: float,
+                           ranking: np.ndarray | None = None, n_bins: int = ECE_BINS) -> dict:  # fmt: skip
+    """Top-1, top-5, mean per-class accuracy and ECE, all from one ranking per image.
+
+    `ranking` [N, M] is the strategy's decision, best first (default: by score); prediction = its first
+    entry, top-k = its first k. Probabilities softmax(-score / T) only give the prediction's confidence for
+    ECE; scores from `ranked_scores` are ordered like the ranking, so the two agree. Mean per-class accuracy
+    averages over the classes that have labelled images.
+    """
+    scores, y = np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64)
+    ranking = default_ranking(scores) if ranking is None else np.asarray(ranking, dtype=np.int64)
+    pred = ranking[:, 0]
+    hit = pred == y
+    conf = probabilities(scores, temperature)[np.arange(len(y)), pred]
+    k = min(5, scores.shape[1])
+    return {
+        "accuracy": float(hit.mean()),
+        "top5": float((ranking[:, :k] == y[:, None]).any(1).mean()),
+        "mean_per_class_accuracy": float(np.mean([hit[y == c].mean() for c in np.unique(y)])),
+        "ece": float(top_label_ece(conf, hit, n_bins)[0]),
+        "temperature": temperature,
+    }
+
+
+def cross_fitted_ece(scores: np.ndarray, labels: np.ndarray, ranking: np.ndarray | None = None, seed: int = 0) -> float:
     """ECE after temperature scaling, fitted on one half and measured on the other (and vice versa)."""
+    ranking = default_ranking(scores) if ranking is None else np.asarray(ranking)
     n = len(labels)
     if n < 4:
         return float("nan")
@@ -75,5 +107,18 @@ def cross_fitted_ece(scores: np.ndarray, labels: np.ndarray, seed: int = 0) -> f
     eces = []
     for a, b in (halves, halves[::-1]):
         T = fit_temperature(scores[a], labels[a])
-        eces.append(classification_metrics(scores[b], labels[b], T)["ece"] * len(b))
+        eces.append(classification_metrics(scores[b], labels[b], T, ranking[b])["ece"] * len(b))
     return float(sum(eces) / n)
+
+
+def temperature_key(score, contrastive: bool = False) -> str:
+    """Which scores a stored temperature belongs to: their scale depends on scorer, loss and weighting."""
+    return "contrastive" if contrastive else f"{score.scorer} {score.loss} {score.weighting}"
+
+
+def model_temperature(metadata: dict, key: str) -> dict | None:
+    """A model's own temperature for scores of kind `key` ({value, source}), if its metadata carries one."""
+    t = (metadata.get("temperature") or {}).get(key)
+    if not isinstance(t, dict) or not t.get("value"):
+        return None
+    return {"value": float(t["value"]), "source": f"model metadata (fitted on {t.get('fitted_on', 'held-out images')})"}

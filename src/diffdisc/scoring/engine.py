@@ -4,7 +4,8 @@ Work is a flat list of (image, candidate, t) triples. The engine packs any mix o
 timesteps into U-Net batches of a fixed size, so the cost per call does not depend on how many candidates
 an adaptive strategy still keeps. ε for (image, t) comes from a generator seeded by (seed, image key, t):
 every candidate sees the same noise (the variance reduction of Li et al. and Clark & Jaini) and the
-numbers do not depend on batch size, chunking, order of evaluation or number of processes.
+numbers agree across batch size, chunking, order of evaluation and number of processes to float rounding
+(≈ 1e-8 relative, not bit for bit: other batch shapes may take other kernels).
 """
 
 from __future__ import annotations
@@ -47,7 +48,12 @@ class Work:
 
 
 class ScoringEngine:
-    """Turns work into errors; counts U-Net calls (one per work item)."""
+    """Turns work into errors; counts U-Net calls (one per work item).
+
+    Make one per run (the auto-tuned batch size and the compiled denoiser are made once) and use it as a
+    context manager: `channels_last` converts the backbone's weights in place, and `close()` converts them
+    back, so the caller gets its model back as it gave it.
+    """
 
     def __init__(self, backbone: Backbone, config: ScoreConfig | None = None):
         self.backbone = backbone
@@ -61,9 +67,6 @@ class ScoringEngine:
         else:
             self.autocast = contextlib.nullcontext
         self._memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
-        if self.config.channels_last:
-            backbone.to(memory_format=torch.channels_last)
-        self._predict = backbone.predict_eps
         self._capture = None
         if self.config.scorer == "attention":
             from .attention import CrossAttentionCapture
@@ -71,8 +74,29 @@ class ScoringEngine:
             if getattr(backbone, "unet", None) is None or backbone.info.conditioning != "text":
                 raise DiffdiscError(f"the attention scorer needs a text-conditional U-Net; {backbone.info.name} is not one")
             self._capture = CrossAttentionCapture(backbone.unet)
-        if self.config.compile:  # fixed batch shapes: the last, smaller batch compiles once more
+        self._restore_format = None  # after every check that can refuse: a refused engine changes nothing
+        if self.config.channels_last and not all(
+            p.is_contiguous(memory_format=torch.channels_last) for p in backbone.parameters() if p.ndim == 4
+        ):
+            backbone.to(memory_format=torch.channels_last)
+            self._restore_format = torch.contiguous_format
+        # Both scorers call the denoiser through _predict (the attention capture sets its processors outside
+        # the compiled call). Fixed batch shapes: the last, smaller batch compiles once more.
+        self._predict = backbone.predict_eps
+        if self.config.compile:
             self._predict = torch.compile(backbone.predict_eps, dynamic=False)
+
+    def close(self) -> None:
+        """Convert the backbone's weights back to contiguous if `channels_last` converted them."""
+        if self._restore_format is not None:
+            self.backbone.to(memory_format=self._restore_format)
+            self._restore_format = None
+
+    def __enter__(self) -> ScoringEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------------ noise
     def noise(self, keys: list[str], ts: list[int], shape: tuple[int, ...]) -> torch.Tensor:
@@ -144,17 +168,13 @@ class ScoringEngine:
         x_t = bb.add_noise(x0, eps, t)
         if x_t.ndim == 4:
             x_t = x_t.contiguous(memory_format=self._memory_format)
-        if self._capture is not None:
-            from .attention import attention_score
-
-            with self.autocast():
-                return -attention_score(bb, self._capture, x_t, eps, t, cond, cfg.attention_bias)
         with self.autocast():
-            eps_hat = self._predict(x_t, t, cond)
-        if not torch.isfinite(eps_hat).all():
-            raise DiffdiscError(
-                "the model produced NaN/inf predictions (try --dtype fp32, or check the weights)"
-            )
+            if self._capture is not None:
+                from .attention import attention_score
+
+                score = attention_score(bb, self._capture, x_t, eps, t, cond, cfg.attention_bias, predict=self._predict)
+                return -_finite(score)  # higher attention score = better match; errors are lower = better
+            eps_hat = _finite(self._predict(x_t, t, cond))
         if cfg.weighting == "clark":
             # Imagen-style clipped x̂0: unclipped x0-space error = ε-error/SNR explodes near t = T.
             x0_hat = bb.predict_x0(x_t, t, eps_hat)
@@ -176,6 +196,13 @@ class ScoringEngine:
         N, M, T = x0.shape[0], conds.shape[0], len(ts)
         grid = torch.cartesian_prod(torch.arange(N), torch.arange(M), torch.as_tensor(ts))
         return self.run(x0, keys, conds, Work(grid[:, 0], grid[:, 1], grid[:, 2])).view(N, M, T)
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    """The one NaN/inf check of both scorers: a NaN must never become a score."""
+    if not torch.isfinite(x).all():
+        raise DiffdiscError("the model produced NaN/inf predictions (try --dtype fp32, or check the weights)")
+    return x
 
 
 def _loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:

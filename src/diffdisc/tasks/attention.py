@@ -98,6 +98,20 @@ def group_loss(backbone, capture: CrossAttentionCapture, grp: Group, g: torch.Ge
     return torch.stack(losses).mean()
 
 
+def tuning_groups(probes: list[str], shots: int, seed: int = 0) -> list[Group]:
+    """`shots` embedded probe groups to tune on, split evenly over `probes`, from Fashion-MNIST *train* items.
+
+    Evaluation probes are built from test items, so tuning and evaluation never share an item; the scenes also
+    use seed 1000 + `seed` (evaluation: seed 0), so not even their colours and relations are drawn alike.
+    """
+    from ..world.probes import make_probe
+
+    if shots < 1 or not probes:
+        raise DiffdiscError(f"need shots >= 1 and at least one probe, got {shots} and {list(probes)}")
+    per = -(-shots // len(probes))
+    return [g for name in probes for g in make_probe(name, per, 1000 + seed, split="train")][:shots]
+
+
 def tune(
     backbone,
     groups: list[Group],

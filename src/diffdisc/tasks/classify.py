@@ -7,6 +7,8 @@ chunk in flight and a rerun of the same call resumes.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from ..data.templates import fill, resolve_templates
 from ..errors import DiffdiscError
 from ..results import ClassificationResult, ResultStore
 from ..scoring.adaptive import evaluate
+from ..scoring.calibrate import model_temperature, temperature_key
 from ..scoring.config import AdaptiveConfig, ScoreConfig
 from ..scoring.engine import ScoringEngine
 
@@ -86,52 +89,63 @@ def classify(
     labels = ds.label_index(cand.classes)
     items = list(enumerate(zip(ds.items, labels, strict=True)))[:limit]
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="diffdisc-"))
-    settings = {
+    contrastive = getattr(backbone, "is_contrastive", False)
+    settings = {  # every input that changes a number (docs/methods.md, "What a run directory guards")
         "task": "classify",
         "model": {"name": backbone.info.name, "fingerprint": backbone.info.fingerprint},
         "data": str(Path(ds.root).resolve()),
+        "labels": _file_identity(labels_csv),
         "classes": cand.classes,
         "candidates": cand.classes,
         "prompts": [str(k) for k in cand.keys],
         "score": score.to_dict(),
         "adaptive": adaptive.to_dict(),
         "temperature": temperature,
+        "model_temperature": model_temperature(backbone.info.metadata, temperature_key(score, contrastive)),
     }
-    store = ResultStore(out, settings, rank=rank)
-    done = store.done()
-    todo = [(i, it, y) for i, (it, y) in items if i % world_size == rank and it.image_id not in done]
-    contrastive = getattr(backbone, "is_contrastive", False)
-    engine = None if contrastive else ScoringEngine(backbone, score)
-    conds = backbone.conditions(cand.keys)
-    stats = {"done": len(done), "total": len(items), "calls": 0, "correct": 0, "labelled": 0, "images": 0, "start": time.time(), "skipped": []}
-    for s in range(0, len(todo), chunk_images):
-        chunk = todo[s : s + chunk_images]
-        tensors, kept = _load(chunk, backbone, on_error, stats["skipped"])
-        if not kept:
-            continue
-        x0 = backbone.encode(torch.stack(tensors))
-        keys = [it.image_id for _, it, _ in kept]
-        if contrastive:
-            res = contrastive_image_scores(backbone, x0, keys, conds, cand.groups)
-        else:
-            res = evaluate(engine, x0, keys, conds, adaptive, cand.groups)
-        records = []
-        for (i, it, y), r in zip(kept, res, strict=True):
-            records.append({
-                "image_id": it.image_id, "order": i, "path": str(it.path), "label": y, "pred": r.prediction,
-                "ranking": r.ranking(), "scores": r.scores, "n_calls": r.n_calls, "calls": r.calls,
-                "timesteps": r.timesteps, "errors": r.error_matrix(),
-            })  # fmt: skip
-            stats["calls"] += r.calls
-            stats["images"] += 1
-            if y is not None:
-                stats["labelled"] += 1
-                stats["correct"] += int(r.prediction == y)
-        store.append(records)
-        stats["done"] += len(chunk)
-        if progress:
-            progress(stats)
+    # the store stays locked until the last chunk is saved; the engine gives the backbone back as it came
+    with ResultStore(out, settings, rank=rank) as store, contextlib.ExitStack() as stack:
+        done = store.done()
+        todo = [(i, it, y) for i, (it, y) in items if i % world_size == rank and it.image_id not in done]
+        engine = None if contrastive else stack.enter_context(ScoringEngine(backbone, score))
+        conds = backbone.conditions(cand.keys)
+        stats = {"done": len(done), "total": len(items), "calls": 0, "correct": 0, "labelled": 0, "images": 0, "start": time.time(), "skipped": []}
+        for s in range(0, len(todo), chunk_images):
+            chunk = todo[s : s + chunk_images]
+            tensors, kept = _load(chunk, backbone, on_error, stats["skipped"])
+            if not kept:
+                continue
+            x0 = backbone.encode(torch.stack(tensors))
+            keys = [it.image_id for _, it, _ in kept]
+            if contrastive:
+                res = contrastive_image_scores(backbone, x0, keys, conds, cand.groups)
+            else:
+                res = evaluate(engine, x0, keys, conds, adaptive, cand.groups)
+            records = []
+            for (i, it, y), r in zip(kept, res, strict=True):
+                records.append({
+                    "image_id": it.image_id, "order": i, "path": str(it.path), "label": y, "pred": r.prediction,
+                    "ranking": r.ranking(), "scores": r.scores, "n_calls": r.n_calls, "calls": r.calls,
+                    "timesteps": r.timesteps, "errors": r.error_matrix(),
+                })  # fmt: skip
+                stats["calls"] += r.calls
+                stats["images"] += 1
+                if y is not None:
+                    stats["labelled"] += 1
+                    stats["correct"] += int(r.prediction == y)
+            store.append(records)
+            stats["done"] += len(chunk)
+            if progress:
+                progress(stats)
     result = ClassificationResult.load(out)
+    if not len(result) and stats["skipped"]:
+        first = stats["skipped"][0][1]
+        raise DiffdiscError(f"no image could be read ({len(stats['skipped'])} skipped; first: {first}): nothing was classified")
+    result.notes = []
+    selected = {it.image_id for _, (it, _) in items}
+    if len(result) > len(selected):
+        result.notes.append(f"{out} holds {len(result)} finished images, more than the {len(selected)} selected now "
+                            f"(--limit); the metrics cover all {len(result)}")  # fmt: skip
     # With several processes the last one to finish sees every shard complete and merges
     # (merging twice is harmless: the files are written atomically); otherwise `diffdisc merge`.
     if world_size == 1 or len(result) + len(stats["skipped"]) >= len(items):
@@ -144,6 +158,18 @@ def finalize(out: Path, result: ClassificationResult, temperature: float | None 
     metrics = result.metrics(temperature)
     result.write(out, metrics)
     return metrics
+
+
+def _file_identity(path: str | Path | None) -> dict | None:
+    """Path and content hash of an input file (a labels CSV): another file, or the same one edited, is another run."""
+    if path is None:
+        return None
+    p = Path(path)
+    try:
+        digest = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    except OSError as e:
+        raise DiffdiscError(f"cannot read {p}: {e.strerror or e}") from None
+    return {"path": str(p.resolve()), "sha256": digest}
 
 
 def _load(chunk: list[tuple[int, Item, int | None]], backbone: Backbone, on_error: str, skipped: list):

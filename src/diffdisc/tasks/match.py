@@ -8,6 +8,7 @@ work list, so small 2x2 groups still fill U-Net batches. Groups are stored as th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -32,8 +33,13 @@ def _image_tensor(img, size: int, channels: int) -> torch.Tensor:
     return to_tensor(open_image(Path(img)), size, channels)
 
 
-def score_chunk(backbone, groups: list[Group], score: ScoreConfig, timesteps: list[int]) -> list[np.ndarray]:
-    """[n_images, n_captions] score matrix per group (lower = better match)."""
+def score_chunk(backbone, groups: list[Group], score: ScoreConfig, timesteps: list[int],
+                engine: ScoringEngine | None = None) -> list[np.ndarray]:  # fmt: skip
+    """[n_images, n_captions] score matrix per group (lower = better match).
+
+    Pass a run's one `engine` (made from `score`): a new engine per chunk re-ran the batch-size tuner and
+    re-wrapped torch.compile for every chunk.
+    """
     info = backbone.info
     imgs = []
     for g in groups:
@@ -64,8 +70,8 @@ def score_chunk(backbone, groups: list[Group], score: ScoreConfig, timesteps: li
                     ca.append(cidx[c])
                     ts.append(t)
         row += len(g.images)
-    engine = ScoringEngine(backbone, score)
-    err = engine.run(x0, keys, conds, Work.from_lists(im, ca, ts))
+    with ScoringEngine(backbone, score) if engine is None else contextlib.nullcontext(engine) as eng:
+        err = eng.run(x0, keys, conds, Work.from_lists(im, ca, ts))
     err = err.view(-1, len(timesteps)).mean(1).numpy()
     out, pos = [], 0
     for g in groups:
@@ -100,22 +106,24 @@ def match(
     todo = [g for g in groups if g.id not in done]
     stats = {"done": len(done), "total": len(groups), "start": time.time(), "calls": 0, "images": 0,
              "labelled": 0, "correct": 0}  # fmt: skip
-    for s in range(0, len(todo), chunk_groups):
-        chunk = todo[s : s + chunk_groups]
-        mats = score_chunk(backbone, chunk, score, ts)
-        recs = []
-        for g, m in zip(chunk, mats, strict=True):
-            calls = int(m.size * len(ts)) * score.calls_per_item
-            recs.append({"image_id": g.id, "scores": m.tolist(), "tags": list(g.tags), "calls": calls})
-            stats["calls"] += calls
-            stats["images"] += 1
-            k = min(m.shape)
-            stats["labelled"] += 1
-            stats["correct"] += int(all(m[i, i] < np.delete(m[i], i).min() for i in range(k)))
-        store.append(recs)
-        stats["done"] += len(chunk)
-        if progress:
-            progress(stats)
+    engine = None if contrastive else ScoringEngine(backbone, score)  # one per run, not per chunk
+    with contextlib.nullcontext() if engine is None else engine:
+        for s in range(0, len(todo), chunk_groups):
+            chunk = todo[s : s + chunk_groups]
+            mats = score_chunk(backbone, chunk, score, ts, engine)
+            recs = []
+            for g, m in zip(chunk, mats, strict=True):
+                calls = int(m.size * len(ts)) * score.calls_per_item
+                recs.append({"image_id": g.id, "scores": m.tolist(), "tags": list(g.tags), "calls": calls})
+                stats["calls"] += calls
+                stats["images"] += 1
+                k = min(m.shape)
+                stats["labelled"] += 1
+                stats["correct"] += int(all(m[i, i] < np.delete(m[i], i).min() for i in range(k)))
+            store.append(recs)
+            stats["done"] += len(chunk)
+            if progress:
+                progress(stats)
     by_id = {r["image_id"]: r for r in read_records(out / "shards")}
     records = [by_id[g.id] for g in groups]
     metrics = match_metrics([np.array(r["scores"]) for r in records])

@@ -2,7 +2,8 @@
 
 Model selection uses a held-out part of the *synthetic* set only (the original code picked checkpoints on the
 real test set, which turns the test set into a validation set). accelerate handles device, mixed precision
-and the resumable training state; a checkpoint is written per epoch under a temporary name and renamed.
+and the resumable training state; each epoch's checkpoint, and the best model with its classifier.json, are
+written under a temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from ..data.folders import open_image_dataset
 from ..data.images import open_image, to_tensor
 from ..errors import DiffdiscError
 from ..features.heads import stratified_split
+from ..results import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierConfig | 
             save_file(weights, str(out / ".model.tmp"))
             os.replace(out / ".model.tmp", out / "model.safetensors")
             meta = {"classes": names, "config": asdict(cfg), "epoch": epoch + 1, "val_acc_synthetic": val_acc}
-            (out / "classifier.json").write_text(json.dumps(meta, indent=2))
+            atomic_write_text(out / "classifier.json", json.dumps(meta, indent=2))
         tmp = ckdir / f".tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         acc.save_state(str(tmp))

@@ -79,20 +79,20 @@ SCENE_COLOUR_SEED = 12345  # test images' colours as scenes: fixed, so every run
 
 
 def export_shipped_test(out_dir: str | Path, per_class: int | None = None, seed: int = 0, scenes: bool = False,
-                        full: bool = False) -> Path:  # fmt: skip
-    """Real Fashion-MNIST test images as an ImageFolder (ids = test-set indices).
+                        full: bool = False, split: str = "test") -> Path:  # fmt: skip
+    """Real Fashion-MNIST images of `split` as an ImageFolder (ids = indices into that split).
 
-    The shipped 1,000 (or, with `full`, all 10,000 from the Debian dataset), optionally a seeded stratified
+    The shipped 1,000 (or, with `full`, the whole split from the Debian dataset), optionally a seeded stratified
     subset of `per_class` per class; `scenes` shows each as a one-item scene in a seeded random palette
     colour, the input of the text-conditional and contrastive models.
     """
     from .fashion_mnist import CLASS_NAMES, load_fashion_mnist, load_shipped_subset, stratified_indices
 
     if full:
-        images, labels = load_fashion_mnist("test")
+        images, labels = load_fashion_mnist(split)
         indices = np.arange(len(labels))
     else:
-        images, labels, indices = load_shipped_subset()
+        images, labels, indices = load_shipped_subset(split)
     if per_class:
         keep = stratified_indices(labels, per_class, seed)
         images, labels, indices = images[keep], labels[keep], indices[keep]

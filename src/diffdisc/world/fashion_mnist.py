@@ -61,13 +61,19 @@ def load_fashion_mnist(split: str = "test", root: str | Path | None = None) -> t
     return images, labels.astype(np.int64)
 
 
-def shipped_subset_path() -> Path:
-    return Path(str(resources.files("diffdisc") / "world" / "assets" / "fmnist_test_1000.npz"))
+def shipped_subset_path(split: str = "test") -> Path:
+    if split not in FILES:
+        raise DiffdiscError(f"unknown split {split!r} (train, test)")
+    return Path(str(resources.files("diffdisc") / "world" / "assets" / f"fmnist_{split}_1000.npz"))
 
 
-def load_shipped_subset() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The 1,000 test images shipped in the package: (images, labels, test-set indices)."""
-    with np.load(shipped_subset_path(), allow_pickle=False) as z:
+def load_shipped_subset(split: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1,000 images of `split` shipped in the package: (images, labels, indices into that split).
+
+    The test ones are the evaluation pool; the train ones are where few-shot tuning draws from, so the two
+    never share an item, with or without the full dataset installed.
+    """
+    with np.load(shipped_subset_path(split), allow_pickle=False) as z:
         return z["images"], z["labels"].astype(np.int64), z["indices"]
 
 

@@ -19,9 +19,15 @@ checks the bag of words passes the controls and fails binding/spatial.
 
 Each probe has its own version (PROBE_VERSIONS, in group ids and run directories): bump a probe's version
 whenever its generation changes, so stored numbers stay comparable. VERSION names the set of probes.
+
+Probes are evaluated on the shipped Fashion-MNIST *test* items (`split="test"`, the default). Few-shot tuning
+draws the same kinds of groups from the shipped *train* items (`split="train"`, ids tagged "train"), so a
+tuned model is never evaluated on an item it was tuned on; every group lists its items as (split, index).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,6 +49,18 @@ from .scenes import (
 VERSION = "v2"
 PROBE_VERSIONS = {"binding": "v1", "spatial": "v1", "object": "v1", "colour": "v1", "cue-conflict": "v1"}
 PROBES = tuple(PROBE_VERSIONS)
+
+
+@dataclass(frozen=True, eq=False)
+class ProbeGroup(Group):
+    """A probe group and the Fashion-MNIST items its images show: (split, index into that split), sorted."""
+
+    items: tuple[tuple[str, int], ...] = ()
+
+
+def _tag(name: str, split: str, seed: int) -> str:
+    """Group-id prefix; evaluation ids are those of earlier versions, tuning ids say "train"."""
+    return f"{name}-{PROBE_VERSIONS[name]}{'-train' if split == 'train' else ''}-s{seed}"
 
 
 def colour_cue_classes(n_classes: int) -> list[int]:
@@ -78,15 +96,15 @@ def _name(class_id: int) -> str:
     return CLASS_NAMES[class_id]
 
 
-def _cue_conflict(n: int, seed: int, images: np.ndarray, labels: np.ndarray) -> list[Group]:
+def _cue_conflict(n: int, seed: int, images: np.ndarray, labels: np.ndarray, split: str,
+                  indices: np.ndarray) -> list[ProbeGroup]:  # fmt: skip
     """Shape A (cycling over the classes), colour of B != A drawn from the unique-colour classes."""
     from .fashion_mnist import CLASS_NAMES
 
     cue = colour_cue_classes(len(CLASS_NAMES))
     rng = np.random.default_rng([seed, PROBES.index("cue-conflict")])
     by_class = [np.flatnonzero(labels == c) for c in range(len(CLASS_NAMES))]
-    tag = f"cue-conflict-{PROBE_VERSIONS['cue-conflict']}-s{seed}"
-    groups = []
+    tag, groups = _tag("cue-conflict", split, seed), []
     for i in range(n):
         a = i % len(CLASS_NAMES)
         src = int(by_class[a][rng.integers(len(by_class[a]))])
@@ -95,14 +113,16 @@ def _cue_conflict(n: int, seed: int, images: np.ndarray, labels: np.ndarray) -> 
         item = Item(a, CLASS_NAMES[a], class_colour(b), "centre", src)
         scene = make_scene([item], [images[src]])
         shape, colour = describe([item], colours=False), describe([item._replace(class_name=CLASS_NAMES[b])], colours=False)
-        groups.append(Group(f"{tag}-{i:05d}", (scene.image,), (shape, colour), ("cue-conflict", CLASS_NAMES[a], CLASS_NAMES[b])))
+        groups.append(ProbeGroup(f"{tag}-{i:05d}", (scene.image,), (shape, colour),
+                                 ("cue-conflict", CLASS_NAMES[a], CLASS_NAMES[b]), ((split, int(indices[src])),)))
     return groups
 
 
-def make_probe(name: str, n: int = 200, seed: int = 0) -> list[Group]:
+def make_probe(name: str, n: int = 200, seed: int = 0, split: str = "test") -> list[ProbeGroup]:
     """`n` groups of probe `name`; image i matches caption i (image 1 is the edited copy).
 
     cue-conflict groups hold one image and two captions: the shape's class (0, correct) and the colour's (1).
+    `split="train"` draws from the shipped train items instead of the test ones: groups to tune on.
     """
     from .fashion_mnist import load_shipped_subset
 
@@ -110,12 +130,12 @@ def make_probe(name: str, n: int = 200, seed: int = 0) -> list[Group]:
         raise DiffdiscError(f"unknown probe {name!r} (known: {', '.join(PROBES)})")
     if n < 1:
         raise DiffdiscError(f"probe size must be >= 1, got {n}")
-    images, labels, _ = load_shipped_subset()  # real test items: never seen in training
+    images, labels, indices = load_shipped_subset(split)  # test: evaluation pool, train: tuning pool
     if name == "cue-conflict":
-        return _cue_conflict(n, seed, images, labels)
+        return _cue_conflict(n, seed, images, labels, split, indices)
     base = generate_scenes(images, labels, n, "pair", seed=seed)
     rng = np.random.default_rng([seed, PROBES.index(name)])
-    groups = []
+    tag, groups = _tag(name, split, seed), []
     for i, s in enumerate(base):
         if name == "binding":
             e = swap_colours(s)
@@ -125,5 +145,6 @@ def make_probe(name: str, n: int = 200, seed: int = 0) -> list[Group]:
             e = _replace_object(s, rng, images, labels)
         else:
             e = _replace_colour(s, rng)
-        groups.append(Group(f"{name}-{PROBE_VERSIONS[name]}-s{seed}-{i:05d}", (s.image, e.image), (s.caption, e.caption), (name,)))
+        items = sorted({(split, int(indices[it.source])) for it in s.items + e.items})
+        groups.append(ProbeGroup(f"{tag}-{i:05d}", (s.image, e.image), (s.caption, e.caption), (name,), tuple(items)))
     return groups
