@@ -142,3 +142,15 @@ def test_synth_train_writes_classifier_json_atomically(monkeypatch, image_folder
         train_classifier(image_folder, out, ClassifierConfig(model="resnet10t", epochs=1, batch_size=8, image_size=16),
                          log=lambda m: None)  # fmt: skip
     assert json.loads((out / "classifier.json").read_text()) == {"previous": True}
+
+
+def test_calibrate_exhaustive_run_refuses_platt(monkeypatch, capsys, classcond_dir, image_folder, tmp_path):
+    """Every image of an exhaustive run has the same call count: log(calls) is constant, Platt is not identifiable."""
+    from diffdisc.backbones.registry import create_backbone
+    from diffdisc.scoring.config import AdaptiveConfig
+    from diffdisc.tasks.classify import classify
+
+    run = tmp_path / "run"
+    classify(create_backbone(classcond_dir), image_folder, adaptive=AdaptiveConfig(n_timesteps=2), out=run)
+    code, out, err = run_main(monkeypatch, capsys, "calibrate", run, "--json")
+    assert code == 0 and json.loads(out)["platt_log_calls"] is None and "same number of U-Net calls" in err

@@ -96,6 +96,17 @@ def test_default_probabilities_use_the_model_temperature_or_report_cross_fitted_
     assert "ece_uncalibrated" not in m
 
 
+def test_shipped_models_carry_a_fitted_temperature():
+    from diffdisc.backbones.base import read_metadata
+    from diffdisc.backbones.registry import list_backbones, shipped_models_dir
+
+    for name in list_backbones():
+        t = read_metadata(shipped_models_dir() / name).get("temperature") or {}
+        key = "contrastive" if "clip" in name else "denoise l2 uniform"
+        assert t.get(key, {}).get("value", 0) > 0, name
+        assert "train" in t[key]["fitted_on"], name
+
+
 _HOLD = textwrap.dedent("""
     import sys, time
     from diffdisc.results import ResultStore

@@ -1,8 +1,12 @@
-"""A rich progress bar for long loops: images/s, U-Net calls/image and running accuracy."""
+"""Progress for long loops: a rich bar on a terminal; plain lines elsewhere (nohup, batch jobs, CI logs), where a
+rich bar would draw nothing until the loop ends."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import os
+import sys
 import time
 
 from rich.console import Console
@@ -15,7 +19,10 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .errors import DiffdiscError
+
 console = Console(stderr=True)
+INTERVAL_ENV = "DIFFDISC_PROGRESS_INTERVAL"  # seconds between plain lines (default 30; 0 = every update)
 
 
 @contextlib.contextmanager
@@ -27,27 +34,76 @@ def classify_progress(description: str, enabled: bool = True):
             return
 
         def update(s: dict) -> None:
-            dt = max(time.time() - s["start"], 1e-9)
-            info = f"{s['images'] / dt:.2f} img/s  {s['calls'] / max(s['images'], 1):.0f} calls/img"
+            rate = s["images"] / max(time.time() - s["start"], 1e-9)  # images scored by this process, not resumed ones
+            info = f"{rate:.2f} img/s  {s['calls'] / max(s['images'], 1):.0f} calls/img"
             if s["labelled"]:
                 info += f"  acc {s['correct'] / s['labelled']:.1%}"
-            step(s["done"], s["total"], info)
+            step(s["done"], s["total"], info, rate=rate if s["images"] else None)
 
         yield update
 
 
 @contextlib.contextmanager
 def step_progress(description: str, enabled: bool = True):
-    """Yields `update(done, total, info)` for loops counted in steps (feature extraction, head fitting)."""
+    """Yields `update(done, total, info="", rate=None)` for counted loops (training steps, feature extraction, head
+    fitting, images); None when disabled. `rate` (units/s) overrides the ETA's estimate from the updates seen."""
     if not enabled:
         yield None
+        return
+    if not (console.is_jupyter or (console.is_terminal and not console.is_dumb_terminal)):
+        with _plain_lines(description) as update:
+            yield update
         return
     cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(), TimeRemainingColumn()]  # fmt: skip
     with Progress(*cols, console=console, transient=False) as prog:
         task = prog.add_task(description, total=None, info="")
 
-        def update(done: int, total: int, info: str = "") -> None:
+        def update(done: int, total: int, info: str = "", rate: float | None = None) -> None:
             prog.update(task, completed=done, total=total, info=info)
 
         yield update
+
+
+def _hms(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+@contextlib.contextmanager
+def _plain_lines(description: str):
+    """One line on stderr every DIFFDISC_PROGRESS_INTERVAL seconds, and a final one however the loop ends.
+
+    Without a `rate`, the ETA uses the progress since the first update, so work resumed from disk does not count."""
+    try:
+        interval = float(os.environ.get(INTERVAL_ENV) or 30)
+    except ValueError:
+        raise DiffdiscError(f"{INTERVAL_ENV}={os.environ[INTERVAL_ENV]!r}: expected seconds between progress lines") from None
+    t_enter = last = time.monotonic()
+    first: tuple[float, int] | None = None  # (time, done) at the first update
+    state: dict = {}
+
+    def emit() -> None:
+        now, done, total = time.monotonic(), state["done"], state["total"]
+        rate = state["rate"]
+        if rate is None and first and done > first[1] and now > first[0]:
+            rate = (done - first[1]) / (now - first[0])
+        eta = _hms((total - done) / rate) if rate and total else ("0:00:00" if total and done >= total else "?")
+        head = f"{description} {done}/{total}" + (f" ({done / total:.0%})" if total else "")
+        print("  ".join(p for p in (head, state["info"], f"elapsed {_hms(now - t_enter)}", f"eta {eta}") if p),
+              file=sys.stderr, flush=True)  # fmt: skip
+        state["printed"] = True
+
+    def update(done: int, total: int, info: str = "", rate: float | None = None) -> None:
+        nonlocal first, last
+        now = time.monotonic()
+        first = first or (now, done)
+        state.update(done=done, total=total, info=info, rate=rate, printed=False)
+        if now - last >= interval:
+            emit()
+            last = now
+
+    try:
+        yield update
+    finally:
+        if state and not state["printed"]:
+            emit()

@@ -71,8 +71,9 @@ def _clean(v):
     return v
 
 
-# Settings that change speed, not numbers (noise is keyed by (image, t)): a resume may change them.
-RUNTIME_KEYS = frozenset({"score.batch_size"})
+# Settings that change speed or display, not numbers (noise is keyed by (image, t)): a resume may change them
+# (model.label is the model's display name, new in run.json: runs made before it still resume).
+RUNTIME_KEYS = frozenset({"score.batch_size", "model.label"})
 # The keys a user changes on purpose, named first when a resume is refused (then the rest, alphabetically).
 MEANINGFUL_KEYS = ("model.name", "model.fingerprint", "data", "labels", "adaptive.strategy", "adaptive.n_timesteps",
                    "adaptive.stages", "score.scorer", "score.loss", "score.weighting", "score.seed", "score.dtype",

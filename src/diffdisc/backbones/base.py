@@ -35,6 +35,26 @@ class BackboneInfo:
     class_names: tuple[str, ...] = ()
     metadata: dict = field(default_factory=dict, compare=False, hash=False)
 
+    @property
+    def label(self) -> str:
+        """The name shown to people (`model_label`); `name` stays the identity that run settings guard."""
+        return model_label(self.name, self.metadata)
+
+
+def model_label(name: str, metadata: dict) -> str:
+    """A trained model's own name (`diffdisc train --name`, in diffdisc.json), else its recipe and data folder
+    (models exported before names were stored), else `name`; "+lora" carries over from `name`.
+
+    Every trained model's directory is called `model`, so its folder name tells runs apart by nothing.
+    """
+    own = metadata.get("name")
+    if not own and metadata.get("recipe"):
+        data = (metadata.get("config") or {}).get("data")
+        own = "-".join([str(metadata["recipe"]), *([Path(str(data)).name] if data and Path(str(data)).name else [])])
+    if not own:
+        return Path(name).name
+    return str(own) + ("+lora" if name.endswith("+lora") and not str(own).endswith("+lora") else "")
+
 
 def has_learned_variance(model_config, scheduler_config) -> bool:
     """Whether the model also outputs a variance (DiT, IF): its config has twice as many output channels as

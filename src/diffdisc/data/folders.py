@@ -9,8 +9,11 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import DiffdiscError
 from .images import IMAGE_SUFFIXES
@@ -53,6 +56,30 @@ class ImageDataset:
                 raise DiffdiscError(f"label {it.label_name!r} of {it.image_id} is not one of the classes ({', '.join(classes)})")
             out.append(lookup[key])
         return out
+
+
+def stratified_subset(labels: Sequence[int | None], n: int | None, seed: int = 0) -> list[int]:
+    """Indices of `n` of the items (all if None), in dataset order, with the classes as even as they allow.
+
+    Files are listed in sort order, so an ImageFolder's first N are all of one class and a smoke run's
+    per-class accuracy means nothing. Instead: classes taken round-robin in a seeded shuffled order, each
+    class's items in a seeded shuffled order, until `n`; a class that runs out drops out of the round.
+    Unlabelled items (None or < 0) are one group, so an unlabelled folder gets a seeded random subset, not
+    the first files. The pick is a prefix of one fixed sequence: a larger `n` with the same seed keeps every
+    item of a smaller one (raising --limit on a run directory adds images; it does not start over).
+    """
+    if n is None or n >= len(labels):
+        return list(range(len(labels)))
+    if n < 1:
+        raise DiffdiscError(f"limit must be >= 1, got {n}")
+    rng = np.random.default_rng(seed)
+    groups: dict = {}
+    for i, y in enumerate(labels):
+        groups.setdefault(None if y is None or y < 0 else int(y), []).append(i)
+    queues = [[int(i) for i in rng.permutation(g)] for g in groups.values()]
+    queues = [queues[k] for k in rng.permutation(len(queues))]
+    picks = [q[j] for j in range(max(map(len, queues))) for q in queues if j < len(q)]
+    return sorted(picks[:n])
 
 
 def _images_in(d: Path) -> list[Path]:

@@ -194,6 +194,27 @@ def _synth(run: Run) -> list[dict]:
     return out
 
 
+def _baseline_rows(run: Run) -> list[dict]:
+    """Metrics-table rows for a run's supervised baselines, one per recorded test folder: accuracy and ECE of the
+    classifier's own softmax (T = 1) with the same bootstrap intervals as the diffusion rows."""
+    rows = []
+    for b in run.baselines:
+        trained = b.meta.get("n_train")
+        for e in b.evaluations:
+            name = run.name if b.path == run.path else f"{run.name}/{b.path.name}"
+            if len(b.evaluations) > 1:
+                name += f" on {Path(e.data).name}"
+            acc = ece = (None, None)
+            if len(e.labels):
+                acc, ece = stats._intervals((e.preds == e.labels).astype(np.float64), e.confidence)
+            rows.append({"run": name, "model": b.model + (f" ({trained} training images)" if trained else ""),
+                         "strategy": "supervised baseline", "images": len(e.labels), "labelled": len(e.labels),
+                         "accuracy": _ci(*acc), "top5": _pct(e.top5), "ece": _ci(*ece), "ece_cf": "–", "T": "1",
+                         "T_source": "the classifier's own softmax (not calibrated)", "calls": "–",
+                         "title": f"{b.path} tested on {e.data}"})  # fmt: skip
+    return rows
+
+
 # ------------------------------------------------------------------ page
 def build_context(runs: list[Run], title: str, generated: str | None = None) -> dict:
     from .. import __version__
@@ -233,7 +254,7 @@ def build_context(runs: list[Run], title: str, generated: str | None = None) -> 
         "runs": [{"name": r.name, "path": str(r.path), "problems": r.problems, "absent": r.absent, "empty": r.empty}
                  for r in runs],  # fmt: skip
         "names": [r.name for r in runs],
-        "metrics": [d["summary"] for d in per_run if d],
+        "metrics": [m for r, d in zip(runs, per_run, strict=True) for m in ([d["summary"]] if d else []) + _baseline_rows(r)],
         "notes": {r.name: d["notes"] for r, d in zip(runs, per_run, strict=True) if d and d["notes"]},
         "settings": _settings_table(runs),
         "per_class": _aligned_classes(runs, per_run),

@@ -121,6 +121,27 @@ class SynthSet:
 
 
 @dataclass
+class BaselineEval:
+    """One recorded evaluation of a baseline classifier on a labelled folder (evaluations.json entry)."""
+
+    data: str
+    labels: np.ndarray  # [N]
+    preds: np.ndarray  # [N]
+    confidence: np.ndarray  # [N] softmax probability of the predicted class
+    top5: float | None
+
+
+@dataclass
+class Baseline:
+    """A timm classifier from `diffdisc baseline train` / `synth train` (classifier.json) and its evaluations."""
+
+    path: Path
+    model: str
+    meta: dict  # classifier.json
+    evaluations: list[BaselineEval]
+
+
+@dataclass
 class Run:
     """Everything found under one run directory."""
 
@@ -131,6 +152,7 @@ class Run:
     sweeps: list[Sweep] = field(default_factory=list)
     overlays: list[Overlay] = field(default_factory=list)
     synth: list[SynthSet] = field(default_factory=list)
+    baselines: list[Baseline] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # partial or unreadable data, said plainly
 
     @property
@@ -151,7 +173,7 @@ class Run:
 
     @property
     def empty(self) -> bool:
-        return not (self.classification or self.matchings or self.sweeps or self.overlays or self.synth)
+        return not (self.classification or self.matchings or self.sweeps or self.overlays or self.synth or self.baselines)
 
 
 def _json(path: Path, problems: list[str]):
@@ -218,6 +240,11 @@ def load_run(path: Path, name: str | None = None, exclude: set[Path] = frozenset
             s = _synth(sj.parent, run.problems)
             if s:
                 run.synth.append(s)
+    for cj in sorted([path / "classifier.json", *path.glob("*/classifier.json")]):
+        if cj.is_file() and mine(cj):
+            b = _baseline(cj.parent, run.problems)
+            if b:
+                run.baselines.append(b)
     return run
 
 
@@ -382,3 +409,29 @@ def _synth(path: Path, problems: list[str]) -> SynthSet | None:
             shown[name] = shown.get(name, 0) + 1
             samples.append(SynthSample(name, f, row.get("prompt"), row.get("guidance")))
     return SynthSet(path, settings, counts, samples)
+
+
+# ------------------------------------------------------------------ supervised baselines
+def _baseline(path: Path, problems: list[str]) -> Baseline | None:
+    meta = _json(path / "classifier.json", problems)
+    if not isinstance(meta, dict):
+        return None
+    cfg = meta.get("config")
+    model = str(cfg.get("model", "?")) if isinstance(cfg, dict) else "?"
+    evals: list[BaselineEval] = []
+    ej = path / "evaluations.json"
+    d = _json(ej, problems) if ej.is_file() else None
+    for e in (d.get("evaluations") if isinstance(d, dict) else None) or []:
+        try:
+            labels, preds = np.asarray(e["labels"], dtype=np.int64), np.asarray(e["predictions"], dtype=np.int64)
+            conf = np.asarray(e["confidence"], dtype=np.float64)
+            if not (labels.shape == preds.shape == conf.shape and labels.ndim == 1):
+                raise ValueError
+            evals.append(BaselineEval(str(e.get("data", "?")), labels, preds, conf,
+                                      float(e["top5"]) if e.get("top5") is not None else None))  # fmt: skip
+        except (KeyError, TypeError, ValueError):
+            problems.append(f"{ej.name}: an evaluation without labels, predictions and confidence lists of one length; skipped")
+    if not evals:
+        problems.append(f"baseline classifier {path.name} ({model}) has no recorded evaluation: "
+                        f"run `diffdisc baseline eval {path} --data TEST_FOLDER`")  # fmt: skip
+    return Baseline(path, model, meta, evals)

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,8 @@ import torch
 
 from ..backbones.base import Backbone
 from ..backbones.contrastive import contrastive_image_scores
-from ..data.folders import ImageDataset, Item, open_image_dataset
-from ..data.images import open_image, to_tensor
+from ..data.folders import ImageDataset, Item, open_image_dataset, stratified_subset
+from ..data.images import open_image, to_tensor, transform
 from ..data.templates import fill, resolve_templates
 from ..errors import DiffdiscError
 from ..results import ClassificationResult, ResultStore
@@ -73,12 +74,18 @@ def classify(
     on_error: str = "fail",
     chunk_images: int = 16,
     limit: int | None = None,
+    limit_seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
     temperature: float | None = None,
     progress: Callable[[dict], None] | None = None,
 ) -> ClassificationResult:
-    """Classify every image of `data`; results (and metrics, if labelled) go to `out` (a temp dir if None)."""
+    """Classify every image of `data`; results (and metrics, if labelled) go to `out` (a temp dir if None).
+
+    `limit` keeps N images, stratified by label (`stratified_subset`, seeded by `limit_seed`, not by the noise
+    seed, so runs that differ in seed or strategy score the same images). The defaults of `adaptive` are
+    chosen in `AdaptiveConfig`. Images not of the model's size are resized; `result.notes` says so, once.
+    """
     score, adaptive = score or ScoreConfig(), adaptive or AdaptiveConfig()
     if on_error not in ("fail", "skip"):
         raise DiffdiscError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
@@ -87,12 +94,13 @@ def classify(
         classes = ds.class_names
     cand = build_candidates(backbone, classes or None, templates)
     labels = ds.label_index(cand.classes)
-    items = list(enumerate(zip(ds.items, labels, strict=True)))[:limit]
+    keep = stratified_subset(labels, limit, limit_seed)
+    items = [(i, (ds.items[i], labels[i])) for i in keep]  # i: the image's place in the folder, the run's order
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="diffdisc-"))
     contrastive = getattr(backbone, "is_contrastive", False)
     settings = {  # every input that changes a number (docs/methods.md, "What a run directory guards")
         "task": "classify",
-        "model": {"name": backbone.info.name, "fingerprint": backbone.info.fingerprint},
+        "model": {"name": backbone.info.name, "fingerprint": backbone.info.fingerprint, "label": backbone.info.label},
         "data": str(Path(ds.root).resolve()),
         "labels": _file_identity(labels_csv),
         "classes": cand.classes,
@@ -109,10 +117,11 @@ def classify(
         todo = [(i, it, y) for i, (it, y) in items if i % world_size == rank and it.image_id not in done]
         engine = None if contrastive else stack.enter_context(ScoringEngine(backbone, score))
         conds = backbone.conditions(cand.keys)
+        sizes: Counter = Counter()  # source (w, h) of the images read, for one resize note
         stats = {"done": len(done), "total": len(items), "calls": 0, "correct": 0, "labelled": 0, "images": 0, "start": time.time(), "skipped": []}
         for s in range(0, len(todo), chunk_images):
             chunk = todo[s : s + chunk_images]
-            tensors, kept = _load(chunk, backbone, on_error, stats["skipped"])
+            tensors, kept = _load(chunk, backbone, on_error, stats["skipped"], sizes)
             if not kept:
                 continue
             x0 = backbone.encode(torch.stack(tensors))
@@ -141,7 +150,7 @@ def classify(
     if not len(result) and stats["skipped"]:
         first = stats["skipped"][0][1]
         raise DiffdiscError(f"no image could be read ({len(stats['skipped'])} skipped; first: {first}): nothing was classified")
-    result.notes = []
+    result.notes = [n for n in [_resize_note(sizes, backbone.info.image_size)] if n]
     selected = {it.image_id for _, (it, _) in items}
     if len(result) > len(selected):
         result.notes.append(f"{out} holds {len(result)} finished images, more than the {len(selected)} selected now "
@@ -172,15 +181,31 @@ def _file_identity(path: str | Path | None) -> dict | None:
     return {"path": str(p.resolve()), "sha256": digest}
 
 
-def _load(chunk: list[tuple[int, Item, int | None]], backbone: Backbone, on_error: str, skipped: list):
+def _load(chunk: list[tuple[int, Item, int | None]], backbone: Backbone, on_error: str, skipped: list, sizes: Counter):
     tensors, kept = [], []
     size, ch = backbone.info.image_size, backbone.info.image_channels
     for i, it, y in chunk:
         try:
-            tensors.append(to_tensor(open_image(it.path), size, ch))
+            im = open_image(it.path)
+            tensors.append(to_tensor(im, size, ch))
+            sizes[im.size] += 1
             kept.append((i, it, y))
         except DiffdiscError as e:
             if on_error == "fail":
                 raise DiffdiscError(f"{e} (use --on-error skip to skip unreadable images)") from None
             skipped.append((it.image_id, str(e)))
     return tensors, kept
+
+
+def _resize_note(sizes: Counter, size: int) -> str | None:
+    """One line for the whole run (not one per image): which source sizes became the model's, and how.
+
+    Read off `images.transform`, the preprocessing itself, so the note cannot drift from what was done."""
+    odd = Counter({wh: n for wh, n in sizes.items() if wh != (size, size)})
+    if not odd:
+        return None
+    interp = transform(size).transforms[0].interpolation.value
+    shown = ", ".join(f"{w}×{h}" + (f" ({n} images)" if len(odd) > 1 else "") for (w, h), n in odd.most_common(3))
+    more = f" and {len(odd) - 3} more sizes" if len(odd) > 3 else ""
+    return (f"images resized {shown}{more} -> {size}×{size} (the model's size): {interp} resize of the shorter side, "
+            f"then centre crop; {odd.total()} of {sizes.total()} images read")  # fmt: skip

@@ -227,7 +227,7 @@ def sweep(
         )  # fmt: skip
     n_test = len(test) if test is not None else 0
     r = SweepResult(
-        model=backbone.info.name, blocks=blocks, timesteps=timesteps, val_acc=grid.round(6).tolist(),
+        model=backbone.info.label, blocks=blocks, timesteps=timesteps, val_acc=grid.round(6).tolist(),
         best={"block": cell[0], "t": cell[1], "val_acc": float(grid[blocks.index(cell[0]), timesteps.index(cell[1])])},
         test_acc=test_acc, head=head.kind, pooling=cfg.pooling, n_train=len(tr), n_val=len(va), n_test=n_test,
         details={"fingerprint": model_fingerprint(backbone), "features": asdict(cfg), "head": asdict(head),

@@ -99,7 +99,8 @@ def match(
     contrastive = getattr(backbone, "is_contrastive", False)
     ts = [] if contrastive else dc_grid(backbone.info.num_train_timesteps, n_timesteps)
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="diffdisc-match-"))
-    settings = {"task": "match", "model": {"name": backbone.info.name, "fingerprint": backbone.info.fingerprint},
+    settings = {"task": "match", "model": {"name": backbone.info.name, "fingerprint": backbone.info.fingerprint,
+                                  "label": backbone.info.label},
                 "groups": [g.id for g in groups], "score": score.to_dict(), "timesteps": ts}  # fmt: skip
     store = ResultStore(out, settings)
     done = store.done()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,34 @@ def _hash(*arrays: torch.Tensor) -> str:
 def _to_u8(x: list[torch.Tensor]) -> torch.Tensor:
     """[-1, 1] float images -> uint8 (4x less memory); `u8 / 127.5 - 1` is bit-identical to `to_tensor`."""
     return ((torch.stack(x) + 1) * 127.5).round().to(torch.uint8)
+
+
+def resize_note(sizes: Counter, modes: Counter, cfg: TrainConfig) -> str | None:
+    """The one log line saying how source images (sizes and PIL modes counted) become the model's input, or
+    None when they already match: a 28x28 folder trained at 32x32 should not be resized silently."""
+    size, n = cfg.image_size, sum(sizes.values())
+    grey = cfg.channels == 1 and any(m != "L" for m in modes)
+    if set(sizes) == {(size, size)} and not grey:
+        return None
+    grey_note = "; colour converted to grey (1-channel model)" if grey else ""
+    if set(sizes) == {(size, size)}:
+        return f"{n} images already {size}x{size}" + grey_note
+    wh = ["x".join(map(str, s)) for s in sorted(sizes, key=lambda s: s[0] * s[1])]
+    src = wh[0] if len(wh) == 1 else f"{len(wh)} sizes, {wh[0]} to {wh[-1]}"
+    return f"resizing {n} images ({src}) to the model's {size}x{size}: bicubic, shorter side, then centre crop{grey_note}"
+
+
+def _open_images(paths, cfg: TrainConfig) -> tuple[torch.Tensor, str | None]:
+    """Decode and preprocess image files (the inference transform), counting their sizes for `resize_note`."""
+    from ..data.images import open_image, to_tensor
+
+    sizes, modes, x = Counter(), Counter(), []
+    for path in paths:
+        im = open_image(path)
+        sizes[im.size] += 1
+        modes[im.mode] += 1
+        x.append(to_tensor(im, cfg.image_size, cfg.channels))
+    return _to_u8(x), resize_note(sizes, modes, cfg)
 
 
 def _fmnist_train(cfg: TrainConfig):
@@ -98,7 +127,7 @@ class ClassCondObjective(_Diffusion):
     """Pixel UNet2DModel with n_classes + 1 class embeddings (the last is the CFG null class)."""
 
     def __init__(self, cfg: TrainConfig):
-        from ..data.images import array_to_tensor, open_image, to_tensor
+        from ..data.images import array_to_tensor
 
         self.cfg = cfg
         if cfg.data:
@@ -108,16 +137,17 @@ class ClassCondObjective(_Diffusion):
             if not ds.class_names or not len(ds):
                 raise DiffdiscError(f"{cfg.data}: training needs an ImageFolder (one subfolder of images per class)")
             names = list(ds.class_names)
-            x = [to_tensor(open_image(it.path), cfg.image_size, cfg.channels) for it in ds.items]
+            images, self.resize_note = _open_images([it.path for it in ds.items], cfg)
             y = torch.tensor(ds.label_index(names))
         else:
             from .fashion_mnist import CLASS_NAMES
 
             imgs, labels = _fmnist_train(cfg)
             names = list(CLASS_NAMES)
-            x = [array_to_tensor(a, cfg.image_size, cfg.channels) for a in imgs]
+            images = _to_u8([array_to_tensor(a, cfg.image_size, cfg.channels) for a in imgs])
+            self.resize_note = resize_note(Counter({imgs.shape[1:3][::-1]: len(imgs)}), Counter({"L": 1}), cfg)
             y = torch.from_numpy(labels)
-        self.images, self.labels, self.names = _to_u8(x), y.long(), names
+        self.images, self.labels, self.names = images, y.long(), names
         self.data_hash = _hash(self.images, self.labels)
 
     def build(self) -> nn.Module:
@@ -168,7 +198,7 @@ class Captioned:
         from .tokenizer import build_word_tokenizer, words_of
 
         self.cfg = cfg
-        images, variants, names = self._load(cfg)
+        images, variants, names, self.resize_note = self._load(cfg)
         self.images, self.names = images, names
         texts = [v for vs in variants for v in vs]
         src = init_dir(cfg)
@@ -203,7 +233,7 @@ class Captioned:
 
     @staticmethod
     def _load(cfg: TrainConfig):
-        from ..data.images import array_to_tensor, open_image, to_tensor
+        from ..data.images import array_to_tensor
 
         if cfg.data:
             path = Path(cfg.data)
@@ -219,8 +249,8 @@ class Captioned:
                     rows.append(row)
             if not rows:
                 raise DiffdiscError(f"{cap} has no captions")
-            x = [to_tensor(open_image(cap.parent / r["image"]), cfg.image_size, cfg.channels) for r in rows]
-            return _to_u8(x), [(r["caption"], r["caption"]) for r in rows], []
+            x, note = _open_images([cap.parent / r["image"] for r in rows], cfg)
+            return x, [(r["caption"], r["caption"]) for r in rows], [], note
         from .fashion_mnist import CLASS_NAMES
         from .scenes import describe, generate_scenes
 
@@ -234,7 +264,8 @@ class Captioned:
         if cfg.image_size != x.shape[-1] or cfg.channels != 3:
             x = _to_u8([array_to_tensor(a, cfg.image_size, cfg.channels) for a in arrays])
         variants = [(s.caption, describe(s.items, s.relation, colours=False)) for ss in sets for s in ss]
-        return x, variants, list(CLASS_NAMES)
+        note = resize_note(Counter({arrays.shape[1:3][::-1]: len(arrays)}), Counter({"RGB": 1}), cfg)
+        return x, variants, list(CLASS_NAMES), note
 
     def _batch(self, g: torch.Generator, unique: bool = False):
         """Indices (distinct when `unique`) and the chosen caption variant's token ids."""

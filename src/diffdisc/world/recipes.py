@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 from ..errors import DiffdiscError
 
@@ -11,16 +12,18 @@ from ..errors import DiffdiscError
 class TrainConfig:
     """`fmnist-classcond`: class-conditional pixel UNet2DModel (2.8M params), 32x32 grey, cosine schedule.
 
-    Documented CPU setting: `steps=2000`. Measured on the 2-core CPU at batch 128: ~2.1 s/step on an idle
-    machine (DESIGN.md: 1,139 steps in 40 min), so 2000 steps take ~70 min. Measured in the shipped run
-    with other jobs on the cores: 3.1-3.5 s/step beside light load, 5.6-9.7 s/step when test runs took
+    Documented CPU setting: `CPU_SETTINGS` below (shown by `diffdisc train --help`). Measured in the shipped
+    run with other jobs on the cores: 3.1-3.5 s/step beside light load, 5.6-9.7 s/step when test runs took
     one to two cores (set OMP_WAIT_POLICY=PASSIVE there; spinning threads doubled it).
     `layers_per_block=1` is the size whose accuracy was measured (87.3%); 2 would be 4.0M params and ~1.45x
     slower per step.
     `data` is None for Fashion-MNIST (train split) or a user's ImageFolder (class names from folder names).
+    `name` labels the exported model (diffdisc.json); None means `default_name`. It does not change the weights,
+    so a resumed run may change it.
     """
 
     recipe: str = "fmnist-classcond"
+    name: str | None = None
     kind: str = "classcond"  # classcond | text (UNet2DConditionModel + CLIPTextModel) | clip (open_clip)
     data: str | None = None
     image_size: int = 32
@@ -79,11 +82,8 @@ class TrainConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-# Documented CPU settings (2 cores), besides `--max-minutes 85`, which stops any recipe checkpointed in time:
-#   fmnist-scenes-text: `--steps 1000` (measured 9-14 s/step at batch 128 with two other jobs on the cores;
-#                       ~4-5 s/step expected idle from the forward cost) -> about 75-85 min idle;
-#   fmnist-scenes-clip: `--steps 2500` (measured 2.0 s/step at batch 256 under the same load) -> <= 85 min.
-# The shipped weights were trained on an H100 instead (see world/assets/README.md).
+# The shipped weights were trained on an H100 (see world/assets/README.md); CPU_SETTINGS below are what a
+# 2-core CPU manages.
 _TEXT = dict(
     kind="text", channels=3, scenes=60000, class_only_p=0.2, attention_levels=(False, True, True),
     block_out_channels=(32, 64, 128), steps=4000,
@@ -127,6 +127,55 @@ RECIPES = {
         vision_layers=1, embed_dim=16, cond_dropout=0.0, class_only_p=0.2,
     ),  # fmt: skip
 }
+
+
+@dataclass(frozen=True)
+class CpuSetting:
+    """A documented setting for the 2-core CPU and the seconds per step measured there (low, high: the range
+    other jobs on the cores produced), so `diffdisc train --help` can say what to expect before a run."""
+
+    steps: int
+    batch_size: int
+    s_per_step: tuple[float, float]
+    note: str = ""
+
+    def line(self, recipe: str) -> str:
+        lo, hi = self.s_per_step
+        rate = f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
+        mins = [self.steps * s / 60 for s in self.s_per_step]
+        took = f"{mins[0]:.0f}" if round(mins[0]) == round(mins[1]) else f"{mins[0]:.0f}-{mins[1]:.0f}"
+        took = f"{took} min" if mins[1] >= 1 else "seconds"
+        return f"{recipe:<22}{self.steps:>6}{self.batch_size:>6}  {rate:>9} s/step  {took}{self.note}"
+
+
+CPU_SETTINGS = {
+    # DESIGN.md: 1,139 steps in 40 min idle; the shipped run 3.1-3.5 s/step beside light load.
+    "fmnist-classcond": CpuSetting(2000, 128, (2.1, 3.5)),
+    # Measured with two other jobs on the cores; ~4-5 s/step expected idle from the forward cost.
+    "fmnist-scenes-text": CpuSetting(1000, 128, (9, 14), "  (idle ~4-5)"),
+    "fmnist-scenes-clip": CpuSetting(2500, 256, (2.0, 2.0)),
+    # Fine-tuned with --init-from the shipped parent in 25 min (docs/results.md has the full settings).
+    "fmnist-scenes-text-cc": CpuSetting(526, 32, (1.8, 4.0), "  (fine-tune)"),
+    "fmnist-scenes-clip-cc": CpuSetting(678, 128, (0.9, 3.8), "  (fine-tune)"),
+    "tiny": CpuSetting(20, 8, (0.02, 0.05)),
+}
+
+
+def cpu_settings_text() -> str:
+    """The table `diffdisc train --help` shows (one line per recipe; rich keeps the line breaks of an epilog)."""
+    head = f"{'recipe':<22}{'steps':>6}{'batch':>6}  measured on 2 CPU cores (range: load)"
+    return "\n".join([head, *(s.line(r) for r, s in CPU_SETTINGS.items())])
+
+
+def default_name(cfg: TrainConfig) -> str:
+    """The label of a trained model: its recipe, plus the data folder's name when trained on a user's data
+    (`fmnist-classcond-mydata`; `fmnist-classcond-mydata-train` for a folder named like a split)."""
+    if not cfg.data:
+        return cfg.recipe
+    p = Path(cfg.data).expanduser().resolve()
+    p = p.parent if p.suffix else p  # a captions.jsonl file names its folder
+    parts = [p.parent.name, p.name] if p.name.lower() in {"train", "training", "trn"} and p.parent.name else [p.name]
+    return "-".join([cfg.recipe, *parts])
 
 
 def get_recipe(name: str, **overrides) -> TrainConfig:

@@ -8,31 +8,36 @@ Every random draw of step s (batch indices, label dropout, t, noise) comes from 
 stopped. Checkpoints and exports are written under a temporary name and renamed: a kill while saving never
 replaces a good checkpoint. A lock file stops two trainers from writing one output directory.
 
-    python -m diffdisc.world.train fmnist-classcond OUT [steps=6000 ...] [--max-minutes M] [--quiet]
+    python -m diffdisc.world.train fmnist-classcond OUT [steps=6000 ...] [--max-minutes M] [--quiet] [--dry-run]
     python -m diffdisc.world.train export OUT      # EMA weights of the latest checkpoint -> OUT/model
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import json
 import math
 import os
 import re
 import shutil
+import statistics
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
 from ..errors import DiffdiscError
+from ..progress import step_progress
 from .objectives import DATA_ORDER, init_dir, make_objective
-from .recipes import TrainConfig, get_recipe
+from .recipes import CPU_SETTINGS, RECIPES, TrainConfig, default_name, get_recipe
 
 LOG_EVERY = 20
+PLAN_STEPS = 5  # steps timed (after the first, which pays for lazy initialisation) before the time plan is logged
+RESUMABLE = ("steps", "checkpoint_every", "name")  # may change on resume: the weights of step s stay the same
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
@@ -90,18 +95,44 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _hms(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+def resolve_config(recipe: str, out_dir: str | Path | None = None, log=print, **overrides) -> TrainConfig:
+    """The recipe with `overrides` (None = not given) applied on top of the settings stored in `out_dir`.
+
+    Rerunning `diffdisc train RECIPE --out DIR` resumes with what DIR was trained with (--data, --steps, ...)
+    without repeating it; an option given again with another value still meets `_check_config`'s refusal.
+    Keys a stored file predates keep the recipe's value.
+    """
+    path = Path(out_dir) / "train_config.json" if out_dir is not None else None
+    if path is None or not path.is_file():
+        return get_recipe(recipe, **overrides)
+    stored = json.loads(path.read_text())
+    if stored.get("recipe", recipe) != recipe:
+        raise DiffdiscError(f"{out_dir} holds a {stored['recipe']!r} run, not {recipe!r}; "
+                            f"rerun with recipe {stored['recipe']} to resume, or use another output directory")  # fmt: skip
+    cfg = get_recipe(recipe, **{**stored, **{k: v for k, v in overrides.items() if v is not None}})
+    kept = {k: getattr(cfg, k) for k in stored
+            if overrides.get(k) is None and getattr(cfg, k) != getattr(RECIPES[recipe], k)}  # fmt: skip
+    if kept:
+        log(f"resuming with the settings stored in {path}: " + ", ".join(f"{k}={v!r}" for k, v in kept.items()))
+    return cfg
+
+
 def _check_config(out: Path, cfg: TrainConfig, log) -> None:
     """A resumed run must use the same config, else its weights mean nothing.
 
-    Only keys that leave the weights of step s unchanged may differ (the lr schedule is warmup + constant,
-    so `steps` is one).
+    Only keys that leave the weights of step s unchanged (`RESUMABLE`) may differ (the lr schedule is warmup +
+    constant, so `steps` is one).
     """
     path = out / "train_config.json"
     if path.is_file():
         old = json.loads(path.read_text())
         new = cfg.to_dict()
         for k in [f.name for f in fields(TrainConfig)]:
-            if k in ("steps", "checkpoint_every"):
+            if k in RESUMABLE:
                 continue
             if k not in old:
                 log(f"{path} predates option {k!r}; using {new[k]!r}")
@@ -111,23 +142,63 @@ def _check_config(out: Path, cfg: TrainConfig, log) -> None:
     _write_json(path, cfg.to_dict())
 
 
-def _progress(total: int, done: int, enabled: bool):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+def time_plan(cfg: TrainConfig, step: int, rate: float, max_minutes: float | None, elapsed: float = 0.0) -> str:
+    """One line once the rate is measured: when the run ends, and whether --max-minutes stops it first (a run
+    that silently stops at step 559 of 2000 looks finished)."""
+    left = cfg.steps - step
+    msg = f"{rate:.3f} s/step: {left} steps to go, ~{_hms(left * rate)}"
+    if max_minutes is None:
+        return msg
+    fit = max(0, int((max_minutes * 60 - elapsed) / rate))
+    if fit >= left:
+        return f"{msg}, within --max-minutes {max_minutes:g}"
+    return (f"warning: {msg}, but --max-minutes {max_minutes:g} fits ~{fit} more: it stops near step "
+            f"{step + fit} of {cfg.steps} (rerun the same command to continue)")  # fmt: skip
 
-    p = Progress(
-        TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=not enabled,
-    )  # fmt: skip
-    return p, p.add_task("train", total=total, completed=done, loss=float("nan"))
+
+def _optimise(obj, model, opt, acc, g: torch.Generator) -> torch.Tensor:
+    """One optimiser step (without the lr schedule and EMA): what `estimate` times and `train` repeats."""
+    loss = obj.loss(model, g, acc.device)
+    acc.backward(loss)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
+def estimate(cfg: TrainConfig, out_dir: str | Path | None = None, max_minutes: float | None = None,
+             timed_steps: int = 3) -> dict:  # fmt: skip
+    """`diffdisc train --dry-run`: time a few steps of `cfg` on this machine and write nothing.
+
+    Returns steps (total, already done in out_dir), batch, data size, s/step (median of `timed_steps` after one
+    untimed step), the estimated time left, the plan for `max_minutes` and the recipe's documented CPU setting.
+    """
+    from accelerate import Accelerator
+
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    t0 = time.time()
+    obj = make_objective(cfg)
+    data_s = time.time() - t0
+    model = obj.build()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, opt = acc.prepare(model, opt)
+    model.train()
+    times = []
+    for s in range(timed_steps + 1):  # step 0 pays for lazy initialisation: not timed
+        t = time.time()
+        _optimise(obj, model, opt, acc, _step_generator(cfg.seed, s)).item()
+        times.append(time.time() - t)
+    rate = statistics.median(times[1:])
+    ckpts = _checkpoints(Path(out_dir)) if out_dir is not None else []
+    done = int(ckpts[-1].name[5:]) if ckpts else 0
+    doc = CPU_SETTINGS.get(cfg.recipe)
+    return {
+        "recipe": cfg.recipe, "name": cfg.name or default_name(cfg), "steps": cfg.steps, "done": done,
+        "batch_size": cfg.batch_size, "images": len(obj.images), "data_s": round(data_s, 1),
+        "params": int(sum(p.numel() for p in model.parameters())), "device": str(acc.device),
+        "s_per_step": rate, "seconds_left": max(0, cfg.steps - done) * rate, "resize": obj.resize_note,
+        "plan": time_plan(cfg, min(done, cfg.steps), rate, max_minutes, data_s),
+        "cpu_setting": doc.line(cfg.recipe).split(None, 1)[1] if doc else None,
+    }  # fmt: skip
 
 
 def train(
@@ -144,6 +215,9 @@ def train(
         set_seed(cfg.seed)
         acc = Accelerator(cpu=not torch.cuda.is_available())
         obj = make_objective(cfg)
+        if obj.resize_note:
+            log(obj.resize_note)
+        log(f"EMA weights are exported to {out / 'model'} at every checkpoint (each {cfg.checkpoint_every} steps)")
         dhash = obj.data_hash
         model = obj.build()
         step, wall_before, ckpts = 0, 0.0, _checkpoints(out)
@@ -198,34 +272,44 @@ def train(
         if step >= cfg.steps:
             log(f"already trained to step {step} (steps={cfg.steps})")
         t_start = t_log = time.time()
+        step0, t_first = step, t_start
         losses: list[torch.Tensor] = []  # synced once per LOG_EVERY steps: the GPU never waits for the logger
         live = raw.state_dict()  # shares storage with the parameters: read after each optimiser step
         ema_t, live_t = [ema[k] for k in ema], [live[k].float() for k in ema]
-        bar, task = _progress(cfg.steps, step, enabled=not quiet and sys.stderr.isatty())
         model.train()
-        with bar:
+        with step_progress("train", enabled=not quiet) as bar:
+            if bar:
+                bar(step, cfg.steps)  # the ETA counts steps from here, not the resumed ones
             while step < cfg.steps:
-                loss = obj.loss(model, _step_generator(cfg.seed, step), acc.device)
-                acc.backward(loss)
-                opt.step()
+                loss = _optimise(obj, model, opt, acc, _step_generator(cfg.seed, step))
                 lr_sched.step()
-                opt.zero_grad(set_to_none=True)
                 step += 1
                 with torch.no_grad():  # one fused kernel per dtype group instead of one per tensor
                     torch._foreach_lerp_(ema_t, live_t, 1 - _ema_decay(cfg, step))
                 losses.append(loss.detach())
+                if step == step0 + 1:
+                    t_first = time.time()
+                elif step == step0 + 1 + PLAN_STEPS:
+                    loss.item()  # wait for the device, so the rate is the steps' and not the queue's
+                    rate = (time.time() - t_first) / PLAN_STEPS
+                    log(time_plan(cfg, step, rate, max_minutes, time.time() - t_start))
                 if step % LOG_EVERY == 0 or step == cfg.steps or len(losses) >= LOG_EVERY:
                     now, mean = time.time(), torch.stack(losses).float().mean().item()
                     if not math.isfinite(mean):
                         raise DiffdiscError(f"loss became {mean} before step {step}; lower the learning rate")
-                    bar.update(task, completed=step, loss=mean)
-                    log(f"step {step}/{cfg.steps} loss {mean:.4f} {(now - t_log) / len(losses):.3f} s/step")
+                    if bar:
+                        bar(step, cfg.steps, f"loss {mean:.4f}")
+                    eta = (cfg.steps - step) * (now - t_start) / (step - step0)  # checkpoint saves included
+                    limit = max_minutes is not None and max_minutes * 60 - (now - t_start) < eta
+                    eta = max(0.0, max_minutes * 60 - (now - t_start)) if limit else eta
+                    log(f"step {step}/{cfg.steps} loss {mean:.4f} {(now - t_log) / len(losses):.3f} s/step "
+                        f"eta {_hms(eta)}{' (--max-minutes stops it)' if limit else ''}")  # fmt: skip
                     t_log, losses = now, []
                 out_of_time = max_minutes is not None and time.time() - t_start > max_minutes * 60
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
                     save_checkpoint()
                 if out_of_time:
-                    log(f"time limit reached at step {step}; rerun the same command to continue")
+                    log(f"time limit reached at step {step} of {cfg.steps}; rerun the same command to continue")
                     break
         if not (out / "model").is_dir():  # e.g. resumed a finished run whose model/ was deleted
             save_checkpoint()
@@ -243,8 +327,8 @@ def export(out: Path, ema: dict, obj, step: int, wall: float, device: str = "cpu
     shutil.rmtree(tmp, ignore_errors=True)
     meta = obj.save(model, tmp)
     meta.update({
-        "recipe": cfg.recipe, "kind": cfg.kind, "config": cfg.to_dict(), "data_hash": obj.data_hash, "steps": step,
-        "wall_time_s": round(wall, 1), "device": device, "torch": torch.__version__,
+        "name": cfg.name or default_name(cfg), "recipe": cfg.recipe, "kind": cfg.kind, "config": cfg.to_dict(),
+        "data_hash": obj.data_hash, "steps": step, "wall_time_s": round(wall, 1), "device": device, "torch": torch.__version__,
         "diffusers": diffusers.__version__, "params": int(sum(p.numel() for p in model.parameters())),
     })  # fmt: skip
     if cfg.kind != "classcond" and not cfg.data:
