@@ -58,7 +58,7 @@ def main():
     for name in args.strategies.split(","):
         t0 = time.time()
         res = classify(bb, data, adaptive=configs[name], score=ScoreConfig(batch_size=args.batch, dtype=args.dtype),
-                       out=out / f"{name}-{tag}-{args.dtype}", chunk_images=10 if args.device is None else 200)  # fmt: skip
+                       out=out / f"{args.model}-{name}-{tag}-{args.dtype}", chunk_images=10 if args.device is None else 200)  # fmt: skip
         m = res.metrics()
         m["wall_s"] = time.time() - t0
         summary[name] = m

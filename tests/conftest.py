@@ -97,3 +97,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def run_main(monkeypatch, capsys, *args):
+    """`diffdisc ARGS` in this process, through the console entry point: (exit code, stdout, stderr)."""
+    import sys
+
+    from diffdisc import cli
+
+    monkeypatch.setattr(sys, "argv", ["diffdisc", *map(str, args)])
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err

@@ -13,6 +13,7 @@ from pathlib import Path
 
 SCRIPT = "<script>alert(1)</script>"
 CLASSES_A = ["red", SCRIPT, "blue"]
+MODEL_NAME = "tiny-classcond-colours"  # the model's own name (`diffdisc train --name`); its folder is "model"
 
 
 def build_runs(root: Path, sd_dir: Path, classcond_dir: Path, image_folder: Path) -> dict[str, Path]:
@@ -28,7 +29,7 @@ def build_runs(root: Path, sd_dir: Path, classcond_dir: Path, image_folder: Path
     model = root / "model"
     shutil.copytree(classcond_dir, model)
     meta = json.loads((model / "diffdisc.json").read_text())
-    (model / "diffdisc.json").write_text(json.dumps({**meta, "class_names": CLASSES_A}))
+    (model / "diffdisc.json").write_text(json.dumps({**meta, "class_names": CLASSES_A, "name": MODEL_NAME}))
     data = root / "data"
     shutil.copytree(image_folder, data)
     (data / "classes.json").write_text(json.dumps({"green": SCRIPT}))  # folder -> display name

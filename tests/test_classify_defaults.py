@@ -9,10 +9,11 @@ import pytest
 
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.data.folders import open_image_dataset, stratified_subset
+from diffdisc.data.images import resize_note
 from diffdisc.errors import DiffdiscError
 from diffdisc.results import ClassificationResult
 from diffdisc.scoring.config import AdaptiveConfig, parse_stages
-from diffdisc.tasks.classify import _resize_note, classify
+from diffdisc.tasks.classify import classify
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_T = AdaptiveConfig(n_timesteps=1)
@@ -49,9 +50,9 @@ def test_limit_covers_every_class_keeps_order_and_resumes(classcond_dir, image_f
 def test_resize_is_said_once_per_run(classcond_dir, image_folder, tmp_path):
     res = classify(create_backbone(classcond_dir), image_folder, adaptive=ONE_T, out=tmp_path / "r")  # 20x20 -> 16x16
     assert res.notes == ["images resized 20×20 -> 16×16 (the model's size): bicubic resize of the shorter side, "
-                         "then centre crop; 9 of 9 images read"]  # fmt: skip
-    assert _resize_note(Counter({(16, 16): 4}), 16) is None
-    mixed = _resize_note(Counter({(28, 28): 5, (40, 30): 2, (16, 16): 1, (9, 9): 1, (8, 8): 1}), 16)
+                         "then centre crop; 9 of 9 images"]  # fmt: skip
+    assert resize_note(Counter({(16, 16): 4}), 16) is None
+    mixed = resize_note(Counter({(28, 28): 5, (40, 30): 2, (16, 16): 1, (9, 9): 1, (8, 8): 1}), 16)
     assert "28×28 (5 images), 40×30 (2 images)" in mixed and "and 1 more sizes" in mixed and "9 of 10" in mixed
 
 

@@ -15,21 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CLASSES
-from diffdisc import cli
+from conftest import CLASSES, run_main
 from diffdisc.errors import DiffdiscError
-
-
-def run_main(monkeypatch, capsys, *args):
-    """`diffdisc ARGS` in this process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["diffdisc", *map(str, args)])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture

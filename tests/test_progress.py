@@ -11,7 +11,9 @@ import typer
 from diffdisc import cli
 from diffdisc.progress import INTERVAL_ENV, step_progress
 
-LINE = re.compile(r"^(?P<what>[\w ]+) (?P<done>\d+)/(?P<total>\d+) \(\d+%\)  .*elapsed \d+:\d\d:\d\d  eta (\d+:\d\d:\d\d|\?)$")
+LINE = re.compile(
+    r"^(?P<what>[\w ]+) (?P<done>\d+)/(?P<total>\d+) \(\d+%\)  .*elapsed [\d:]+  eta ([\d:]+|\?)$"
+)
 
 
 def _lines(err: str, what: str) -> list[re.Match]:
@@ -24,6 +26,16 @@ def _run(*args, **env) -> subprocess.CompletedProcess:
                           env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, timeout=120)  # fmt: skip
 
 
+def _main(monkeypatch, *args) -> int:
+    """`diffdisc ARGS` in this process (stderr captured by pytest: no TTY either); the exit code."""
+    monkeypatch.setattr(sys, "argv", ["diffdisc", *map(str, args)])
+    try:
+        cli.main()
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
 def test_plain_lines_every_interval_and_a_final_one(monkeypatch, capsys):
     monkeypatch.setenv(INTERVAL_ENV, "0")
     with step_progress("features") as update:
@@ -31,7 +43,7 @@ def test_plain_lines_every_interval_and_a_final_one(monkeypatch, capsys):
         update(2, 4, "t=50", rate=1.0)
         update(4, 4)
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 3 and all(LINE.match(x) for x in lines), lines  # the last update is not printed twice
+    assert len(lines) == 3 and all(LINE.match(x) for x in lines), lines  # the last one is not printed twice
     assert "features 2/4 (50%)  t=50  " in lines[1] and lines[1].endswith("eta 0:00:02")
     assert lines[2].startswith("features 4/4 (100%)") and lines[2].endswith("eta 0:00:00")
 
@@ -45,7 +57,9 @@ def test_plain_lines_every_interval_and_a_final_one(monkeypatch, capsys):
         assert update is None
 
 
-def test_classify_without_a_tty_prints_progress_lines(monkeypatch, capsys, classcond_dir, image_folder, tmp_path):
+def test_classify_without_a_tty_prints_progress_lines(
+    monkeypatch, capsys, classcond_dir, image_folder, tmp_path
+):
     args = ("classify", "--model", classcond_dir, "--data", image_folder, "--timesteps", "2", "--chunk", "3")
     p = _run(*args, "--out", tmp_path / "a", **{INTERVAL_ENV: "0"})
     assert p.returncode == 0, p.stderr
@@ -53,22 +67,24 @@ def test_classify_without_a_tty_prints_progress_lines(monkeypatch, capsys, class
     assert [(int(m["done"]), int(m["total"])) for m in lines] == [(3, 9), (6, 9), (9, 9)], p.stderr
     assert re.search(r"\d+\.\d\d img/s  6 calls/img  acc \d+\.\d%", lines[-1].group(0))
     assert lines[-1].group(0).endswith("eta 0:00:00") and re.search(r"eta \d", lines[0].group(0))
-    monkeypatch.setenv(INTERVAL_ENV, "0")  # --quiet: in this process (stderr captured, no TTY either), no lines
-    monkeypatch.setattr(sys, "argv", ["diffdisc", *map(str, args), "--out", str(tmp_path / "b"), "--quiet"])
-    cli.main()
+    monkeypatch.setenv(
+        INTERVAL_ENV, "0"
+    )  # --quiet: in this process (stderr captured, no TTY either), no lines
+    assert _main(monkeypatch, *args, "--out", tmp_path / "b", "--quiet") == 0
     assert not _lines(capsys.readouterr().err, "classify")
 
 
 def test_train_and_synth_train_print_the_same_lines(monkeypatch, capsys, image_folder, tmp_path, one_thread):
     monkeypatch.setenv(INTERVAL_ENV, "0")
-    monkeypatch.setattr(sys, "argv", ["diffdisc", "train", "tiny", "--out", str(tmp_path / "t"), "--steps", "2"])
-    cli.main()
+    assert _main(monkeypatch, "train", "tiny", "--out", tmp_path / "t", "--steps", "2") == 0
     assert [m["done"] for m in _lines(capsys.readouterr().err, "train")][-1] == "2"
-    monkeypatch.setattr(sys, "argv", ["diffdisc", "synth", "train", "--data", str(image_folder), "--out", str(tmp_path / "c"),
-                                      "--model", "resnet10t", "--epochs", "2", "--batch-size", "8"])  # fmt: skip
-    cli.main()
+    assert _main(monkeypatch, "synth", "train", "--data", image_folder, "--out", tmp_path / "c", "--model", "resnet10t",
+                 "--epochs", "2", "--batch-size", "8") == 0  # fmt: skip
     lines = _lines(capsys.readouterr().err, "synth train")
-    assert lines[-1]["done"] == lines[-1]["total"] == "4" and "epoch 2/2" in lines[-1].group(0)  # 8 train images
+    assert [m["done"] for m in lines] == [
+        str(i) for i in range(1, int(lines[-1]["total"]) + 1)
+    ]  # one per step
+    assert "epoch 2/2" in lines[-1].group(0)
 
 
 def test_every_command_takes_threads():

@@ -1,9 +1,12 @@
 """`diffdisc report`: deterministic page, every section from real runs, partial/empty dirs, class alignment, escaping."""
 
+import base64
+import io
 import json
 import re
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from diffdisc.report.html import build_context, render, write_report
 from diffdisc.report.load import load_runs
 from diffdisc.report.stats import pruning_trace
 from diffdisc.scoring.calibrate import top_label_ece
-from report_runs import SCRIPT, session_runs
+from report_runs import MODEL_NAME, SCRIPT, session_runs
 
 STAMP = re.compile(r'<span id="generated">[^<]*</span>')
 
@@ -26,6 +29,11 @@ def runs(tmp_path_factory, sd_dir, classcond_dir, image_folder):
 @pytest.fixture(scope="module")
 def ctx(runs):
     return build_context(load_runs([runs["a"], runs["b"]]), "t", "now")
+
+
+@pytest.fixture(scope="module")
+def page(runs):
+    return render(load_runs([runs["a"], runs["b"]]))
 
 
 def test_report_is_deterministic_apart_from_the_timestamp(runs, tmp_path):
@@ -131,3 +139,101 @@ def test_cli_report_exit_codes_and_json(runs, tmp_path, monkeypatch, capsys):
     assert cli("report", "--no-such-option") == 2 and "No such option" in capsys.readouterr().err
     assert cli("report", runs["b"], "--out", tmp_path / "x.html", "--json") == 0
     assert json.loads(capsys.readouterr().out)["runs"][0]["classification"] is True and (tmp_path / "x.html").is_file()
+
+
+def _edited_copy(src, dst, **changes):
+    """A copy of a classify run whose run.json has `changes` (settings a test needs, without a new run)."""
+    shutil.copytree(src, dst)
+    settings = json.loads((dst / "run.json").read_text())
+    (dst / "run.json").write_text(json.dumps({**settings, **changes}))
+    return dst
+
+
+def test_models_are_named_by_their_own_name_not_their_folder(runs, ctx, tmp_path):
+    from diffdisc.backbones.base import model_label
+    from diffdisc.results import setting_diffs
+
+    assert json.loads((runs["a"] / "run.json").read_text())["model"]["label"] == MODEL_NAME  # recorded by classify
+    assert [m["model"] for m in ctx["metrics"]] == [MODEL_NAME, MODEL_NAME]
+    assert any(r["key"] == "model.label" for r in ctx["settings"]["rows"])
+    assert model_label("/x/model", {"recipe": "fmnist-classcond", "config": {"data": "/d/mydata"}}) == "fmnist-classcond-mydata"
+    assert model_label("/x/model+lora", {"name": "mine"}) == "mine+lora" and model_label("/x/model", {}) == "model"
+    old = {"model": {"name": "/x/model", "fingerprint": "f"}}  # a run made before labels were recorded
+    assert setting_diffs(old, {"model": {**old["model"], "label": MODEL_NAME}}) == []  # still resumes
+    unlabelled = _edited_copy(runs["b"], tmp_path / "old", model=old["model"])
+    assert build_context(load_runs([unlabelled]), "t", "now")["metrics"][0]["model"] == "model"
+
+
+def test_settings_table_compares_only_settings_a_run_used(ctx, page):
+    from diffdisc.report.html import _unused
+
+    rows = {r["key"]: r for r in ctx["settings"]["rows"]}  # run a: ttest, run b: halving
+    assert "prompts" not in rows and "candidates" not in rows  # class ids of a class-conditional model; = classes
+    assert "adaptive.n_timesteps" not in rows  # neither run is exhaustive
+    assert [c["used"] for c in rows["adaptive.stages"]["cells"]] == [False, True] and not rows["adaptive.stages"]["differs"]
+    assert [c["used"] for c in rows["adaptive.p_value"]["cells"]] == [True, False] and not rows["adaptive.p_value"]["differs"]
+    assert rows["adaptive.strategy"]["differs"] and rows["classes"]["differs"]
+    assert "score.min_snr_gamma" not in rows and "score.clark_rate" not in rows  # uniform weighting
+    s = {"adaptive": {"strategy": "exhaustive"}, "score": {"weighting": "min_snr"}, "classes": ["cat"], "prompts": ["a cat"]}
+    assert not _unused("adaptive.n_timesteps", s, False) and not _unused("score.min_snr_gamma", s, False)
+    assert not _unused("prompts", s, False) and _unused("adaptive.n_timesteps", s, True)  # contrastive: no timesteps
+    assert "not used</td>" in page
+
+
+def test_percentages_round_the_same_in_tables_and_figures(monkeypatch):
+    from matplotlib.text import Text
+
+    from diffdisc.report import figures, html
+    from diffdisc.report.load import Run, Sweep
+    from diffdisc.report.stats import pct
+
+    drawn = []
+    real = figures.fig_png
+    monkeypatch.setattr(figures, "fig_png", lambda fig, **kw: drawn.extend(t.get_text() for t in fig.findobj(Text)) or real(fig))
+    best = {"block": "mid", "t": 10, "val_acc": 0.915}
+    run = Run("r", Path("."), sweeps=[Sweep(Path("s.json"), "m", ["mid"], [10, 100], np.array([[0.915, 0.5]]), best, {})])
+    table = html._sweeps(run)[0]["best"]  # draws the heat map
+    assert pct(0.915) == "91.5%" and "91.5%" in drawn and table.endswith("val 91.5%")
+
+
+def test_what_a_run_lacks_is_said_once(page):
+    assert page.count("Not in this run:") == 1  # run b, in the runs table; not again under every section
+    assert "not in this run: b" not in page
+
+
+def test_long_labels_are_not_cut(monkeypatch):
+    from matplotlib.text import Text
+    from PIL import Image
+
+    from diffdisc.report import figures
+
+    names = ["a class name of exactly 40 characters ok", "short"]
+    figs = []
+    real = figures.fig_png
+    monkeypatch.setattr(figures, "fig_png", lambda fig, **kw: figs.append(fig) or real(fig))
+    png = figures.confusion_png(np.array([0, 1]), np.array([0, 0]), names, "t")
+    texts = [t.get_text() for t in figs[0].findobj(Text)]
+    assert names[0] in texts  # whole, not "…"-shortened
+    w, h = Image.open(io.BytesIO(base64.b64decode(png))).size
+    box = figs[0].get_tightbbox()  # inches: every drawn label
+    assert w >= box.width * 80 - 1 and h >= box.height * 80 - 1  # saved to the drawn extent: nothing clipped
+
+
+def test_glyphs_the_default_font_lacks(runs, tmp_path):
+    """A glyph another installed font has comes from it; one no font has is a box, noted once, never a warning."""
+    import warnings
+
+    from diffdisc.report import figures
+
+    assert figures.fallback_fonts("a⌒b") == ("DejaVu Sans Mono",)  # the arc is in matplotlib's own Mono face
+    cjk = ["连衣裙", "外套"]
+    run = _edited_copy(runs["b"], tmp_path / "cjk", classes=cjk, candidates=cjk)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        ctx = build_context(load_runs([run]), "t", "now")
+        figures.confusion_png(np.array([0, 1]), np.array([0, 1]), ["a⌒b", "c"], "t")
+    assert not [x for x in w if "Glyph" in str(x.message)]
+    if figures.fallback_fonts("连衣裙"):  # a CJK font is installed: it draws them
+        assert ctx["glyph_note"] is None
+    else:
+        assert "连衣裙外套" in ctx["glyph_note"] and "Noto Sans CJK" in ctx["glyph_note"]

@@ -14,7 +14,7 @@ from PIL import Image
 
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.errors import DiffdiscError
-from diffdisc.report.stats import _intervals
+from diffdisc.report.stats import intervals
 from diffdisc.results import ClassificationResult, ResultStore, atomic_write_text
 from diffdisc.scoring.adaptive import evaluate, ranked_scores
 from diffdisc.scoring.calibrate import classification_metrics, top_label_ece
@@ -199,6 +199,6 @@ def test_ece_point_estimate_lies_in_its_bootstrap_interval():
     rng = np.random.default_rng(0)
     conf = rng.uniform(0.5, 1, 1000)
     hit = (rng.random(1000) < conf).astype(np.float64)
-    (acc, acc_ci), (ece, ece_ci) = _intervals(hit, conf)
+    (acc, acc_ci), (ece, ece_ci) = intervals(hit, conf)
     assert ece == pytest.approx(top_label_ece(conf, hit)[0])
     assert ece_ci[0] <= ece <= ece_ci[1] and acc_ci[0] <= acc <= acc_ci[1]

@@ -48,6 +48,7 @@ class _Command(TyperCommand):
 
     def invoke(self, ctx):
         threads = ctx.params.pop("threads", None)  # not a parameter of the command's function
+        _state["threads"] = threads
         if threads:
             import torch
 
@@ -187,10 +188,10 @@ def classify(
 
         if torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
-        else:
+        elif not _state.get("threads"):  # share the cores unless --threads said otherwise
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     bb = _load(model, device, lora)
-    out = out or Path("runs") / f"classify-{bb.info.name.replace('/', '_')}-{strategy}"
+    out = out or Path("runs") / f"classify-{bb.info.label.replace('/', '_')}-{strategy}"
     with classify_progress("classify", enabled=not (quiet or json_out)) as cb:
         result = run(bb, data, names, templates=templates or None, score=score, adaptive=adaptive, out=out,
                      labels_csv=labels, on_error=on_error, limit=limit, limit_seed=limit_seed, chunk_images=chunk,
@@ -285,31 +286,55 @@ def merge(
     _print_metrics(finalize(run_dir, res, res.settings.get("temperature")), run_dir, json_out)
 
 
-@app.command(epilog="Example: diffdisc train fmnist-classcond --out runs/train --max-minutes 60  (rerun to resume)")
+from .world.recipes import RECIPES, cpu_settings_text  # noqa: E402 (light: the help of `train` lists them)
+
+
+@app.command(epilog=f"Documented CPU settings (`--dry-run` times this machine instead):\n{cpu_settings_text()}\n\n"
+                    "Example: diffdisc train fmnist-classcond --data train/ --out runs/train --max-minutes 60  "
+                    "(rerun with just --out to resume)")  # fmt: skip
 def train(
-    recipe: Annotated[str, typer.Argument(help="Recipe name: fmnist-classcond | fmnist-scenes-text[-cc] | "
-                                               "fmnist-scenes-clip[-cc] | tiny")],
-    out: Annotated[Path, typer.Option(help="Output directory (checkpoints/, model/); rerun to resume.")],
+    recipe: Annotated[str, typer.Argument(help=f"Recipe name: {' | '.join(RECIPES)}.")],
+    out: Annotated[Path | None, typer.Option(help="Output directory (checkpoints/, train_config.json, model/); rerun "
+                                                  "to resume with the settings stored there. Required unless --dry-run.")] = None,
     steps: Annotated[int | None, typer.Option(help="Total optimiser steps.")] = None,
-    data: Annotated[Path | None, typer.Option(help="Your own ImageFolder instead of Fashion-MNIST.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Your own ImageFolder instead of Fashion-MNIST (resized to the "
+                                                   "model's size; the log says how).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop (checkpointed) after this many minutes.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop (checkpointed) after this many minutes; the log says "
+                                                           "early on which step that reaches.")] = None,
     init_from: Annotated[str | None, typer.Option(help="Fine-tune: start from this model dir or shipped name.")] = None,
     colour_correlation: Annotated[float | None, typer.Option(help="P(item wears its class colour) in scenes.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (e.g. lower when fine-tuning).")] = None,
+    name: Annotated[str | None, typer.Option(help="The model's name in its diffdisc.json, shown by reports "
+                                                  "(default: RECIPE-DATAFOLDER, or RECIPE).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Time a few steps here and print steps, batch and the "
+                                                            "estimated time; trains and writes nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log lines.")] = False,
 ):
     """Train a shipped-model recipe (resumable: checkpoints every N steps, EMA weights exported to OUT/model)."""
     _quiet_libraries()
-    from .world.recipes import get_recipe
+    from .world.train import estimate, resolve_config
     from .world.train import train as run
 
-    cfg = get_recipe(recipe, steps=steps, data=str(data) if data else None, batch_size=batch_size, seed=seed,
-                     init_from=str(Path(init_from).resolve()) if init_from and "/" in init_from else init_from,
-                     colour_correlation=colour_correlation, lr=lr)  # fmt: skip
-    model_dir = run(cfg, out, max_minutes=max_minutes, log=(lambda m: None) if quiet else (lambda m: typer.echo(m, err=True)),
-                    quiet=quiet)  # fmt: skip
+    log = (lambda m: None) if quiet else (lambda m: typer.echo(m, err=True))
+    if out is None and not dry_run:
+        raise DiffdiscError("train needs --out DIR (or --dry-run to time the recipe without training)")
+    cfg = resolve_config(recipe, out, log=log, steps=steps, data=str(data) if data else None, batch_size=batch_size,
+                         seed=seed, init_from=str(Path(init_from).resolve()) if init_from and "/" in init_from else init_from,
+                         colour_correlation=colour_correlation, lr=lr, name=name)  # fmt: skip
+    if dry_run:
+        r = estimate(cfg, out, max_minutes=max_minutes)
+        doc = r["cpu_setting"]
+        lines = [f"{r['name']} ({r['recipe']}): {r['steps']} steps ({r['done']} done), batch {r['batch_size']}, "
+                 f"{r['images']} images, {r['params']:,} params, {r['device']}",
+                 r["resize"], f"data loaded in {r['data_s']} s; {r['timed_steps']} steps timed", r["plan"],
+                 doc and (f"documented CPU setting: --steps {doc['steps']} --batch-size {doc['batch_size']}, "
+                          f"{'-'.join(f'{x:g}' for x in dict.fromkeys(doc['s_per_step']))} s/step on 2 cores"),
+                 "dry run: nothing trained or written"]  # fmt: skip
+        typer.echo("\n".join(line for line in lines if line))
+        return
+    model_dir = run(cfg, out, max_minutes=max_minutes, log=log, quiet=quiet)
     typer.echo(f"model exported to {model_dir}")
 
 
@@ -617,6 +642,7 @@ def synth_train(
     lr: Annotated[float, typer.Option(help="AdamW peak learning rate (cosine schedule).")] = 2e-3,
     mixed_precision: Annotated[str, typer.Option(help="no | bf16 | fp16 (accelerate)")] = "no",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Fraction of each synthetic class held out for model selection.")] = 0.1,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (checkpointed mid-epoch) after this many minutes; rerun to continue.")] = None,
     test: Annotated[Path | None, typer.Option(help="Real labelled ImageFolder to evaluate the best model on (recorded for `diffdisc report`).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print {model_dir, test} as JSON only.")] = False,
@@ -625,7 +651,8 @@ def synth_train(
     """Train a timm classifier from scratch; model selection on a held-out part of the synthetic set only."""
     from .tasks.baseline import ClassifierConfig
 
-    cfg = ClassifierConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, mixed_precision=mixed_precision, seed=seed)
+    cfg = ClassifierConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, mixed_precision=mixed_precision, seed=seed,
+                           val_fraction=val_fraction)  # fmt: skip
     _train_classifier("synth train", data, out, cfg, max_minutes, test, json_out, quiet, synthetic=True)
 
 
@@ -705,10 +732,10 @@ app.add_typer(features_app, name="features")
 _FEATURE_CACHE = Path("runs/features-cache")
 
 
-def _feature_data(data: Path, test_data: Path | None, labels: Path | None):
+def _feature_data(data: Path, test_data: Path | None, labels: Path | None, max_train: int | None = None, seed: int = 0):
     from .data.labelled import LabelledImages
 
-    train = LabelledImages.from_folder(data, labels_csv=labels)
+    train = LabelledImages.from_folder(data, labels_csv=labels, max_images=max_train, seed=seed)
     test = LabelledImages.from_folder(test_data, class_names=train.class_names) if test_data else None
     return train, test
 
@@ -723,6 +750,10 @@ def _head_config(head: str, optimizer: str, weight_decays: str | None, seed: int
     return HeadConfig(kind=head, optimizer=optimizer, weight_decays=wds, seed=seed)
 
 
+_MAX_TRAIN_HELP = ("Use only N training images: a seeded subset (--seed) with the classes as even as they allow, "
+                   "chosen before decoding.")  # fmt: skip
+
+
 def _timesteps(s: str) -> list[int]:
     try:
         return [int(v) for v in s.split(",") if v.strip()]
@@ -735,12 +766,18 @@ def features_blocks(
     model: Annotated[str, typer.Option(help="Diffusion model (shipped name or directory).")],
     detail: Annotated[bool, typer.Option("--detail", help="Also list each block's resnets and attentions.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print [{name, module, shape}] as JSON only.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the list (no warnings).")] = False,
 ):
     """List the tappable blocks (stable names for --blocks) with their output shape [C, H, W]."""
     _quiet_libraries()
     from .features.taps import describe_blocks
 
-    for b in describe_blocks(_load(model, device), detail):
+    found = describe_blocks(_load(model, device), detail)
+    if json_out:
+        typer.echo(json.dumps([{"name": b.name, "module": b.module, "shape": list(b.shape)} for b in found]))
+        return
+    for b in found:
         typer.echo(f"{b.name:18s} {b.module:24s} {'x'.join(map(str, b.shape))}")
 
 
@@ -758,7 +795,8 @@ def features_extract(
     dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (autocast)")] = "fp32",
     cache: Annotated[Path, typer.Option(help="Feature cache directory.")] = _FEATURE_CACHE,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the counts as JSON only.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; only the summary line.")] = False,
 ):
     """Fill the feature cache (one U-Net forward per image per timestep, all blocks and poolings at once)."""
     _quiet_libraries()
@@ -772,9 +810,14 @@ def features_extract(
     imgs = LabelledImages.from_folder(data)
     x = imgs.tensors(bb.info.image_size, bb.info.image_channels)
     stats = ExtractStats()
-    with step_progress("features", enabled=not quiet) as cb:
+    with step_progress("features", enabled=not (quiet or json_out)) as cb:
         cached_features(bb, x, imgs.keys, names, _timesteps(timesteps), tuple(_split(pooling)), cache=cache, condition=condition,
                         seed=seed, batch_size=batch_size, dtype=dtype, stats=stats, progress=cb, load=False)  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps({"images": len(imgs), "blocks": names, "timesteps": _timesteps(timesteps), "poolings": _split(pooling),
+                               "unet_forwards": stats.forwards, "cache_shards_reused": stats.cache_hits,
+                               "stale_cells_recomputed": stats.stale, "cache": str(cache)}))  # fmt: skip
+        return
     typer.echo(f"{len(imgs)} images x {len(names)} blocks x {len(_timesteps(timesteps))} t: {stats.forwards} U-Net forwards, "
                f"{stats.cache_hits} cached shard(s) reused, {stats.stale} stale cell(s) recomputed; cache {cache}")  # fmt: skip
 
@@ -799,9 +842,10 @@ def features_sweep(
     dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (autocast)")] = "fp32",
     cache: Annotated[Path, typer.Option(help="Feature cache directory.")] = _FEATURE_CACHE,
     labels: Annotated[Path | None, typer.Option(help="CSV image,label for a flat training folder.")] = None,
+    max_train: Annotated[int | None, typer.Option(min=1, help=_MAX_TRAIN_HELP)] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print features_sweep.json only.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or table: only the best-cell line.")] = False,
 ):
     """Validation accuracy over blocks x timesteps, heat map, best cell chosen on validation, test scored once."""
     _quiet_libraries()
@@ -810,13 +854,15 @@ def features_sweep(
     from .tasks.features import FeatureConfig, sweep
 
     bb = _load(model, device)
-    train, test = _feature_data(data, test_data, labels)
+    train, test = _feature_data(data, test_data, labels, max_train, seed)
     names = _split(blocks) or list(block_modules(denoiser(bb)))
     fcfg = FeatureConfig(pooling=pooling, condition=condition, seed=seed, batch_size=batch_size, dtype=dtype, val_fraction=val_fraction)
     r = sweep(bb, train, test, names, _timesteps(timesteps), features=fcfg, head=_head_config(head, optimizer, weight_decays, seed),
               cache=cache, out=out, progress_factory=None if (quiet or as_json) else (lambda d: step_progress(d)))  # fmt: skip
-    if as_json:
-        typer.echo(json.dumps(r.to_json(), indent=2))
+    test_s = f"; test {r.test_acc:.2%} on {r.n_test} images" if r.test_acc is not None else ""
+    best = f"best {r.best['block']} @ t={r.best['t']}: val {r.best['val_acc']:.2%}{test_s}"
+    if as_json or quiet:
+        typer.echo(json.dumps(r.to_json(), indent=2) if as_json else best)
         return
     from rich.console import Console
     from rich.table import Table
@@ -828,8 +874,7 @@ def features_sweep(
     for b, row in zip(r.blocks, r.val_acc, strict=True):
         t.add_row(b, *[f"{v:.1%}" for v in row])
     Console().print(t)
-    test_s = f"; test {r.test_acc:.2%} on {r.n_test} images" if r.test_acc is not None else ""
-    typer.echo(f"best {r.best['block']} @ t={r.best['t']}: val {r.best['val_acc']:.2%}{test_s}")
+    typer.echo(best)
     typer.echo(f"wrote {out / 'features_sweep.json'} and {out / 'features_sweep.png'}")
 
 
@@ -851,8 +896,10 @@ def features_probe(
     cache: Annotated[Path, typer.Option(help="Feature cache directory.")] = _FEATURE_CACHE,
     save: Annotated[Path | None, typer.Option(help="Save the trained head here (safetensors + head.json).")] = None,
     labels: Annotated[Path | None, typer.Option(help="CSV image,label for a flat training folder.")] = None,
+    max_train: Annotated[int | None, typer.Option(min=1, help=_MAX_TRAIN_HELP)] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON only.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar: only the result line.")] = False,
 ):
     """Train one head on fixed cell(s) (fusion when several); validation and test accuracy."""
     _quiet_libraries()
@@ -860,13 +907,20 @@ def features_probe(
     from .tasks.features import FeatureConfig, parse_cells, probe
 
     bb = _load(model, device)
-    train, test = _feature_data(data, test_data, labels)
+    train, test = _feature_data(data, test_data, labels, max_train, seed)
     fcfg = FeatureConfig(pooling=pooling, condition=condition, seed=seed, batch_size=batch_size, val_fraction=val_fraction)
     r, fitted = probe(bb, train, test, parse_cells(cells), features=fcfg, head=_head_config(head, optimizer, weight_decays, seed),
-                      cache=cache, progress_factory=None if quiet else (lambda d: step_progress(d)))  # fmt: skip
+                      cache=cache, progress_factory=None if (quiet or as_json) else (lambda d: step_progress(d)))  # fmt: skip
     if save:
         fitted.save_pretrained(save)
-    typer.echo(json.dumps(r.to_dict(), indent=2))
+        if not (quiet or as_json):
+            typer.echo(f"saved the head to {save}", err=True)
+    if as_json:
+        typer.echo(json.dumps(r.to_dict(), indent=2))
+        return
+    test_s = f", test {r.test_acc:.2%} on {r.n_test} images" if r.test_acc is not None else ""
+    typer.echo(f"{r.representation}: val {r.val_acc:.2%}{test_s} ({r.dims} dims, weight decay {r.weight_decay:g}; "
+               f"{r.n_train} train / {r.n_val} val)")  # fmt: skip
 
 
 @app.command(epilog="Example: diffdisc doctor --json  (exit 1 when something is missing or a shipped model fails)")

@@ -34,7 +34,7 @@ def classify_progress(description: str, enabled: bool = True):
             return
 
         def update(s: dict) -> None:
-            rate = s["images"] / max(time.time() - s["start"], 1e-9)  # images scored by this process, not resumed ones
+            rate = s["images"] / max(time.time() - s["start"], 1e-9)  # scored by this process, not resumed
             info = f"{rate:.2f} img/s  {s['calls'] / max(s['images'], 1):.0f} calls/img"
             if s["labelled"]:
                 info += f"  acc {s['correct'] / s['labelled']:.1%}"
@@ -77,7 +77,8 @@ def _plain_lines(description: str):
     try:
         interval = float(os.environ.get(INTERVAL_ENV) or 30)
     except ValueError:
-        raise DiffdiscError(f"{INTERVAL_ENV}={os.environ[INTERVAL_ENV]!r}: expected seconds between progress lines") from None
+        bad = os.environ[INTERVAL_ENV]
+        raise DiffdiscError(f"{INTERVAL_ENV}={bad!r}: expected seconds between progress lines") from None
     t_enter = last = time.monotonic()
     first: tuple[float, int] | None = None  # (time, done) at the first update
     state: dict = {}
@@ -87,7 +88,7 @@ def _plain_lines(description: str):
         rate = state["rate"]
         if rate is None and first and done > first[1] and now > first[0]:
             rate = (done - first[1]) / (now - first[0])
-        eta = _hms((total - done) / rate) if rate and total else ("0:00:00" if total and done >= total else "?")
+        eta = _hms((total - done) / rate) if rate and total else "0:00:00" if total and done >= total else "?"
         head = f"{description} {done}/{total}" + (f" ({done / total:.0%})" if total else "")
         print("  ".join(p for p in (head, state["info"], f"elapsed {_hms(now - t_enter)}", f"eta {eta}") if p),
               file=sys.stderr, flush=True)  # fmt: skip

@@ -44,13 +44,13 @@ def remove_stale_temps(folder: Path) -> None:
     """Delete `.name.tmp-<pid>` files left by a process that died mid-write (a live writer's are kept)."""
     for tmp in Path(folder).glob(f".*{TMP_MARK}*"):
         pid = tmp.name.rsplit(TMP_MARK, 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        # our own pid's leftovers are from an earlier failed write in this process
+        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
             tmp.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftovers are from an earlier failed write in this process
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

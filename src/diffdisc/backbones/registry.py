@@ -6,6 +6,7 @@ directory or a hub id already in the local cache (no downloads: the machines thi
 
 from __future__ import annotations
 
+import logging
 import os
 from importlib import resources
 from pathlib import Path
@@ -30,11 +31,16 @@ def list_backbones(pattern: str = "*") -> list[str]:
 
 
 def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """Shipped name, directory or cached hub id -> model directory. A `diffdisc train --out DIR` directory
+    (train_config.json beside model/) stands for its export DIR/model, said in one line on stderr."""
     s = str(name_or_path)
     shipped = shipped_models_dir() / s
     if "/" not in s and shipped.is_dir():
         return shipped
     p = Path(s).expanduser()
+    if p.is_dir() and (p / "model").is_dir() and (p / "train_config.json").is_file() and not _is_model_dir(p):
+        logging.getLogger("diffdisc").warning("%s is a training directory: using its exported model %s", p, p / "model")
+        return p / "model"
     if p.is_dir():
         return p
     if p.exists():
@@ -46,6 +52,14 @@ def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
     except Exception:
         known = ", ".join(list_backbones()) or "none installed"
         raise DiffdiscError(f"unknown model {s!r}: not a shipped model ({known}), a directory, or a cached hub id") from None
+
+
+def _is_model_dir(root: Path) -> bool:
+    try:
+        detect_family(root)
+    except DiffdiscError:
+        return False
+    return True
 
 
 def detect_family(root: Path) -> str:
@@ -64,9 +78,12 @@ def detect_family(root: Path) -> str:
             return "classcond"
         if cls == "UNet2DConditionModel":
             return "sd"
+    hint = f"; did you mean {root / 'model'}?" if (root / "model").is_dir() else ""
+    if not hint and (root / "train_config.json").is_file():
+        hint = "; it is a training directory with no export yet (model/ appears at the first checkpoint)"
     raise DiffdiscError(
         f"{root} is not a recognised model directory (expected unet/+text_encoder/ (Stable Diffusion), "
-        "unet/ or config.json of a UNet2DModel, transformer/ (DiT), or open_clip_config.json (open_clip))"
+        f"unet/ or config.json of a UNet2DModel, transformer/ (DiT), or open_clip_config.json (open_clip)){hint}"
     )
 
 

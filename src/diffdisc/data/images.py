@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +84,16 @@ def to_tensor(im: Image.Image, size: int, channels: int) -> torch.Tensor:
 def array_to_tensor(a: np.ndarray, size: int, channels: int) -> torch.Tensor:
     """uint8 array (H, W) or (H, W, 3) -> model tensor, through the same path as files."""
     return to_tensor(Image.fromarray(a), size, channels)
+
+
+def resize_note(sizes: Counter, size: int, what: str = "images") -> str | None:
+    """One line for a whole run (not one per image): which source sizes ((w, h) counted) became the model's
+    `size`, and how, or None when all match. Read off `transform`, so it cannot drift from what is done."""
+    odd = Counter({wh: n for wh, n in sizes.items() if wh != (size, size)})
+    if not odd:
+        return None
+    interp = transform(size).transforms[0].interpolation.value
+    shown = ", ".join(f"{w}×{h}" + (f" ({n} images)" if len(odd) > 1 else "") for (w, h), n in odd.most_common(3))
+    more = f" and {len(odd) - 3} more sizes" if len(odd) > 3 else ""
+    return (f"{what} resized {shown}{more} -> {size}×{size} (the model's size): {interp} resize of the shorter side, "
+            f"then centre crop; {odd.total()} of {sizes.total()} images")  # fmt: skip

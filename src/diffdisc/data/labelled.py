@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import DiffdiscError
-from .folders import open_image_dataset
+from .folders import open_image_dataset, stratified_subset
 from .images import array_to_tensor, open_image
 
 
@@ -49,13 +49,20 @@ class LabelledImages:
         return cls(list(images), np.asarray(labels), keys, list(class_names), source)
 
     @classmethod
-    def from_folder(cls, root: str | Path, class_names: list[str] | None = None, labels_csv=None) -> LabelledImages:
-        """An ImageFolder (or flat folder + labels CSV); `class_names` fixes label order (test data: the train's)."""
+    def from_folder(cls, root: str | Path, class_names: list[str] | None = None, labels_csv=None,
+                    max_images: int | None = None, seed: int = 0) -> LabelledImages:  # fmt: skip
+        """An ImageFolder (or flat folder + labels CSV); `class_names` fixes label order (test data: the train's).
+
+        `max_images` keeps a seeded subset with the classes as even as they allow (`stratified_subset`), chosen
+        before any image is decoded, so a large folder costs only the subset's memory."""
         ds = open_image_dataset(root, labels_csv)
         names = list(class_names) if class_names else list(ds.class_names)
         labels = [-1 if y is None else y for y in ds.label_index(names)] if names else [-1] * len(ds)
-        pixels = [np.asarray(open_image(it.path)) for it in ds.items]
-        return cls(pixels, np.asarray(labels), [it.image_id for it in ds.items], names, str(Path(root).resolve()))
+        keep = stratified_subset(labels, max_images, seed)
+        items, labels = [ds.items[i] for i in keep], [labels[i] for i in keep]
+        source = str(Path(root).resolve()) + (f" [{len(keep)} of {len(ds)}, stratified, seed {seed}]" if len(keep) < len(ds) else "")
+        pixels = [np.asarray(open_image(it.path)) for it in items]
+        return cls(pixels, np.asarray(labels), [it.image_id for it in items], names, source)
 
     def subset(self, idx) -> LabelledImages:
         idx = [int(i) for i in np.asarray(idx).reshape(-1)]

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..results import atomic_write_text
 from . import figures, stats
-from .load import Classification, Run, load_runs
+from .load import Classification, Run, load_runs, model_label
+from .stats import pct
 
 MAX_CURVES = 4
 MAX_MISTAKES = 8
@@ -29,14 +30,10 @@ def environment():
                               autoescape=True, keep_trailing_newline=True)  # fmt: skip
 
 
-def _pct(v: float | None) -> str:
-    return "–" if v is None or not np.isfinite(v) else f"{v:.1%}"
-
-
 def _ci(v, ci) -> str:
     if v is None or not np.isfinite(v):
         return "–"
-    return _pct(v) if ci is None else f"{_pct(v)} [{_pct(ci[0])}, {_pct(ci[1])}]"
+    return pct(v) if ci is None else f"{pct(v)} [{pct(ci[0])}, {pct(ci[1])}]"
 
 
 def _num(v, fmt="{:.3f}") -> str:
@@ -50,7 +47,7 @@ def _classification(run: Run, c: Classification) -> dict:
     lab = c.labels >= 0
     out = {
         "summary": {"run": run.name, "model": c.model, "strategy": c.strategy, "images": s.n_images,
-                    "labelled": s.n_labelled, "accuracy": _ci(s.accuracy, s.accuracy_ci), "top5": _pct(s.top5),
+                    "labelled": s.n_labelled, "accuracy": _ci(s.accuracy, s.accuracy_ci), "top5": pct(s.top5),
                     "ece": _ci(s.ece, s.ece_ci), "ece_cf": _num(s.ece_cross_fitted), "T": _num(T, "{:.3g}"),
                     "T_source": source, "calls": f"{s.calls_per_image:.0f}"},  # fmt: skip
         "per_class": stats.per_class_accuracy(c) if lab.any() else None,
@@ -61,12 +58,13 @@ def _classification(run: Run, c: Classification) -> dict:
     if not lab.any():
         out["notes"].append("no labelled images: accuracy, confusion matrix, calibration and mistakes need labels")
     else:
-        out["confusion"] = figures.confusion_png(c.labels, c.preds, c.classes, run.name)
+        title = run.name if c.model in run.name else f"{run.name}: {c.model}"
+        out["confusion"] = figures.confusion_png(c.labels, c.preds, c.classes, title)
         conf, correct = stats.reliability(c, T)
-        out["reliability"] = figures.reliability_png(conf, correct, stats.N_BINS, f"{run.name} (T={T:.3g})")
+        out["reliability"] = figures.reliability_png(conf, correct, stats.N_BINS, f"{title} (T={T:.3g})")
         out["mistakes"] = [
             {"img": figures.image_png(c.image_path(i)), "path": c.paths[i], "id": c.image_ids[i],
-             "true": c.classes[c.labels[i]], "pred": c.classes[c.preds[i]], "prob": _pct(p)}
+             "true": c.classes[c.labels[i]], "pred": c.classes[c.preds[i]], "prob": pct(p)}
             for i, p in stats.hardest_mistakes(c, T, MAX_MISTAKES)
         ]  # fmt: skip
     if c.contrastive:
@@ -86,6 +84,8 @@ def _classification(run: Run, c: Classification) -> dict:
         out["pruning"] = figures.pruning_png(c.n_calls, f"{run.name} ({c.strategy})")
     elif c.n_calls.any():
         out["pruning_note"] = f"{c.strategy} strategy: every class gets every timestep (no pruning)"
+    elif c.contrastive:
+        out["pruning_note"] = "contrastive model: no U-Net calls, nothing to prune"
     return out
 
 
@@ -103,13 +103,44 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _unused(key: str, s: dict, contrastive: bool) -> bool:
+    """Whether a recorded setting is one the run never read: every run stores every field of its configs, but
+    `n_timesteps` means nothing to halving, `stages` nothing to exhaustive, a class-conditional model's
+    "prompts" are its class ids, and a contrastive model has no timesteps or denoising loss at all."""
+    if contrastive and key.startswith(("adaptive.", "score.")):
+        return True
+    strategy, sc = (s.get("adaptive") or {}).get("strategy"), s.get("score") or {}
+    used_when = {
+        "adaptive.n_timesteps": strategy == "exhaustive",
+        "adaptive.timesteps": strategy in ("exhaustive", "halving"),  # ttest draws its own order
+        "adaptive.stages": strategy == "halving", "adaptive.exit_z": strategy == "halving",
+        "adaptive.min_scores": strategy == "ttest", "adaptive.max_scores": strategy == "ttest",
+        "adaptive.p_value": strategy == "ttest",
+        "score.min_snr_gamma": sc.get("weighting") == "min_snr", "score.clark_rate": sc.get("weighting") == "clark",
+        "score.attention_bias": sc.get("scorer") == "attention",
+    }  # fmt: skip
+    if key in used_when:
+        return not used_when[key]
+    classes, prompts = s.get("classes") or [], [str(p) for p in s.get("prompts") or []]
+    if key == "prompts":  # class ids (class-conditional), or the class names themselves
+        ids = len(prompts) == len(classes) and all(p.isdigit() for p in prompts)
+        return ids or prompts == [str(c) for c in classes]
+    return key == "candidates" and s.get("candidates") == classes
+
+
 def _settings_table(runs: list[Run]) -> dict | None:
-    cols = [(r.name, _flatten(r.classification.settings)) for r in runs if r.classification]
+    """Settings side by side; a setting a run did not use reads "not used" and is left out of the comparison,
+    so only settings that changed a number are highlighted as differing (rows no run used are dropped)."""
+    cols = [(r.name, r.classification) for r in runs if r.classification]
     if not cols:
         return None
-    keys = sorted({k for _, f in cols for k in f})
-    rows = [{"key": k, "values": [f.get(k, "—") for _, f in cols], "differs": len({f.get(k) for _, f in cols}) > 1}
-            for k in keys]  # fmt: skip
+    flat = [_flatten(c.settings) for _, c in cols]
+    used = [{k for k in f if not _unused(k, c.settings, c.contrastive)} for f, (_, c) in zip(flat, cols, strict=True)]
+    rows = []
+    for k in sorted(set().union(*used)):
+        cells = [{"text": f.get(k, "—"), "used": k in u} for f, u in zip(flat, used, strict=True)]
+        vals = {f.get(k) for f, u in zip(flat, used, strict=True) if k in u}
+        rows.append({"key": k, "cells": cells, "differs": len(vals) > 1})
     return {"runs": [n for n, _ in cols], "rows": rows}
 
 
@@ -127,7 +158,7 @@ def _aligned_classes(runs: list[Run], per_run: list[dict]) -> dict | None:
                 cells.append({"text": "not in this run", "missing": True})
             else:
                 k, tot = pc[n]
-                cells.append({"text": f"{k}/{tot} ({_pct(k / tot)})" if tot else "no images", "missing": False})
+                cells.append({"text": f"{k}/{tot} ({pct(k / tot)})" if tot else "no images", "missing": False})
         rows.append({"name": n, "cells": cells, "partial": any(c["missing"] for c in cells)})
     return {"runs": [n for n, _ in cols], "rows": rows}
 
@@ -141,7 +172,7 @@ def _probe_rows(run: Run) -> list[dict]:
         met = match_metrics(m.score_mats)
         cell = {k: _ci(v["mean"], v["ci95"]) for k, v in met.items() if isinstance(v, dict) and "mean" in v}
         headline = next((met[k]["mean"] for k in ("group", "text", "text_R@1") if k in met), None)
-        chance = ", ".join(f"{k} {v:.0%}" for k, v in met.get("chance", {}).items())
+        chance = ", ".join(f"{k} {pct(v)}" for k, v in met.get("chance", {}).items())
         rows.append({"probe": m.probe, "model": m.model, "kind": m.kind, "n": met["n_groups"], "cells": cell,
                      "group": headline, "chance": chance or "–", "calls": f"{np.mean(m.calls):.0f}",
                      "path": str(m.path)})  # fmt: skip
@@ -168,9 +199,9 @@ def _sweeps(run: Run) -> list[dict]:
         best = s.best or {}
         out.append({"img": figures.sweep_png(s.blocks, s.timesteps, s.val_acc, best, f"{s.model}"),
                     "model": s.model, "path": str(s.path),
-                    "best": f"{best.get('block', '?')} at t={best.get('t', '?')}: val {_pct(best.get('val_acc'))}"
+                    "best": f"{best.get('block', '?')} at t={best.get('t', '?')}: val {pct(best.get('val_acc'))}"
                     if best else "not recorded",
-                    "extra": [(k, _pct(v) if k == "test_acc" else str(v)) for k, v in s.extra.items()]})  # fmt: skip
+                    "extra": [(k, pct(v) if k == "test_acc" else str(v)) for k, v in s.extra.items()]})  # fmt: skip
     return out
 
 
@@ -179,7 +210,7 @@ def _synth(run: Run) -> list[dict]:
     for s in run.synth:
         st = s.settings
         tricks = ", ".join(st.get("tricks", [])) or "none"
-        line = (f"model {st.get('model', '?')}; tricks: {tricks}; steps {st.get('steps', '?')}, "
+        line = (f"model {model_label(st.get('model'))}; tricks: {tricks}; steps {st.get('steps', '?')}, "
                 f"scheduler {st.get('scheduler', '?')}, seed {st.get('seed', '?')}")  # fmt: skip
         samples = []
         for x in s.samples:
@@ -206,13 +237,25 @@ def _baseline_rows(run: Run) -> list[dict]:
                 name += f" on {Path(e.data).name}"
             acc = ece = (None, None)
             if len(e.labels):
-                acc, ece = stats._intervals((e.preds == e.labels).astype(np.float64), e.confidence)
+                acc, ece = stats.intervals((e.preds == e.labels).astype(np.float64), e.confidence)
             rows.append({"run": name, "model": b.model + (f" ({trained} training images)" if trained else ""),
                          "strategy": "supervised baseline", "images": len(e.labels), "labelled": len(e.labels),
-                         "accuracy": _ci(*acc), "top5": _pct(e.top5), "ece": _ci(*ece), "ece_cf": "–", "T": "1",
+                         "accuracy": _ci(*acc), "top5": pct(e.top5), "ece": _ci(*ece), "ece_cf": "–", "T": "1",
                          "T_source": "the classifier's own softmax (not calibrated)", "calls": "–",
                          "title": f"{b.path} tested on {e.data}"})  # fmt: skip
     return rows
+
+
+def _glyph_note(runs: list[Run]) -> str | None:
+    """Said once on the page when figures must draw some class names' characters as boxes (no installed font
+    has them; the tables, drawn by the browser, show them)."""
+    texts = [r.name for r in runs] + [x for r in runs if r.classification for x in r.classification.classes]
+    missing = figures.undrawable(texts)
+    if not missing:
+        return None
+    return (f"No installed font has the characters {missing[:12]}{'…' if len(missing) > 12 else ''}: figures draw "
+            "them as boxes (tables show them). Install a font that has them (e.g. Noto Sans CJK, `fonts-noto-cjk`), "
+            "delete matplotlib's font cache (~/.cache/matplotlib/fontlist-*.json) and run `diffdisc report` again.")
 
 
 # ------------------------------------------------------------------ page
@@ -260,7 +303,7 @@ def build_context(runs: list[Run], title: str, generated: str | None = None) -> 
         "per_class": _aligned_classes(runs, per_run),
         "sections": present,
         "cols": cols,
-        "lacking": {k: [r.name for r, v in zip(runs, cols[k], strict=True) if v is None] for k, _ in present},
+        "glyph_note": _glyph_note(runs),
         "probe_columns": _probe_columns([x for rows in probes for x in rows]),
         "n_bins": stats.N_BINS,
         "n_boot": stats.N_BOOT,

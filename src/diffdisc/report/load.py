@@ -47,8 +47,7 @@ class Classification:
 
     @property
     def model(self) -> str:
-        m = self.settings.get("model", {})
-        return str(m.get("name", "?") if isinstance(m, dict) else m)
+        return model_label(self.settings.get("model"))
 
     def image_path(self, i: int) -> Path | None:
         """Where image i is now: its recorded path, else the run's data root + image id (a relative path
@@ -174,6 +173,14 @@ class Run:
     @property
     def empty(self) -> bool:
         return not (self.classification or self.matchings or self.sweeps or self.overlays or self.synth or self.baselines)
+
+
+def model_label(model) -> str:
+    """A run's `settings["model"]` -> the name to show: the model's label (`BackboneInfo.label`, recorded by
+    runs since labels exist), else the last part of its name (older runs, and settings that hold only a name)."""
+    if isinstance(model, dict):
+        return str(model.get("label") or Path(str(model.get("name", "?"))).name)
+    return Path(str(model)).name if model else "?"
 
 
 def _json(path: Path, problems: list[str]):
@@ -317,7 +324,7 @@ def _matching(path: Path, root: Path, problems: list[str]) -> Matching | None:
     m = _PROBE_DIR.match(path.parent.name) if path != root else None
     probe = m["probe"] if m else ("match" if path == root else path.parent.name if path.parent != root else path.name)
     model = settings.get("model", {})
-    name = Path(str(model.get("name", "?") if isinstance(model, dict) else model)).name
+    name = model_label(model)
     fingerprint = str(model.get("fingerprint", "")) if isinstance(model, dict) else ""
     kind = "contrastive" if not settings.get("timesteps") else "diffusion"
     scorer = (settings.get("score") or {}).get("scorer", "denoise")

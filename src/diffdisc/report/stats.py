@@ -22,6 +22,11 @@ N_BOOT = 2000  # bootstrap resamples (as tasks.match.bootstrap_ci)
 N_BINS = ECE_BINS  # reliability-diagram bins: the same as the ECE's
 
 
+def pct(v: float | None) -> str:
+    """The page's one rounding rule for a fraction, in tables and figure labels alike: 0.915 -> "91.5%"."""
+    return "–" if v is None or not np.isfinite(v) else f"{v:.1%}"
+
+
 @dataclass
 class Summary:
     """One row of the metrics table."""
@@ -63,17 +68,17 @@ def summarise(c: Classification, T: float | None) -> Summary:
     y, pred = c.labels[lab], c.preds[lab]
     m = classification_metrics(c.scores[lab], y, T, c.rankings[lab], n_bins=N_BINS)
     conf = probabilities(c.scores[lab], T)[np.arange(n_lab), pred]
-    (acc, acc_ci), (ece, ece_ci) = _intervals((pred == y).astype(np.float64), conf)
+    (acc, acc_ci), (ece, ece_ci) = intervals((pred == y).astype(np.float64), conf)
     return Summary(len(c), n_lab, acc, acc_ci, m["top5"], ece, ece_ci, crossfit, T, "", calls)
 
 
-def _intervals(correct: np.ndarray, conf: np.ndarray, seed: int = 0, chunk: int = 100):
+def intervals(correct: np.ndarray, conf: np.ndarray, seed: int = 0, chunk: int = 100):
     """(point, 95% interval) of accuracy and ECE, from one computation over the same image resamples.
 
     ECE is biased upward under resampling (duplicated images make every bin's gap noisier): the plain
     percentile interval of a well-calibrated run can lie entirely above its own point estimate. The
     interval is therefore the bootstrap percentiles shifted by the bootstrap's bias estimate
-    (mean of resamples − point), clipped at 0; for accuracy, an unbiased mean, the shift is ~0.
+    (mean of resamples − point), clipped to [0, 1]; for accuracy, an unbiased mean, the shift is ~0.
     Resamples are drawn `chunk` at a time, so 50,000 images need tens of megabytes, not gigabytes.
     """
     rng, n = np.random.default_rng(seed), len(correct)
@@ -87,7 +92,7 @@ def _intervals(correct: np.ndarray, conf: np.ndarray, seed: int = 0, chunk: int 
         v = np.concatenate(v)
         shift = v.mean() - point
         lo, hi = np.percentile(v, 2.5) - shift, np.percentile(v, 97.5) - shift
-        return point, (float(max(lo, 0.0)), float(max(hi, 0.0)))
+        return point, (float(np.clip(lo, 0.0, 1.0)), float(np.clip(hi, 0.0, 1.0)))  # both are shares
 
     return ci(float(correct.mean()), accs), ci(float(top_label_ece(conf, correct, N_BINS)[0]), eces)
 

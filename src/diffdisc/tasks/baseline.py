@@ -109,14 +109,15 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierConfig | 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     model, opt, sched = acc.prepare(model, opt, sched)
     ckdir = out / "checkpoints"
-    state = {"epoch": 0, "step": 0, "best_val": -1.0, "compute_s": 0.0, "total_s": 0.0}
+    state = {"epoch": 0, "step": 0, "best_val": -1.0, "compute_s": 0.0, "total_s": 0.0, "images": 0}
     if (ckdir / "last" / "state.json").is_file():
         saved = json.loads((ckdir / "last" / "state.json").read_text())
         if saved.get("config") != asdict(cfg):
             raise DiffdiscError(f"{out} was trained with another config; use another --out")
         acc.load_state(str(ckdir / "last"))
-        state = {"step": 0, **saved}
-        log(f"resumed after epoch {state['epoch']}" + (f", step {state['step']}/{steps_per_epoch}" if state["step"] else ""))
+        state = {"step": 0, "images": 0, **saved}
+        part = f" and {state['step']}/{steps_per_epoch} steps of epoch {state['epoch'] + 1}" if state["step"] else ""
+        log(f"resumed after epoch {state['epoch']}{part}")
     val_name = "val acc (synthetic)" if synthetic else "val acc"
     t_start, deadline = time.perf_counter(), time.perf_counter() + 60 * max_minutes if max_minutes else float("inf")
     steps_run, warned = 0, False
@@ -138,6 +139,7 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierConfig | 
             sched.step()
             opt.zero_grad(set_to_none=True)
             state["compute_s"] += time.perf_counter() - t0
+            state["images"] += len(idx)
             steps_run += 1
             if progress:
                 progress(epoch * steps_per_epoch + k + 1, total_steps, f"epoch {epoch + 1}/{cfg.epochs}")
@@ -181,8 +183,7 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierConfig | 
             fit = epoch + 1 + int(max(deadline - time.perf_counter(), 0) / (steps_per_epoch * per_step))
             log(f"at this rate about {min(fit, cfg.epochs)} of {cfg.epochs} epochs fit in --max-minutes {max_minutes:g}")
             warned = True
-    imgs = len(tr) * cfg.epochs
-    log(f"training throughput {imgs / max(state['total_s'], 1e-9):.0f} images/s; "
+    log(f"training throughput {state['images'] / max(state['total_s'], 1e-9):.0f} images/s; "
         f"{state['compute_s'] / max(state['total_s'], 1e-9):.0%} of the time in forward/backward")  # fmt: skip
     return out
 
@@ -230,7 +231,10 @@ def evaluate_classifier(model_dir: str | Path, data: str | Path, per_image: bool
            "data": str(Path(data).resolve())}  # fmt: skip
     if record:
         path = Path(model_dir) / EVALUATIONS_JSON
-        kept = json.loads(path.read_text()).get("evaluations", []) if path.is_file() else []
+        try:
+            kept = json.loads(path.read_text()).get("evaluations", []) if path.is_file() else []
+        except (ValueError, AttributeError):
+            raise DiffdiscError(f"{path} is unreadable: move it away to record new evaluations") from None
         entry = {**out, "classes": names, "predictions": pred.tolist(), "labels": y.tolist(),
                  "confidence": [round(v, 5) for v in logits.softmax(-1).max(-1).values.tolist()]}  # fmt: skip
         kept = [e for e in kept if e.get("data") != out["data"]] + [entry]

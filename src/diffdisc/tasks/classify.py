@@ -21,7 +21,7 @@ import torch
 from ..backbones.base import Backbone
 from ..backbones.contrastive import contrastive_image_scores
 from ..data.folders import ImageDataset, Item, open_image_dataset, stratified_subset
-from ..data.images import open_image, to_tensor, transform
+from ..data.images import open_image, resize_note, to_tensor
 from ..data.templates import fill, resolve_templates
 from ..errors import DiffdiscError
 from ..results import ClassificationResult, ResultStore
@@ -150,7 +150,7 @@ def classify(
     if not len(result) and stats["skipped"]:
         first = stats["skipped"][0][1]
         raise DiffdiscError(f"no image could be read ({len(stats['skipped'])} skipped; first: {first}): nothing was classified")
-    result.notes = [n for n in [_resize_note(sizes, backbone.info.image_size)] if n]
+    result.notes = [n for n in [resize_note(sizes, backbone.info.image_size)] if n]
     selected = {it.image_id for _, (it, _) in items}
     if len(result) > len(selected):
         result.notes.append(f"{out} holds {len(result)} finished images, more than the {len(selected)} selected now "
@@ -195,17 +195,3 @@ def _load(chunk: list[tuple[int, Item, int | None]], backbone: Backbone, on_erro
                 raise DiffdiscError(f"{e} (use --on-error skip to skip unreadable images)") from None
             skipped.append((it.image_id, str(e)))
     return tensors, kept
-
-
-def _resize_note(sizes: Counter, size: int) -> str | None:
-    """One line for the whole run (not one per image): which source sizes became the model's, and how.
-
-    Read off `images.transform`, the preprocessing itself, so the note cannot drift from what was done."""
-    odd = Counter({wh: n for wh, n in sizes.items() if wh != (size, size)})
-    if not odd:
-        return None
-    interp = transform(size).transforms[0].interpolation.value
-    shown = ", ".join(f"{w}×{h}" + (f" ({n} images)" if len(odd) > 1 else "") for (w, h), n in odd.most_common(3))
-    more = f" and {len(odd) - 3} more sizes" if len(odd) > 3 else ""
-    return (f"images resized {shown}{more} -> {size}×{size} (the model's size): {interp} resize of the shorter side, "
-            f"then centre crop; {odd.total()} of {sizes.total()} images read")  # fmt: skip

@@ -49,7 +49,7 @@ class FeatureConfig:
 class SweepResult:
     """The grid (validation accuracy per block x t), the chosen cell and its one test accuracy."""
 
-    model: str
+    model: str  # the model's display name (`BackboneInfo.label`)
     blocks: list[str]
     timesteps: list[int]
     val_acc: list[list[float]]
@@ -234,7 +234,7 @@ def sweep(
                  "weight_decay": decays, "unet_forwards_train": train_forwards,
                  "unet_forwards_test": stats.forwards - train_forwards, "cache": str(cache) if cache else None,
                  "cache_shards_read": stats.cache_hits, "stale_cache_cells": stats.stale, "seconds": round(time.perf_counter() - t0, 1),
-                 "class_names": list(train.class_names)},
+                 "class_names": list(train.class_names), "train_data": train.source},
         best_head=best_head,
     )  # fmt: skip
     if out is not None:

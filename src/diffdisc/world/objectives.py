@@ -39,18 +39,17 @@ def _to_u8(x: list[torch.Tensor]) -> torch.Tensor:
 
 
 def resize_note(sizes: Counter, modes: Counter, cfg: TrainConfig) -> str | None:
-    """The one log line saying how source images (sizes and PIL modes counted) become the model's input, or
-    None when they already match: a 28x28 folder trained at 32x32 should not be resized silently."""
-    size, n = cfg.image_size, sum(sizes.values())
+    """The one log line saying how source images ((w, h) and PIL modes counted) become the model's input, or
+    None when they already match: a 28x28 folder trained at 32x32 should not be resized silently. Same wording
+    as `classify`'s note (both from `images.resize_note`), plus any colour-to-grey conversion."""
+    from ..data.images import resize_note as sizes_note
+
     grey = cfg.channels == 1 and any(m != "L" for m in modes)
-    if set(sizes) == {(size, size)} and not grey:
-        return None
-    grey_note = "; colour converted to grey (1-channel model)" if grey else ""
-    if set(sizes) == {(size, size)}:
-        return f"{n} images already {size}x{size}" + grey_note
-    wh = ["x".join(map(str, s)) for s in sorted(sizes, key=lambda s: s[0] * s[1])]
-    src = wh[0] if len(wh) == 1 else f"{len(wh)} sizes, {wh[0]} to {wh[-1]}"
-    return f"resizing {n} images ({src}) to the model's {size}x{size}: bicubic, shorter side, then centre crop{grey_note}"
+    note = sizes_note(sizes, cfg.image_size, "training images")
+    parts = [note] if note else []
+    if grey:
+        parts.append(("" if note else "training images: ") + "colour converted to grey (1-channel model)")
+    return "; ".join(parts) or None
 
 
 def _open_images(paths, cfg: TrainConfig) -> tuple[torch.Tensor, str | None]:

@@ -157,7 +157,7 @@ CPU_SETTINGS = {
     # Fine-tuned with --init-from the shipped parent in 25 min (docs/results.md has the full settings).
     "fmnist-scenes-text-cc": CpuSetting(526, 32, (1.8, 4.0), "  (fine-tune)"),
     "fmnist-scenes-clip-cc": CpuSetting(678, 128, (0.9, 3.8), "  (fine-tune)"),
-    "tiny": CpuSetting(20, 8, (0.02, 0.05)),
+    "tiny": CpuSetting(20, 8, (0.03, 0.07)),
 }
 
 
@@ -168,22 +168,21 @@ def cpu_settings_text() -> str:
 
 
 def default_name(cfg: TrainConfig) -> str:
-    """The label of a trained model: its recipe, plus the data folder's name when trained on a user's data
-    (`fmnist-classcond-mydata`; `fmnist-classcond-mydata-train` for a folder named like a split)."""
+    """The label of a trained model (`diffdisc train --name` overrides it): its recipe, plus the data folder's
+    name when trained on a user's data (`fmnist-classcond-mydata`): every export is a folder called `model`."""
     if not cfg.data:
         return cfg.recipe
     p = Path(cfg.data).expanduser().resolve()
-    p = p.parent if p.suffix else p  # a captions.jsonl file names its folder
-    parts = [p.parent.name, p.name] if p.name.lower() in {"train", "training", "trn"} and p.parent.name else [p.name]
-    return "-".join([cfg.recipe, *parts])
+    return f"{cfg.recipe}-{(p.parent if p.is_file() else p).name}"  # a captions.jsonl file names its folder
 
 
-def get_recipe(name: str, **overrides) -> TrainConfig:
-    """A named recipe with overrides applied; None values mean 'keep the recipe's value' (CLI defaults)."""
-    if name not in RECIPES:
-        raise DiffdiscError(f"unknown recipe {name!r} (known: {', '.join(RECIPES)})")
+def get_recipe(recipe: str, /, **overrides) -> TrainConfig:
+    """A named recipe with overrides applied; None values mean 'keep the recipe's value' (CLI defaults).
+    Positional-only, so `name=` is the option (the model's label), not the recipe."""
+    if recipe not in RECIPES:
+        raise DiffdiscError(f"unknown recipe {recipe!r} (known: {', '.join(RECIPES)})")
     bad = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
     if bad:
         raise DiffdiscError(f"unknown training option {bad[0]!r}")
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
-    return replace(RECIPES[name], **overrides)
+    return replace(RECIPES[recipe], **overrides)

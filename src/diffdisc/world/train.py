@@ -8,7 +8,7 @@ Every random draw of step s (batch indices, label dropout, t, noise) comes from 
 stopped. Checkpoints and exports are written under a temporary name and renamed: a kill while saving never
 replaces a good checkpoint. A lock file stops two trainers from writing one output directory.
 
-    python -m diffdisc.world.train fmnist-classcond OUT [steps=6000 ...] [--max-minutes M] [--quiet] [--dry-run]
+    python -m diffdisc.world.train fmnist-classcond OUT [steps=6000 ...] [--max-minutes M] [--quiet]
     python -m diffdisc.world.train export OUT      # EMA weights of the latest checkpoint -> OUT/model
 """
 
@@ -25,13 +25,14 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import fields, replace
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 
 from ..errors import DiffdiscError
 from ..progress import step_progress
+from ..results import pid_alive
 from .objectives import DATA_ORDER, init_dir, make_objective
 from .recipes import CPU_SETTINGS, RECIPES, TrainConfig, default_name, get_recipe
 
@@ -55,16 +56,6 @@ def _checkpoints(out: Path) -> list[Path]:
         return []
     done = [p for p in d.iterdir() if re.fullmatch(r"step-\d+", p.name) and (p / "step.json").is_file()]
     return sorted(done, key=lambda p: int(p.name[5:]))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager
@@ -195,9 +186,10 @@ def estimate(cfg: TrainConfig, out_dir: str | Path | None = None, max_minutes: f
         "recipe": cfg.recipe, "name": cfg.name or default_name(cfg), "steps": cfg.steps, "done": done,
         "batch_size": cfg.batch_size, "images": len(obj.images), "data_s": round(data_s, 1),
         "params": int(sum(p.numel() for p in model.parameters())), "device": str(acc.device),
-        "s_per_step": rate, "seconds_left": max(0, cfg.steps - done) * rate, "resize": obj.resize_note,
-        "plan": time_plan(cfg, min(done, cfg.steps), rate, max_minutes, data_s),
-        "cpu_setting": doc.line(cfg.recipe).split(None, 1)[1] if doc else None,
+        "timed_steps": timed_steps, "s_per_step": rate, "seconds_left": max(0, cfg.steps - done) * rate,
+        "resize": obj.resize_note,
+        "plan": time_plan(cfg, min(done, cfg.steps), rate, max_minutes),  # the clock starts after the data
+        "cpu_setting": asdict(doc) if doc else None,
     }  # fmt: skip
 
 
@@ -265,7 +257,7 @@ def train(
             for old in _checkpoints(out)[:-2]:
                 shutil.rmtree(old, ignore_errors=True)
             for junk in (out / "checkpoints").glob(".tmp-step-*"):  # left by killed saves
-                if not _pid_alive(int(junk.name.rsplit("-", 1)[1])):
+                if not pid_alive(int(junk.name.rsplit("-", 1)[1])):
                     shutil.rmtree(junk, ignore_errors=True)
             export(out, ema, obj, step, wall, device=str(acc.device))  # model/ is always fresh
 
@@ -349,7 +341,7 @@ def export(out: Path, ema: dict, obj, step: int, wall: float, device: str = "cpu
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
         for junk in [*out.glob(".model.tmp-*"), *out.glob(".model.old-*")]:
-            if not _pid_alive(int(junk.name.rsplit("-", 1)[1])):
+            if not pid_alive(int(junk.name.rsplit("-", 1)[1])):
                 shutil.rmtree(junk, ignore_errors=True)
     return final
 
@@ -405,7 +397,7 @@ def main(argv: list[str]) -> None:
     if pos[0] == "export":
         print(export_checkpoint(pos[1]))
         return
-    cfg = get_recipe(pos[0], **overrides)
+    cfg = resolve_config(pos[0], pos[1], log=lambda m: print(m, flush=True), **overrides)
     print(train(cfg, pos[1], max_minutes=max_minutes, quiet=quiet, log=lambda m: print(m, flush=True)))
 
 
