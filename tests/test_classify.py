@@ -155,7 +155,8 @@ def test_cli_errors_are_one_line(tmp_path, image_folder, classcond_dir):
     assert p.returncode == 1 and p.stderr.strip().count("\n") == 0 and "unknown model" in p.stderr
     p = run_cli("classify", "--model", classcond_dir, "--data", tmp_path / "nodata", check=False)
     assert p.returncode == 1 and "does not exist" in p.stderr
-    p = run_cli("classify", "--model", classcond_dir, "--data", image_folder, "--strategy", "halving", "--stages", "2000:1", check=False)
+    p = run_cli("classify", "--model", classcond_dir, "--data", image_folder, "--strategy", "halving", "--stages", "2000:1",
+                "--out", tmp_path / "bad", check=False)  # fmt: skip
     assert p.returncode == 1 and "1..1000" in p.stderr and "Traceback" not in p.stderr
 
 

@@ -421,13 +421,14 @@ def match(
     from .data.groups import load_groups
     from .progress import classify_progress
     from .scoring.config import ScoreConfig
+    from .tasks.match import MatchConfig
     from .tasks.match import match as run
 
     gs = load_groups(groups)
     bb = _load(model, device, lora)
     score = ScoreConfig(batch_size=batch_size, dtype=dtype, seed=seed, scorer=scorer)
     with classify_progress("match", enabled=not (as_json or quiet)) as cb:
-        run(bb, gs, score=score, n_timesteps=timesteps, out=out, progress=cb)
+        run(bb, gs, MatchConfig(n_timesteps=timesteps), score=score, out=out, progress=cb)
     m = json.loads((out / "metrics.json").read_text())
     if as_json:
         typer.echo(json.dumps(m, indent=2))
@@ -515,7 +516,7 @@ def attention_tune(
     """Few-shot prompt learning: LoRA on the U-Net's attention, hinge loss on matching vs other captions."""
     _quiet_libraries()
     from .progress import console
-    from .tasks.attention import tune, tuning_groups
+    from .tasks.attention import LoraConfig, tune, tuning_groups
 
     if shots < 1:
         raise DiffdiscError("--shots must be >= 1 (K = 0 is the untuned model)")
@@ -527,7 +528,8 @@ def attention_tune(
         train = tuning_groups(probe or ["binding", "spatial"], shots, seed)
     bb = _load(model, device)
     show = not (quiet or json_out)
-    path = tune(bb, train, out, rank=rank, margin=margin, lr=lr, epochs=epochs, bias=not no_bias, seed=seed,
+    cfg = LoraConfig(rank=rank, margin=margin, lr=lr, epochs=epochs, bias=not no_bias, seed=seed)
+    path = tune(bb, train, out, config=cfg,
                 progress=lambda s, n, loss: console.print(f"step {s}/{n} loss {loss:.4f}") if show and (s % 8 == 0 or s == n) else None)  # fmt: skip
     typer.echo(json.dumps({"adapter": str(path), "shots": len(train)}) if json_out else f"adapter saved to {path}")
 

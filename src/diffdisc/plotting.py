@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .runs.io import atomic_write
+
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend (no display on servers and CI)."""
@@ -23,8 +25,7 @@ def save_figure(fig, out: str | Path, dpi: int = 100, metadata: dict | None = No
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
-    fig.savefig(tmp, dpi=dpi, metadata=metadata)
-    tmp.replace(out)
+    # the temporary name hides the suffix, so the format is named
+    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=dpi, metadata=metadata, format=out.suffix[1:].lower() or "png"))
     pyplot().close(fig)
     return out

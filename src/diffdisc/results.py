@@ -21,43 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DiffdiscError
-
-TMP_MARK = ".tmp-"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write then rename, so readers see the old file or the new one; a failed write leaves no temp file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise DiffdiscError(f"could not write {path} ({e.strerror or e}); earlier results in {path.parent} are kept") from e
-
-
-def remove_stale_temps(folder: Path) -> None:
-    """Delete `.name.tmp-<pid>` files left by a process that died mid-write (a live writer's are kept)."""
-    for tmp in Path(folder).glob(f".*{TMP_MARK}*"):
-        pid = tmp.name.rsplit(TMP_MARK, 1)[-1]
-        # our own pid's leftovers are from an earlier failed write in this process
-        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
-            tmp.unlink(missing_ok=True)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+from .runs.guard import MEANINGFUL_KEYS, check_settings, describe_diffs  # noqa: F401 - re-exported
+from .runs.guard import setting_diffs as _setting_diffs
+from .runs.io import TMP_MARK, atomic_write_text, pid_alive, remove_stale_temps  # noqa: F401 - re-exported
 
 
 def _clean(v):
@@ -74,35 +40,11 @@ def _clean(v):
 # Settings that change speed or display, not numbers (noise is keyed by (image, t)): a resume may change them
 # (model.label is the model's display name, new in run.json: runs made before it still resume).
 RUNTIME_KEYS = frozenset({"score.batch_size", "model.label"})
-# The keys a user changes on purpose, named first when a resume is refused (then the rest, alphabetically).
-MEANINGFUL_KEYS = ("model.name", "model.fingerprint", "data", "labels", "adaptive.strategy", "adaptive.n_timesteps",
-                   "adaptive.stages", "score.scorer", "score.loss", "score.weighting", "score.seed", "score.dtype",
-                   "classes", "prompts", "temperature")  # fmt: skip
 
 
 def setting_diffs(a, b, prefix="") -> list[tuple[str, object, object]]:
-    """Every differing key path between two settings dicts, the meaningful ones first."""
-    key = prefix.rstrip(".")
-    if key in RUNTIME_KEYS:
-        return []
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = [d for k in sorted(set(a) | set(b)) for d in setting_diffs(a.get(k), b.get(k), f"{prefix}{k}.")]
-        if not prefix:
-            rank = {k: i for i, k in enumerate(MEANINGFUL_KEYS)}
-            out.sort(key=lambda d: (rank.get(d[0], len(rank)), d[0]))
-        return out
-    return [] if a == b else [(key, a, b)]
-
-
-def _short(v, width: int = 40) -> str:
-    text = json.dumps(v) if not isinstance(v, str) else v
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def describe_diffs(diffs: list[tuple[str, object, object]], n: int = 3) -> str:
-    """'adaptive.n_timesteps: 20 -> 30, model.fingerprint: ab12... -> cd34...' (+ how many more)."""
-    text = ", ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in diffs[:n])
-    return text + (f" (and {len(diffs) - n} more)" if len(diffs) > n else "")
+    """Every differing key path between two classification settings dicts, the meaningful ones first."""
+    return _setting_diffs(a, b, RUNTIME_KEYS, prefix)
 
 
 def repair_jsonl(path: Path) -> None:
@@ -150,12 +92,7 @@ class ResultStore:
         with open(self.dir / ".run.lock", "a") as guard:
             fcntl.flock(guard, fcntl.LOCK_EX)
             run = self.dir / "run.json"
-            if run.is_file():
-                diffs = setting_diffs(json.loads(run.read_text()), self.settings)
-                if diffs:
-                    raise DiffdiscError(f"{self.dir} holds results made with other settings ({describe_diffs(diffs)}); "
-                                        "use another --out or delete it")  # fmt: skip
-            else:
+            if check_settings(run, self.settings, runtime_keys=RUNTIME_KEYS, where=self.dir) is None:
                 atomic_write_text(run, json.dumps(self.settings, indent=2, sort_keys=True))
         self._lock = _try_lock(self.dir / f".rank-{rank:05d}.lock")
         if self._lock is None:

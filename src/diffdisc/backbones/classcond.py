@@ -20,6 +20,7 @@ from .base import (
     read_config,
     read_metadata,
 )
+from .families import config_class, register_family
 
 
 class ClassCondBackbone(Backbone):
@@ -111,3 +112,11 @@ class ClassCondBackbone(Backbone):
         if self.is_dit:
             return self.model(x_t, timestep=t, class_labels=cond).sample
         return self.model(x_t, t, class_labels=cond).sample
+
+
+def _detect(root: Path) -> bool:
+    return (root / "transformer").is_dir() or config_class(root) == "UNet2DModel"
+
+
+register_family("classcond", _detect, ClassCondBackbone.from_pretrained, priority=10,
+                expects="unet/ or config.json of a UNet2DModel, transformer/ (DiT)")  # fmt: skip

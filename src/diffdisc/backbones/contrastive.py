@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import DiffdiscError
 from .base import BackboneInfo, fingerprint, read_metadata
+from .families import register_family
 
 CONFIG = "open_clip_config.json"
 
@@ -104,3 +105,7 @@ def contrastive_image_scores(model: ContrastiveModel, emb: torch.Tensor, keys: l
             r.add(c, 0, float(v), calls=0)
         out.append(r)
     return out
+
+
+register_family("clip", lambda root: (root / CONFIG).is_file(), ContrastiveModel.from_pretrained, priority=30,
+                expects="open_clip_config.json (open_clip)")  # fmt: skip

@@ -2,17 +2,24 @@
 
 Shipped models live in the package (`world/assets/models/<name>`); anything else is a local diffusers
 directory or a hub id already in the local cache (no downloads: the machines this runs on are offline).
+Which family loads a directory is up to the families registered in `families.py` (`list_families()`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from importlib import resources
+from importlib import import_module, resources
 from pathlib import Path
 
 from ..errors import DiffdiscError
-from .base import Backbone, read_config
+from .base import Backbone
+from .families import Family, expected_layouts, families
+
+# Importing a family module registers it (`families.register_family`); this order is the order the
+# "not a recognised model directory" message lists their layouts in.
+for _module in ("sd", "classcond", "contrastive"):
+    import_module(f".{_module}", __package__)
 
 
 def shipped_models_dir() -> Path:
@@ -62,49 +69,33 @@ def _is_model_dir(root: Path) -> bool:
     return True
 
 
+def list_families() -> list[str]:
+    """Registered family names, in the order `create_backbone` asks them to claim a directory."""
+    return [f.name for f in families()]
+
+
 def detect_family(root: Path) -> str:
-    """'sd' (text-conditional, SD layout), 'classcond' (UNet2DModel with class embeddings, or DiT) or 'clip'
-    (an open_clip `local-dir:` model: the contrastive baseline)."""
-    if (root / "open_clip_config.json").is_file():
-        return "clip"
-    if (root / "unet").is_dir() and (root / "text_encoder").is_dir():
-        return "sd"
-    if (root / "transformer").is_dir():
-        return "classcond"
-    cfg = root / "unet" / "config.json" if (root / "unet").is_dir() else root / "config.json"
-    if cfg.is_file():
-        cls = read_config(cfg).get("_class_name", "")
-        if cls == "UNet2DModel":
-            return "classcond"
-        if cls == "UNet2DConditionModel":
-            return "sd"
+    """Name of the family that claims `root` ('sd', 'classcond' (UNet2DModel or DiT), 'clip' (open_clip), ...)."""
+    return _claim(root).name
+
+
+def _claim(root: Path) -> Family:
+    for fam in families():
+        if fam.detect(root):
+            return fam
     hint = f"; did you mean {root / 'model'}?" if (root / "model").is_dir() else ""
     if not hint and (root / "train_config.json").is_file():
         hint = "; it is a training directory with no export yet (model/ appears at the first checkpoint)"
-    raise DiffdiscError(
-        f"{root} is not a recognised model directory (expected unet/+text_encoder/ (Stable Diffusion), "
-        f"unet/ or config.json of a UNet2DModel, transformer/ (DiT), or open_clip_config.json (open_clip)){hint}"
-    )
+    raise DiffdiscError(f"{root} is not a recognised model directory (expected {expected_layouts()}){hint}")
 
 
 def create_backbone(name_or_path: str | os.PathLike, device: str | None = None) -> Backbone:
     """Load a backbone by shipped name, local directory, or cached hub id."""
     root = resolve_model_dir(name_or_path)
-    family = detect_family(root)
+    family = _claim(root)
     name = str(name_or_path) if (shipped_models_dir() / str(name_or_path)).is_dir() else root.name
     try:
-        if family == "sd":
-            from .sd import SDBackbone
-
-            bb = SDBackbone.from_pretrained(root, name=name)
-        elif family == "clip":
-            from .contrastive import ContrastiveModel
-
-            bb = ContrastiveModel.from_pretrained(root, name=name)
-        else:
-            from .classcond import ClassCondBackbone
-
-            bb = ClassCondBackbone.from_pretrained(root, name=name)
+        bb = family.load(root, name=name)
     except DiffdiscError:
         raise
     except (OSError, ValueError, KeyError) as e:

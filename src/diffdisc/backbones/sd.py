@@ -22,6 +22,7 @@ from .base import (
     read_metadata,
     require_safetensors,
 )
+from .families import config_class, register_family
 
 
 class SDBackbone(Backbone):
@@ -109,3 +110,12 @@ class SDBackbone(Backbone):
 
     def model_output(self, x_t, t, cond):
         return self.unet(x_t, t, encoder_hidden_states=cond.to(x_t.dtype)).sample
+
+
+def _detect(root: Path) -> bool:
+    # A UNet2DConditionModel without text_encoder/ is SD only when it is not a DiT directory (transformer/).
+    both = (root / "unet").is_dir() and (root / "text_encoder").is_dir()
+    return both or (not (root / "transformer").is_dir() and config_class(root) == "UNet2DConditionModel")
+
+
+register_family("sd", _detect, SDBackbone.from_pretrained, priority=20, expects="unet/+text_encoder/ (Stable Diffusion)")

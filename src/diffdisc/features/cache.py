@@ -15,17 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from ..backbones.base import update_digest
 from ..errors import DiffdiscError
+from ..runs.io import atomic_write
 from .taps import ExtractStats, check_timesteps, extract, resolve_blocks
 
 CHUNK = 1024
@@ -121,9 +122,7 @@ class FeatureCache:
         p.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": FORMAT, "key": json.dumps(asdict(key), sort_keys=True), "start": str(start), "stop": str(stop),
                 "fingerprint": fingerprint}  # fmt: skip
-        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-        save_file({"features": x.contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, p)
+        atomic_write(p, partial(save_file, {"features": x.contiguous()}, metadata=meta))
         return p
 
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ConfigMixin
 from ..errors import DiffdiscError
+from ..runs.io import atomic_write
 
 KINDS = ("linear", "attention")
 OPTIMIZERS = ("lbfgs", "adamw")
@@ -35,10 +37,12 @@ DEFAULT_DECAYS = {"linear": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2), "attention": (0.05,)
 
 
 @dataclass(frozen=True)
-class HeadConfig:
+class HeadConfig(ConfigMixin):
     """kind: linear | attention; optimizer (linear only): lbfgs (full batch) | adamw.
     weight_decays: grid searched on validation (None: the kind's default). patience: validation checks
     (every `eval_every` L-BFGS iterations, or every epoch) without improvement before stopping."""
+
+    config_label = "head config"
 
     kind: str = "linear"
     optimizer: str = "lbfgs"
@@ -184,9 +188,8 @@ class FittedHead:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(sd, str(out / ".head.tmp"))
-        os.replace(out / ".head.tmp", out / "head.safetensors")
-        meta = {"config": asdict(self.config), "shapes": self.shapes, "n_classes": self.n_classes, "weight_decay": self.weight_decay,
+        atomic_write(out / "head.safetensors", partial(save_file, sd))
+        meta = {"config": self.config.to_dict(), "shapes": self.shapes, "n_classes": self.n_classes, "weight_decay": self.weight_decay,
                 "val_acc": self.val_acc, "grid": {str(k): v for k, v in self.grid.items()}, "class_names": self.class_names}  # fmt: skip
         (out / "head.json").write_text(json.dumps(meta, indent=2))
         return out
@@ -199,7 +202,7 @@ class FittedHead:
         if not (path / "head.json").is_file() or not (path / "head.safetensors").is_file():
             raise DiffdiscError(f"{path} is not a saved head (head.json + head.safetensors)")
         meta = json.loads((path / "head.json").read_text())
-        cfg = HeadConfig(**{**meta["config"], "weight_decays": tuple(meta["config"]["weight_decays"] or ()) or None})
+        cfg = HeadConfig.from_dict(meta["config"])
         model = _build(cfg.kind, meta["shapes"], meta["n_classes"], cfg)
         model.load_state_dict(load_file(str(path / "head.safetensors")))
         return cls(model.eval(), cfg, meta["shapes"], meta["n_classes"], meta["weight_decay"], meta["val_acc"],

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
+from ..config import ConfigMixin, check_choice
 from ..errors import DiffdiscError
 
 LOSSES = ("l2", "l1", "huber")
@@ -15,7 +16,7 @@ SCORERS = ("denoise", "attention")
 
 
 @dataclass(frozen=True)
-class ScoreConfig:
+class ScoreConfig(ConfigMixin):
     """How one (image, candidate, t) error is computed.
 
     loss: element-wise loss on ε (l2 = MSE, the papers' default; l1 as in the official CIFAR-10 runs).
@@ -46,16 +47,13 @@ class ScoreConfig:
     attention_bias: bool = True
 
     def __post_init__(self):
-        _check("loss", self.loss, LOSSES)
-        _check("weighting", self.weighting, WEIGHTINGS)
-        _check("dtype", self.dtype, DTYPES)
-        _check("noise", self.noise, NOISE_SHARING)
-        _check("scorer", self.scorer, SCORERS)
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("weighting", self.weighting, WEIGHTINGS)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_choice("noise", self.noise, NOISE_SHARING)
+        check_choice("scorer", self.scorer, SCORERS)
         if self.batch_size < 0:
             raise DiffdiscError(f"batch_size must be >= 1 (or 0 = auto-tune), got {self.batch_size}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     @property
     def calls_per_item(self) -> int:
@@ -64,7 +62,7 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
-class AdaptiveConfig:
+class AdaptiveConfig(ConfigMixin):
     """Which candidates get which timesteps.
 
     exhaustive: every candidate at `n_timesteps` evenly spaced t (the official grid).
@@ -84,6 +82,8 @@ class AdaptiveConfig:
     calls: 82.5 %). The shipped models' temperatures were fitted on exhaustive 20-t scores, this default.
     """
 
+    ignore_unknown = True  # run.json files written before a key was dropped still load
+
     strategy: str = "exhaustive"
     n_timesteps: int = 20
     timesteps: str = "even"  # even | stratified (one random t per stratum, seeded per image)
@@ -94,8 +94,8 @@ class AdaptiveConfig:
     exit_z: float = 0.0
 
     def __post_init__(self):
-        _check("strategy", self.strategy, STRATEGIES)
-        _check("timesteps", self.timesteps, ("even", "stratified"))
+        check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("timesteps", self.timesteps, ("even", "stratified"))
         object.__setattr__(self, "stages", tuple((int(n), int(k)) for n, k in self.stages))
         if self.n_timesteps < 1:
             raise DiffdiscError(f"n_timesteps must be >= 1, got {self.n_timesteps}")
@@ -112,16 +112,6 @@ class AdaptiveConfig:
         if self.strategy == "ttest" and not 2 <= self.min_scores <= self.max_scores:
             raise DiffdiscError(f"ttest needs 2 <= min_scores <= max_scores, got {self.min_scores}, {self.max_scores}")
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["stages"] = [list(s) for s in self.stages]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> AdaptiveConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
 
 def parse_stages(text: str) -> tuple[tuple[int, int], ...]:
     """'10:3,20:1' -> ((10, 3), (20, 1))."""
@@ -129,8 +119,3 @@ def parse_stages(text: str) -> tuple[tuple[int, int], ...]:
         return tuple((int(a), int(b)) for a, b in (s.split(":") for s in text.split(",") if s.strip()))
     except ValueError:
         raise DiffdiscError(f"bad stages {text!r}: expected 'n_t:keep,n_t:keep', e.g. '10:3,20:1'") from None
-
-
-def _check(name, value, allowed):
-    if value not in allowed:
-        raise DiffdiscError(f"unknown {name} {value!r} (choose from {', '.join(allowed)})")

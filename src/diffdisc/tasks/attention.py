@@ -11,17 +11,41 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from ..config import ConfigMixin
 from ..data.groups import Group
 from ..errors import DiffdiscError
+from ..runs.io import atomic_write
 from ..scoring.attention import CrossAttentionCapture, attention_score
 from .match import _image_tensor
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 WEIGHTS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class LoraConfig(ConfigMixin):
+    """How `tune` trains an adapter: LoRA `rank` (alpha = rank), hinge `margin`, AdamW `lr`, `epochs` over the
+    groups, `bias` (the attention score's denoising bias, as at scoring time) and the `seed` of t, noise and
+    group order. (peft's own `LoraConfig` is what `add_lora` builds from `rank`.)"""
+
+    config_label = "LoRA config"
+
+    rank: int = 4
+    margin: float = 0.1
+    lr: float = 1e-4
+    epochs: int = 1
+    bias: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise DiffdiscError(f"LoRA rank must be >= 1, got {self.rank}")
 
 
 def _require_unet(backbone):
@@ -31,11 +55,11 @@ def _require_unet(backbone):
 
 
 def add_lora(backbone, rank: int = 4) -> None:
-    from peft import LoraConfig
+    from peft import LoraConfig as PeftLoraConfig
 
     if rank < 1:
         raise DiffdiscError(f"LoRA rank must be >= 1, got {rank}")
-    cfg = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=TARGETS)
+    cfg = PeftLoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=TARGETS)
     _require_unet(backbone).add_adapter(cfg)
 
 
@@ -46,9 +70,7 @@ def save_lora(backbone, out: str | Path, meta: dict | None = None) -> Path:
     unet, out = _require_unet(backbone), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(unet).items()}
-    tmp = out / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp))
-    tmp.replace(out / WEIGHTS)
+    atomic_write(out / WEIGHTS, partial(save_file, state))
     cfg = unet.peft_config["default"].to_dict()
     cfg["target_modules"] = sorted(cfg["target_modules"])
     cfg["diffdisc"] = {"model_fingerprint": backbone.info.fingerprint, **(meta or {})}
@@ -116,16 +138,17 @@ def tune(
     backbone,
     groups: list[Group],
     out: str | Path,
+    config: LoraConfig | None = None,
     *,
-    rank: int = 4,
-    margin: float = 0.1,
-    lr: float = 1e-4,
-    epochs: int = 1,
-    bias: bool = True,
-    seed: int = 0,
     progress: Callable[[int, int, float], None] | None = None,
+    **overrides,
 ) -> Path:
-    """Train a LoRA adapter on `groups` (image i matches caption i) and save it to `out`."""
+    """Train a LoRA adapter on `groups` (image i matches caption i) and save it to `out`.
+
+    `overrides` (rank=, margin=, lr=, epochs=, bias=, seed=) replace fields of `config`, so the keyword calls
+    `tune(bb, groups, out, lr=1e-2)` made before `LoraConfig` existed still work."""
+    cfg = replace(config or LoraConfig(), **overrides)
+    rank, margin, lr, epochs, bias, seed = cfg.rank, cfg.margin, cfg.lr, cfg.epochs, cfg.bias, cfg.seed
     if not groups:
         raise DiffdiscError("no training groups (shots = 0 needs no tuning)")
     unet = _require_unet(backbone)

@@ -17,25 +17,30 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import ConfigMixin
 from ..data.folders import open_image_dataset
 from ..data.images import open_image, to_tensor
 from ..errors import DiffdiscError
 from ..features.heads import stratified_split
-from ..results import atomic_write_text
+from ..runs.guard import check_settings
+from ..runs.io import atomic_write, atomic_write_text, remove_stale_temps
 
 CLASSIFIER_JSON = "classifier.json"
 EVALUATIONS_JSON = "evaluations.json"
 
 
 @dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(ConfigMixin):
+    config_label = "classifier config"
+
     model: str = "resnet18"
     epochs: int = 15
     batch_size: int = 128
@@ -111,9 +116,9 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierConfig | 
     ckdir = out / "checkpoints"
     state = {"epoch": 0, "step": 0, "best_val": -1.0, "compute_s": 0.0, "total_s": 0.0, "images": 0}
     if (ckdir / "last" / "state.json").is_file():
+        check_settings(ckdir / "last" / "state.json", cfg.to_dict(), section="config", where=out, verb="trained",
+                       hint="use another --out")  # fmt: skip
         saved = json.loads((ckdir / "last" / "state.json").read_text())
-        if saved.get("config") != asdict(cfg):
-            raise DiffdiscError(f"{out} was trained with another config; use another --out")
         acc.load_state(str(ckdir / "last"))
         state = {"step": 0, "images": 0, **saved}
         part = f" and {state['step']}/{steps_per_epoch} steps of epoch {state['epoch'] + 1}" if state["step"] else ""
@@ -155,9 +160,8 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierConfig | 
             state["best_val"] = val_acc
             out.mkdir(parents=True, exist_ok=True)
             weights = {k: v.detach().cpu().contiguous() for k, v in acc.unwrap_model(model).state_dict().items()}
-            save_file(weights, str(out / ".model.tmp"))
-            os.replace(out / ".model.tmp", out / "model.safetensors")
-            meta = {"classes": names, "config": asdict(cfg), "epoch": epoch + 1, "val_acc": val_acc,
+            atomic_write(out / "model.safetensors", partial(save_file, weights))
+            meta = {"classes": names, "config": cfg.to_dict(), "epoch": epoch + 1, "val_acc": val_acc,
                     "data": str(Path(data).resolve()), "n_train": len(tr), "n_val": len(va)}  # fmt: skip
             if synthetic:
                 meta["val_acc_synthetic"] = val_acc
@@ -165,11 +169,12 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierConfig | 
         tmp = ckdir / f".tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         acc.save_state(str(tmp))
-        (tmp / "state.json").write_text(json.dumps({**state, "config": asdict(cfg)}))
+        (tmp / "state.json").write_text(json.dumps({**state, "config": cfg.to_dict()}))
         if stopped:
             save_file({"state": g.get_state()}, str(tmp / "generator.safetensors"))
         shutil.rmtree(ckdir / "last", ignore_errors=True)
         os.replace(tmp, ckdir / "last")
+        remove_stale_temps(ckdir, ".tmp-*")  # left by killed saves
         if stopped:
             log(f"stopped by --max-minutes {max_minutes:g} in epoch {epoch + 1}/{cfg.epochs} (step {state['step']}/"
                 f"{steps_per_epoch}), checkpointed; {val_name} {val_acc:.3f}; best model so far in {out}; "
@@ -207,7 +212,7 @@ def load_classifier(model_dir: str | Path):
     if not (model_dir / CLASSIFIER_JSON).is_file():
         raise DiffdiscError(f"{model_dir} has no {CLASSIFIER_JSON} (train one with `diffdisc baseline train`)")
     meta = json.loads((model_dir / CLASSIFIER_JSON).read_text())
-    model = _create(ClassifierConfig(**meta["config"]).model, len(meta["classes"]))
+    model = _create(ClassifierConfig.from_dict(meta["config"]).model, len(meta["classes"]))
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     return model, meta
 
@@ -218,7 +223,7 @@ def evaluate_classifier(model_dir: str | Path, data: str | Path, per_image: bool
     `record` also keeps the evaluation, with per-image predictions and softmax confidences, in
     MODEL_DIR/evaluations.json (one entry per data folder), where `diffdisc report` finds it."""
     model, meta = load_classifier(model_dir)
-    cfg = ClassifierConfig(**meta["config"])
+    cfg = ClassifierConfig.from_dict(meta["config"])
     x, y, names = _load_folder(data, cfg.image_size, meta["classes"])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     logits = _logits(model.to(device), x, device)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import ConfigMixin
 from ..data.labelled import LabelledImages
 from ..errors import DiffdiscError
 from ..features.cache import FeatureCache, cached_features, model_fingerprint
@@ -31,8 +32,10 @@ SWEEP_PNG = "features_sweep.png"
 
 
 @dataclass(frozen=True)
-class FeatureConfig:
+class FeatureConfig(ConfigMixin):
     """How features are read: pooling, condition (null | class:NAME | caption:TEXT), noise seed, batching."""
+
+    config_label = "feature config"
 
     pooling: str = "gap"
     condition: str = "null"
@@ -230,7 +233,7 @@ def sweep(
         model=backbone.info.label, blocks=blocks, timesteps=timesteps, val_acc=grid.round(6).tolist(),
         best={"block": cell[0], "t": cell[1], "val_acc": float(grid[blocks.index(cell[0]), timesteps.index(cell[1])])},
         test_acc=test_acc, head=head.kind, pooling=cfg.pooling, n_train=len(tr), n_val=len(va), n_test=n_test,
-        details={"fingerprint": model_fingerprint(backbone), "features": asdict(cfg), "head": asdict(head),
+        details={"fingerprint": model_fingerprint(backbone), "features": cfg.to_dict(), "head": head.to_dict(),
                  "weight_decay": decays, "unet_forwards_train": train_forwards,
                  "unet_forwards_test": stats.forwards - train_forwards, "cache": str(cache) if cache else None,
                  "cache_shards_read": stats.cache_hits, "stale_cache_cells": stats.stale, "seconds": round(time.perf_counter() - t0, 1),

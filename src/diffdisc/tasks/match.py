@@ -13,11 +13,13 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..config import ConfigMixin
 from ..data.groups import Group
 from ..data.images import array_to_tensor, open_image, to_tensor
 from ..errors import DiffdiscError
@@ -25,6 +27,22 @@ from ..results import ResultStore, atomic_write_text, read_records
 from ..scoring.config import ScoreConfig
 from ..scoring.engine import ScoringEngine, Work
 from ..scoring.schedule import dc_grid
+
+
+@dataclass(frozen=True)
+class MatchConfig(ConfigMixin):
+    """`n_timesteps` of the evenly spaced grid every pair is scored at (ignored by contrastive models), and
+    `chunk_groups` groups per engine call and per stored shard (speed and resume granularity, not scores).
+    How one error is computed is the separate `ScoreConfig`."""
+
+    config_label = "match config"
+
+    n_timesteps: int = 20
+    chunk_groups: int = 16
+
+    def __post_init__(self):
+        if self.chunk_groups < 1:  # n_timesteps is checked against the model's T by `dc_grid`
+            raise DiffdiscError(f"chunk_groups must be >= 1, got {self.chunk_groups}")
 
 
 def _image_tensor(img, size: int, channels: int) -> torch.Tensor:
@@ -84,14 +102,19 @@ def score_chunk(backbone, groups: list[Group], score: ScoreConfig, timesteps: li
 def match(
     backbone,
     groups: list[Group],
+    config: MatchConfig | None = None,
     *,
     score: ScoreConfig | None = None,
-    n_timesteps: int = 20,
     out: str | Path | None = None,
-    chunk_groups: int = 16,
     progress: Callable[[dict], None] | None = None,
+    **overrides,
 ) -> list[dict]:
-    """Score every group (resuming from `out`); returns records {id, scores, tags, calls} in group order."""
+    """Score every group (resuming from `out`); returns records {id, scores, tags, calls} in group order.
+
+    `overrides` (n_timesteps=, chunk_groups=) replace fields of `config`: the keyword calls made before
+    `MatchConfig` existed still work."""
+    cfg = replace(config or MatchConfig(), **overrides)
+    n_timesteps, chunk_groups = cfg.n_timesteps, cfg.chunk_groups
     score = score or ScoreConfig()
     if backbone.info.conditioning != "text":
         raise DiffdiscError(f"matching needs a text-conditional or contrastive model; {backbone.info.name} is "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..scoring.config import ScoreConfig
 from ..world.probes import PROBE_VERSIONS, PROBES, make_probe
-from .match import match, match_metrics
+from .match import MatchConfig, match, match_metrics
 
 
 def run_probes(models: list, names: list[str] | None = None, *, n: int = 200, seed: int = 0, n_timesteps: int = 20,
@@ -37,7 +37,8 @@ def run_probes(models: list, names: list[str] | None = None, *, n: int = 200, se
             ctx = progress_factory(f"{name} / {label(bb)}") if progress_factory else None
             cb = ctx.__enter__() if ctx else None
             try:
-                recs = match(bb, groups, score=score, n_timesteps=n_timesteps, out=run_dir, progress=cb)
+                cfg = MatchConfig(n_timesteps=n_timesteps)
+                recs = match(bb, groups, cfg, score=score, out=run_dir, progress=cb)
             finally:
                 if ctx:
                     ctx.__exit__(None, None, None)

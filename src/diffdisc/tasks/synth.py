@@ -18,24 +18,30 @@ import json
 import os
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..config import ConfigMixin
 from ..data.templates import fill
 from ..errors import DiffdiscError
 from ..generation.sampler import sample
 from ..results import repair_jsonl
+from ..runs.guard import check_settings
+from ..runs.io import atomic_write_bytes as write_atomic
 from ..scoring.engine import derive_seed
-from ..world.export import folder_name, png_bytes, write_atomic
+from ..world.export import folder_name, png_bytes
 
 TRICKS = ("template", "domain", "guidance")
 DEFAULT_TEMPLATES = ("{a} {}", "an image of {a} {}", "{a} {} on black")
+RUNTIME_KEYS = ("batch_size",)  # a resume may change it: every image's noise comes from its own seed
 
 
 @dataclass(frozen=True)
-class SynthConfig:
+class SynthConfig(ConfigMixin):
+    config_label = "synth config"
+
     per_class: int = 100
     tricks: tuple[str, ...] = ()
     guidance: float = 3.0  # used when the `guidance` trick is off
@@ -109,14 +115,9 @@ def generate(backbone, classes: list[str], out: str | Path, cfg: SynthConfig,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"model": backbone.info.name, "fingerprint": backbone.info.fingerprint, "classes": list(classes),
-                **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}}  # fmt: skip
+                **cfg.to_dict()}
     settings_path = out / "synth.json"
-    if settings_path.is_file():
-        old = json.loads(settings_path.read_text())
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k) and k != "batch_size")
-        if diff:
-            raise DiffdiscError(f"{out} was generated with other settings ({diff[0]}: {old.get(diff[0])!r} there, "
-                                f"{settings.get(diff[0])!r} now); use another --out")  # fmt: skip
+    check_settings(settings_path, settings, runtime_keys=RUNTIME_KEYS, verb="generated", hint="use another --out")
     write_atomic(settings_path, json.dumps(settings, indent=2).encode())
     write_atomic(out / "classes.json", json.dumps({folder_name(c): c for c in classes}, indent=2).encode())
     jobs = plan(backbone, classes, cfg)

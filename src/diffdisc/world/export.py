@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DiffdiscError
+from ..runs.io import atomic_write_bytes
 
 
 def folder_name(name: str) -> str:
@@ -25,15 +25,7 @@ def folder_name(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z._-]+", "_", name).strip("._") or "class"
 
 
-def write_atomic(path: Path, data: bytes) -> bool:
-    """Write `data` via a temporary file and a rename; False (nothing written) if the file is identical."""
-    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return True
+write_atomic = atomic_write_bytes  # the old name, for code that imports it from here
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -53,10 +45,10 @@ def export_imagefolder(
     if len(set(folders)) != len(folders):
         raise DiffdiscError(f"class names {list(class_names)} collide as folder names {folders}")
     mapping = dict(zip(folders, class_names, strict=True))
-    write_atomic(out / "classes.json", json.dumps(mapping, indent=2).encode())
+    atomic_write_bytes(out / "classes.json", json.dumps(mapping, indent=2).encode())
     ids = range(len(images)) if ids is None else ids
     for img, y, i in zip(images, labels, ids, strict=True):
-        write_atomic(out / folders[int(y)] / f"{int(i):05d}.png", png_bytes(img))
+        atomic_write_bytes(out / folders[int(y)] / f"{int(i):05d}.png", png_bytes(img))
     return out
 
 
@@ -66,12 +58,12 @@ def export_captions(scenes: Iterable, out_dir: str | Path) -> Path:
     lines = []
     for n, s in enumerate(scenes):
         name = f"images/{n:05d}.png"
-        write_atomic(out / name, png_bytes(s.image))
+        atomic_write_bytes(out / name, png_bytes(s.image))
         row = {"image": name, "caption": s.caption, "labels": [it.class_name for it in s.items],
                "class_ids": [it.class_id for it in s.items], "colours": [it.colour for it in s.items],
                "positions": [it.position for it in s.items], "relation": s.relation}  # fmt: skip
         lines.append(json.dumps(row))
-    write_atomic(out / "captions.jsonl", "".join(line + "\n" for line in lines).encode())
+    atomic_write_bytes(out / "captions.jsonl", "".join(line + "\n" for line in lines).encode())
     return out
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from ..config import ConfigMixin
 from ..errors import DiffdiscError
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(ConfigMixin):
     """`fmnist-classcond`: class-conditional pixel UNet2DModel (2.8M params), 32x32 grey, cosine schedule.
 
     Documented CPU setting: `CPU_SETTINGS` below (shown by `diffdisc train --help`). Measured in the shipped
@@ -21,6 +22,8 @@ class TrainConfig:
     `name` labels the exported model (diffdisc.json); None means `default_name`. It does not change the weights,
     so a resumed run may change it.
     """
+
+    config_label = "training config"
 
     recipe: str = "fmnist-classcond"
     name: str | None = None
@@ -67,19 +70,6 @@ class TrainConfig:
             raise DiffdiscError(f"colour_correlation must be in [0, 1], got {self.colour_correlation}")
         if self.colour_correlation and (self.kind == "classcond" or self.data):
             raise DiffdiscError("colour_correlation applies to generated scenes (text and clip recipes without data)")
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise DiffdiscError(
-                f"unknown training config key {unknown[0]!r} (known: {', '.join(sorted(known))})"
-            )
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 # The shipped weights were trained on an H100 (see world/assets/README.md); CPU_SETTINGS below are what a

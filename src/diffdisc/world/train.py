@@ -25,14 +25,15 @@ import shutil
 import statistics
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from ..errors import DiffdiscError
 from ..progress import step_progress
-from ..results import pid_alive
+from ..runs.guard import check_settings
+from ..runs.io import atomic_write_text, remove_stale_temps
 from .objectives import DATA_ORDER, init_dir, make_objective
 from .recipes import CPU_SETTINGS, RECIPES, TrainConfig, default_name, get_recipe
 
@@ -80,12 +81,6 @@ def _locked(path: Path, blocking: bool):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def _hms(seconds: float) -> str:
     return str(datetime.timedelta(seconds=round(seconds)))
 
@@ -119,18 +114,10 @@ def _check_config(out: Path, cfg: TrainConfig, log) -> None:
     constant, so `steps` is one).
     """
     path = out / "train_config.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        new = cfg.to_dict()
-        for k in [f.name for f in fields(TrainConfig)]:
-            if k in RESUMABLE:
-                continue
-            if k not in old:
-                log(f"{path} predates option {k!r}; using {new[k]!r}")
-            elif old[k] != new[k]:
-                raise DiffdiscError(f"{out} was trained with {k}={old[k]!r}, now {k}={new[k]!r}; "
-                                    "use the same config to resume, or another output directory")  # fmt: skip
-    _write_json(path, cfg.to_dict())
+    check_settings(path, cfg.to_dict(),
+                   runtime_keys=RESUMABLE, verb="trained", hint="use the same config to resume, or another output directory",
+                   predates=lambda k, v: log(f"{path} predates option {k!r}; using {v!r}"))  # fmt: skip
+    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2))
 
 
 def time_plan(cfg: TrainConfig, step: int, rate: float, max_minutes: float | None, elapsed: float = 0.0) -> str:
@@ -256,9 +243,7 @@ def train(
             os.replace(tmp, final)
             for old in _checkpoints(out)[:-2]:
                 shutil.rmtree(old, ignore_errors=True)
-            for junk in (out / "checkpoints").glob(".tmp-step-*"):  # left by killed saves
-                if not pid_alive(int(junk.name.rsplit("-", 1)[1])):
-                    shutil.rmtree(junk, ignore_errors=True)
+            remove_stale_temps(out / "checkpoints", ".tmp-step-*")  # left by killed saves
             export(out, ema, obj, step, wall, device=str(acc.device))  # model/ is always fresh
 
         if step >= cfg.steps:
@@ -340,9 +325,8 @@ def export(out: Path, ema: dict, obj, step: int, wall: float, device: str = "cpu
             os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
-        for junk in [*out.glob(".model.tmp-*"), *out.glob(".model.old-*")]:
-            if not pid_alive(int(junk.name.rsplit("-", 1)[1])):
-                shutil.rmtree(junk, ignore_errors=True)
+        remove_stale_temps(out, ".model.tmp-*")
+        remove_stale_temps(out, ".model.old-*")
     return final
 
 

@@ -1,0 +1,89 @@
+"""The one write-then-rename helper: readers see the old file or the new one, never half of either.
+
+Every temporary file is `.<name>.tmp-<pid>` next to its target, so `remove_stale_temps` can tell a dead
+writer's leftovers from a live one's. Binary writers (safetensors, matplotlib) write through a callback.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import DiffdiscError
+
+TMP_MARK = ".tmp-"
+
+
+def temp_path(path: Path) -> Path:
+    """Where `path` is written before its rename: hidden, same folder (a rename never crosses filesystems)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """`write(tmp)` fills the temporary file, then it is renamed onto `path`; any failure removes it and re-raises."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Text, flushed and fsynced before the rename; an OSError becomes a DiffdiscError that says what is kept."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    path = Path(path)
+    try:
+        atomic_write(path, write)
+    except OSError as e:
+        raise DiffdiscError(f"could not write {path} ({e.strerror or e}); earlier results in {path.parent} are kept") from e
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> bool:
+    """Bytes (PNGs, small JSON); False (nothing written) if the file already holds them, so reruns keep mtimes.
+
+    No fsync: these are many small files that a rerun rewrites if lost. OSError propagates (callers say which
+    file and what a rerun does)."""
+    path = Path(path)
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return True
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | Path, pattern: str = f".*{TMP_MARK}*") -> None:
+    """Delete temporary files or folders named `...-<pid>` left by a process that died mid-write.
+
+    A live writer's are kept; our own pid's are from an earlier failed write in this process (writes here are
+    sequential). `pattern` picks them: the default matches `temp_path`; checkpoint folders pass their own."""
+    for tmp in Path(folder).glob(pattern):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
