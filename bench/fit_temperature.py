@@ -19,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from diffdisc.backbones.registry import create_backbone, shipped_models_dir
-from diffdisc.results import atomic_write_text
+from diffdisc.runs.io import atomic_write_text
 from diffdisc.scoring.calibrate import fit_temperature, temperature_key
 from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig
 from diffdisc.tasks.classify import classify

@@ -90,6 +90,16 @@ def image_folder(tmp_path_factory):
     return root
 
 
+def make_noise_folder(root, per_class=20, seed=0, size=16):
+    """An ImageFolder of random RGB images, `per_class` per class: enough work for a run to be interrupted."""
+    rng = np.random.default_rng(seed)
+    for c in CLASSES:
+        (root / c).mkdir(parents=True)
+        for k in range(per_class):
+            Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(root / c / f"{k}.png")
+    return root
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """On 2 shared cores, OpenMP threads spin-waiting for a busy core made training runs 10x slower."""

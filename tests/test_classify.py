@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CLASSES
+from conftest import CLASSES, make_noise_folder
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.errors import DiffdiscError
 from diffdisc.results import ClassificationResult, ResultStore
@@ -123,12 +123,7 @@ def test_resume_skips_done_and_recovers_torn_line(classcond_dir, image_folder, t
 
 
 def test_sigkill_and_restart_gives_identical_metrics(classcond_dir, tmp_path):
-    data = tmp_path / "many"
-    rng = np.random.default_rng(1)
-    for c in CLASSES:
-        (data / c).mkdir(parents=True)
-        for k in range(20):
-            Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(data / c / f"{k}.png")
+    data = make_noise_folder(tmp_path / "many", seed=1)
     args = ["classify", "--model", classcond_dir, "--data", data, "--timesteps", "50", "--chunk", "2", "--quiet"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "diffdisc.cli", *map(str, args), "--out", tmp_path / "k"], env=env,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CLASSES, run_main
+from conftest import make_noise_folder, run_main
 from diffdisc.errors import DiffdiscError
 
 
@@ -27,12 +27,7 @@ def flat_folder(tmp_path):
 
 
 def test_exit_code_130_on_sigint(classcond_dir, tmp_path):
-    data = tmp_path / "many"
-    rng = np.random.default_rng(0)
-    for c in CLASSES:
-        (data / c).mkdir(parents=True)
-        for k in range(20):
-            Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(data / c / f"{k}.png")
+    data = make_noise_folder(tmp_path / "many", seed=0)
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "diffdisc.cli", "classify", "--model", str(classcond_dir), "--data", str(data),
                              "--timesteps", "50", "--chunk", "1", "--quiet", "--out", str(out)],

@@ -151,7 +151,8 @@ def _edited_copy(src, dst, **changes):
 
 def test_models_are_named_by_their_own_name_not_their_folder(runs, ctx, tmp_path):
     from diffdisc.backbones.base import model_label
-    from diffdisc.results import setting_diffs
+    from diffdisc.results import RUNTIME_KEYS
+    from diffdisc.runs.guard import setting_diffs
 
     assert json.loads((runs["a"] / "run.json").read_text())["model"]["label"] == MODEL_NAME  # recorded by classify
     assert [m["model"] for m in ctx["metrics"]] == [MODEL_NAME, MODEL_NAME]
@@ -159,7 +160,7 @@ def test_models_are_named_by_their_own_name_not_their_folder(runs, ctx, tmp_path
     assert model_label("/x/model", {"recipe": "fmnist-classcond", "config": {"data": "/d/mydata"}}) == "fmnist-classcond-mydata"
     assert model_label("/x/model+lora", {"name": "mine"}) == "mine+lora" and model_label("/x/model", {}) == "model"
     old = {"model": {"name": "/x/model", "fingerprint": "f"}}  # a run made before labels were recorded
-    assert setting_diffs(old, {"model": {**old["model"], "label": MODEL_NAME}}) == []  # still resumes
+    assert setting_diffs(old, {"model": {**old["model"], "label": MODEL_NAME}}, RUNTIME_KEYS) == []  # still resumes
     unlabelled = _edited_copy(runs["b"], tmp_path / "old", model=old["model"])
     assert build_context(load_runs([unlabelled]), "t", "now")["metrics"][0]["model"] == "model"
 

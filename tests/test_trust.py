@@ -15,7 +15,8 @@ from PIL import Image
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.errors import DiffdiscError
 from diffdisc.report.stats import intervals
-from diffdisc.results import ClassificationResult, ResultStore, atomic_write_text
+from diffdisc.results import ClassificationResult, ResultStore
+from diffdisc.runs.io import atomic_write_text
 from diffdisc.scoring.adaptive import evaluate, ranked_scores
 from diffdisc.scoring.calibrate import classification_metrics, top_label_ece
 from diffdisc.scoring.config import AdaptiveConfig

@@ -248,7 +248,8 @@ def calibrate(
     """Fit softmax temperature (and Platt a, b on log U-Net calls) on a labelled run.
 
     A run with images scored without U-Net calls (contrastive models) gets the temperature only (Platt: null)."""
-    from .results import ClassificationResult, atomic_write_text
+    from .results import ClassificationResult
+    from .runs.io import atomic_write_text
     from .scoring.calibrate import fit_platt_calls, fit_temperature
     from .tasks.classify import finalize
 

@@ -65,7 +65,8 @@ def step_progress(description: str, enabled: bool = True):
         yield update
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
+    """Seconds as h:mm:ss, as progress lines and training logs print them."""
     return str(datetime.timedelta(seconds=round(seconds)))
 
 
@@ -88,9 +89,9 @@ def _plain_lines(description: str):
         rate = state["rate"]
         if rate is None and first and done > first[1] and now > first[0]:
             rate = (done - first[1]) / (now - first[0])
-        eta = _hms((total - done) / rate) if rate and total else "0:00:00" if total and done >= total else "?"
+        eta = hms((total - done) / rate) if rate and total else "0:00:00" if total and done >= total else "?"
         head = f"{description} {done}/{total}" + (f" ({done / total:.0%})" if total else "")
-        print("  ".join(p for p in (head, state["info"], f"elapsed {_hms(now - t_enter)}", f"eta {eta}") if p),
+        print("  ".join(p for p in (head, state["info"], f"elapsed {hms(now - t_enter)}", f"eta {eta}") if p),
               file=sys.stderr, flush=True)  # fmt: skip
         state["printed"] = True
 

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DiffdiscError
-from .runs.guard import MEANINGFUL_KEYS, check_settings, describe_diffs  # noqa: F401 - re-exported
-from .runs.guard import setting_diffs as _setting_diffs
-from .runs.io import TMP_MARK, atomic_write_text, pid_alive, remove_stale_temps  # noqa: F401 - re-exported
+from .runs.guard import check_settings
+from .runs.io import atomic_write_text, remove_stale_temps
 
 
 def _clean(v):
@@ -40,11 +39,6 @@ def _clean(v):
 # Settings that change speed or display, not numbers (noise is keyed by (image, t)): a resume may change them
 # (model.label is the model's display name, new in run.json: runs made before it still resume).
 RUNTIME_KEYS = frozenset({"score.batch_size", "model.label"})
-
-
-def setting_diffs(a, b, prefix="") -> list[tuple[str, object, object]]:
-    """Every differing key path between two classification settings dicts, the meaningful ones first."""
-    return _setting_diffs(a, b, RUNTIME_KEYS, prefix)
 
 
 def repair_jsonl(path: Path) -> None:

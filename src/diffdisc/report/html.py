@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..results import atomic_write_text
+from ..runs.io import atomic_write_text
 from . import figures, stats
 from .load import Classification, Run, load_runs, model_label
 from .stats import pct

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..results import atomic_write_text
+from ..runs.io import atomic_write_text
 from .figures import confusion_png, image_png
 from .html import environment
 

@@ -25,7 +25,7 @@ from ..data.images import open_image, resize_note, to_tensor
 from ..data.templates import fill, resolve_templates
 from ..errors import DiffdiscError
 from ..results import ClassificationResult, ResultStore
-from ..scoring.adaptive import evaluate
+from ..scoring.adaptive import evaluate, ranked_scores
 from ..scoring.calibrate import model_temperature, temperature_key
 from ..scoring.config import AdaptiveConfig, ScoreConfig
 from ..scoring.engine import ScoringEngine
@@ -132,16 +132,17 @@ def classify(
                 res = evaluate(engine, x0, keys, conds, adaptive, cand.groups)
             records = []
             for (i, it, y), r in zip(kept, res, strict=True):
+                rank = r.ranking()  # once: prediction, stored ranking and scores all follow it
                 records.append({
-                    "image_id": it.image_id, "order": i, "path": str(it.path), "label": y, "pred": r.prediction,
-                    "ranking": r.ranking(), "scores": r.scores, "n_calls": r.n_calls, "calls": r.calls,
+                    "image_id": it.image_id, "order": i, "path": str(it.path), "label": y, "pred": rank[0],
+                    "ranking": rank, "scores": ranked_scores(r.errors, rank), "n_calls": r.n_calls, "calls": r.calls,
                     "timesteps": r.timesteps, "errors": r.error_matrix(),
                 })  # fmt: skip
                 stats["calls"] += r.calls
                 stats["images"] += 1
                 if y is not None:
                     stats["labelled"] += 1
-                    stats["correct"] += int(r.prediction == y)
+                    stats["correct"] += int(rank[0] == y)
             store.append(records)
             stats["done"] += len(chunk)
             if progress:

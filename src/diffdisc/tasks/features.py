@@ -72,7 +72,7 @@ class SweepResult:
         return {k: getattr(self, k) for k in keys}
 
     def write(self, out: str | Path) -> Path:
-        from ..results import atomic_write_text
+        from ..runs.io import atomic_write_text
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,8 @@ from ..config import ConfigMixin
 from ..data.groups import Group
 from ..data.images import array_to_tensor, open_image, to_tensor
 from ..errors import DiffdiscError
-from ..results import ResultStore, atomic_write_text, read_records
+from ..results import ResultStore, read_records
+from ..runs.io import atomic_write_text
 from ..scoring.config import ScoreConfig
 from ..scoring.engine import ScoringEngine, Work
 from ..scoring.schedule import dc_grid

@@ -15,7 +15,6 @@ replaces a good checkpoint. A lock file stops two trainers from writing one outp
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
 import json
 import math
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DiffdiscError
-from ..progress import step_progress
+from ..progress import hms, step_progress
 from ..runs.guard import check_settings
 from ..runs.io import atomic_write_text, remove_stale_temps
 from .objectives import DATA_ORDER, init_dir, make_objective
@@ -81,10 +80,6 @@ def _locked(path: Path, blocking: bool):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _hms(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=round(seconds)))
-
-
 def resolve_config(recipe: str, out_dir: str | Path | None = None, log=print, **overrides) -> TrainConfig:
     """The recipe with `overrides` (None = not given) applied on top of the settings stored in `out_dir`.
 
@@ -124,7 +119,7 @@ def time_plan(cfg: TrainConfig, step: int, rate: float, max_minutes: float | Non
     """One line once the rate is measured: when the run ends, and whether --max-minutes stops it first (a run
     that silently stops at step 559 of 2000 looks finished)."""
     left = cfg.steps - step
-    msg = f"{rate:.3f} s/step: {left} steps to go, ~{_hms(left * rate)}"
+    msg = f"{rate:.3f} s/step: {left} steps to go, ~{hms(left * rate)}"
     if max_minutes is None:
         return msg
     fit = max(0, int((max_minutes * 60 - elapsed) / rate))
@@ -280,7 +275,7 @@ def train(
                     limit = max_minutes is not None and max_minutes * 60 - (now - t_start) < eta
                     eta = max(0.0, max_minutes * 60 - (now - t_start)) if limit else eta
                     log(f"step {step}/{cfg.steps} loss {mean:.4f} {(now - t_log) / len(losses):.3f} s/step "
-                        f"eta {_hms(eta)}{' (--max-minutes stops it)' if limit else ''}")  # fmt: skip
+                        f"eta {hms(eta)}{' (--max-minutes stops it)' if limit else ''}")  # fmt: skip
                     t_log, losses = now, []
                 out_of_time = max_minutes is not None and time.time() - t_start > max_minutes * 60
                 if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
