@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.scoring.config import ScoreConfig
 from diffdisc.tasks.attention import CONFIG, WEIGHTS, load_lora, tune, tuning_groups
-from diffdisc.tasks.probe import run_probes
+from diffdisc.tasks.probe import ProbeConfig, run_probes
 
 
 def _trained_on(adapter: Path) -> list[str] | None:
@@ -47,8 +47,8 @@ def main() -> None:
 
     def evaluate(bb, scorer: str, shots: int) -> None:
         t0 = time.time()
-        for r in run_probes([bb], probes, n=args.n, seed=0, n_timesteps=args.timesteps,
-                            score=ScoreConfig(scorer=scorer), out=out / "eval"):  # fmt: skip
+        cfg = ProbeConfig(n=args.n, seed=0, n_timesteps=args.timesteps, score=ScoreConfig(scorer=scorer))
+        for r in run_probes([bb], probes, cfg, out=out / "eval"):
             row = {"shots": shots, "scorer": scorer, "probe": r["probe"], "text": r["text"], "image": r["image"],
                    "group": r["group"], "calls_per_group": r["calls_per_group"]}  # fmt: skip
             rows.append(row)
@@ -66,7 +66,7 @@ def main() -> None:
         adapter = out / f"lora-{k}"
         if _trained_on(adapter) != [g.id for g in train]:  # none yet, or tuned on other groups: (re)train
             t0 = time.time()
-            tune(create_backbone(args.model), train, adapter)
+            tune(create_backbone(args.model), train, out=adapter)
             print(f"K={k}: tuned in {time.time() - t0:.0f}s", flush=True)
         tuned = create_backbone(args.model)
         load_lora(tuned, adapter)

@@ -24,11 +24,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from diffdisc.backbones.registry import create_backbone  # noqa: E402
 from diffdisc.data.folders import open_image_dataset  # noqa: E402
 from diffdisc.data.images import open_image, to_tensor  # noqa: E402
+from diffdisc.datasets.export import export_shipped_test  # noqa: E402
 from diffdisc.plotting import pyplot, save_figure  # noqa: E402
 from diffdisc.scoring.adaptive import evaluate  # noqa: E402
 from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig  # noqa: E402
 from diffdisc.scoring.engine import ScoringEngine, Work  # noqa: E402
-from diffdisc.world.export import export_shipped_test  # noqa: E402
 
 
 class MemoEngine(ScoringEngine):

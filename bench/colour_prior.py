@@ -23,8 +23,8 @@ import torch  # noqa: E402
 
 from diffdisc.backbones.registry import create_backbone  # noqa: E402
 from diffdisc.data.images import array_to_tensor  # noqa: E402
-from diffdisc.world.fashion_mnist import CLASS_NAMES, load_shipped_subset  # noqa: E402
-from diffdisc.world.scenes import COLOURS, Item, class_colour, describe, make_scene  # noqa: E402
+from diffdisc.datasets.fashion_mnist import CLASS_NAMES, load_shipped_subset  # noqa: E402
+from diffdisc.datasets.scenes import COLOURS, Item, class_colour, describe, make_scene  # noqa: E402
 
 
 def _tints(c: int, src: int, images: np.ndarray) -> list[np.ndarray]:

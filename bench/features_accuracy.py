@@ -30,11 +30,11 @@ import torch
 
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.data.labelled import LabelledImages
+from diffdisc.datasets.fashion_mnist import CLASS_NAMES, load_fashion_mnist, stratified_indices
 from diffdisc.features.cache import FeatureCache, cached_features
 from diffdisc.features.heads import HeadConfig
 from diffdisc.features.taps import ExtractStats
-from diffdisc.tasks.features import FeatureConfig, compare, probe, score_test, sweep
-from diffdisc.world.fashion_mnist import CLASS_NAMES, load_fashion_mnist, stratified_indices
+from diffdisc.tasks.features import CellConfig, FeatureConfig, SweepConfig, compare, probe, score_test, sweep
 
 
 def clip_view(images: LabelledImages) -> LabelledImages:
@@ -65,7 +65,7 @@ def select(bb, name, train, test, blocks, ts, poolings, fcfg, head, cache, out, 
     res = {}
     for p in poolings:
         t1 = time.perf_counter()
-        res[p] = sweep(bb, train, None, blocks, ts, features=replace(fcfg, pooling=p), head=head, cache=cache)
+        res[p] = sweep(bb, train, SweepConfig(blocks, ts, features=replace(fcfg, pooling=p), head=head), cache=cache)
         log(f"{name} {p}: best {res[p].best['block']}@{res[p].best['t']} val {res[p].best['val_acc']:.2%} "
             f"({time.perf_counter() - t1:.0f} s of head fitting)")  # fmt: skip
     best_p = max(poolings, key=lambda p: res[p].best["val_acc"])  # first pooling wins ties
@@ -134,16 +134,16 @@ def main():
     if a.attention_pooling:
         t1 = time.perf_counter()
         att_cfg = HeadConfig(kind="attention", seed=a.seed, epochs=a.attention_epochs, patience=5)
-        r, _ = probe(bb, train, test, [cell], features=replace(fcfg, pooling=a.attention_pooling),
-                     head=att_cfg, cache=cache)  # fmt: skip
+        r, _ = probe(bb, train, CellConfig([cell], features=replace(fcfg, pooling=a.attention_pooling), head=att_cfg),
+                     test=test, cache=cache)  # fmt: skip
         summary["attention"] = r.to_dict()
         log(f"attention head {r.representation}: val {r.val_acc:.2%} test {r.test_acc:.2%} ({time.perf_counter() - t1:.0f} s)")
 
     clip = None if a.no_compare else create_backbone("fmnist-scenes-clip")
     if clip is not None:
         t1 = time.perf_counter()
-        rows = compare(bb, train, test, [cell], contrastive=clip, contrastive_train=clip_view(train), contrastive_test=clip_view(test),
-                       features=replace(fcfg, pooling=best_p), head=linear, cache=cache)  # fmt: skip
+        rows = compare(bb, train, CellConfig([cell], features=replace(fcfg, pooling=best_p), head=linear), test=test,
+                       contrastive=clip, contrastive_train=clip_view(train), contrastive_test=clip_view(test), cache=cache)  # fmt: skip
         summary["compare_fmnist"] = [r.to_dict() for r in rows]
         for r in rows:
             log(f"fmnist {r.representation}: dims {r.dims} val {r.val_acc:.2%} test {r.test_acc:.2%}")
@@ -170,9 +170,9 @@ def main():
         mr = msweeps[best_p]
         summary["mnist"] = mr.to_json()
         if clip is not None:
-            rows = compare(bb, mtrain, mtest, [(mr.best["block"], mr.best["t"])], contrastive=clip,
-                           contrastive_train=clip_view(mtrain), contrastive_test=clip_view(mtest),
-                           features=replace(fcfg, pooling=best_p), head=linear, cache=cache)  # fmt: skip
+            mcells = CellConfig([(mr.best["block"], mr.best["t"])], features=replace(fcfg, pooling=best_p), head=linear)
+            rows = compare(bb, mtrain, mcells, test=mtest, contrastive=clip, contrastive_train=clip_view(mtrain),
+                           contrastive_test=clip_view(mtest), cache=cache)  # fmt: skip
             summary["compare_mnist"] = [r.to_dict() for r in rows]
             for r in rows:
                 log(f"mnist {r.representation}: dims {r.dims} val {r.val_acc:.2%} test {r.test_acc:.2%}")

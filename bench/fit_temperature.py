@@ -19,11 +19,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from diffdisc.backbones.registry import create_backbone, shipped_models_dir
+from diffdisc.datasets.export import export_shipped_test
 from diffdisc.runs.io import atomic_write_text
 from diffdisc.scoring.calibrate import fit_temperature, temperature_key
 from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig
-from diffdisc.tasks.classify import classify
-from diffdisc.world.export import export_shipped_test
+from diffdisc.tasks.classify import ClassifyConfig, classify
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     out = Path(args.out) / args.model
     data = export_shipped_test(out / "data", args.per_class, seed=0, scenes=scenes, split="train")
     score = ScoreConfig()
-    res = classify(bb, data, score=score, adaptive=AdaptiveConfig(n_timesteps=args.timesteps), out=out / "run")
+    res = classify(bb, data, ClassifyConfig(score=score, adaptive=AdaptiveConfig(n_timesteps=args.timesteps)), out=out / "run")
     T = fit_temperature(res.scores, res.labels)
     what = "contrastive scores" if contrastive else f"exhaustive {args.timesteps} t"
     entry = {"value": T, "n": len(res),

@@ -20,9 +20,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from diffdisc.backbones.registry import create_backbone
+from diffdisc.datasets.export import export_shipped_test
 from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig, parse_stages
-from diffdisc.tasks.classify import classify
-from diffdisc.world.export import export_shipped_test
+from diffdisc.tasks.classify import ClassifyConfig, classify
 
 
 def main():
@@ -57,8 +57,9 @@ def main():
     summary = {}
     for name in args.strategies.split(","):
         t0 = time.time()
-        res = classify(bb, data, adaptive=configs[name], score=ScoreConfig(batch_size=args.batch, dtype=args.dtype),
-                       out=out / f"{args.model}-{name}-{tag}-{args.dtype}", chunk_images=10 if args.device is None else 200)  # fmt: skip
+        cfg = ClassifyConfig(adaptive=configs[name], score=ScoreConfig(batch_size=args.batch, dtype=args.dtype),
+                             chunk_images=10 if args.device is None else 200)  # fmt: skip
+        res = classify(bb, data, cfg, out=out / f"{args.model}-{name}-{tag}-{args.dtype}")
         m = res.metrics()
         m["wall_s"] = time.time() - t0
         summary[name] = m

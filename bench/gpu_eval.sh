@@ -3,7 +3,7 @@
 # baseline, then the SD-2-sized engine benchmark. Logs go to $OUT (the device tool's result folder).
 #   bash bench/gpu_eval.sh MODELS_DIR
 set -u
-M=${1:-src/diffdisc/world/assets/models}
+M=${1:-src/diffdisc/assets/models}
 export PYTHONPATH=$PWD/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 O=${OUT:-/tmp/out}; mkdir -p "$O"
 acc() {  # acc SECONDS MODEL [args...]

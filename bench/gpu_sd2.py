@@ -48,7 +48,7 @@ def main() -> None:
     from diffdisc.backbones.sd import SDBackbone
     from diffdisc.scoring.config import ScoreConfig
     from diffdisc.scoring.engine import ScoringEngine, Work
-    from diffdisc.world.tokenizer import build_word_tokenizer
+    from diffdisc.training.tokenizer import build_word_tokenizer
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)

@@ -20,12 +20,12 @@ from common import best_of
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from diffdisc.backbones.registry import create_backbone  # noqa: E402
+from diffdisc.datasets.probes import make_probe  # noqa: E402
 from diffdisc.scoring.attention import CrossAttentionCapture  # noqa: E402
 from diffdisc.scoring.config import ScoreConfig  # noqa: E402
 from diffdisc.scoring.engine import ScoringEngine  # noqa: E402
 from diffdisc.scoring.schedule import dc_grid  # noqa: E402
 from diffdisc.tasks.match import _image_tensor, score_chunk  # noqa: E402
-from diffdisc.world.probes import make_probe  # noqa: E402
 
 
 def main() -> None:

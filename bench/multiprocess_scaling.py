@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from diffdisc.datasets.export import export_shipped_test
 from diffdisc.results import read_records
-from diffdisc.world.export import export_shipped_test
 
 BIN = Path(sys.executable).parent / "diffdisc"
 

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from diffdisc.backbones.registry import create_backbone
-from diffdisc.tasks.match import bootstrap_ci
+from diffdisc.datasets.export import export_shipped_test
+from diffdisc.scoring.match_metrics import bootstrap_ci
 from diffdisc.tasks.synth import SynthConfig, generate
 from diffdisc.tasks.synth_train import ClassifierConfig, evaluate_classifier, train_classifier
-from diffdisc.world.export import export_shipped_test
 
 SETS = {"none": (), "template": ("template",), "domain": ("domain",), "guidance": ("guidance",),
         "all": ("template", "domain", "guidance")}  # fmt: skip
@@ -32,9 +32,9 @@ SETS = {"none": (), "template": ("template",), "domain": ("domain",), "guidance"
 
 def real_train_scenes(out: Path, per_class: int) -> None:
     """`per_class` real Fashion-MNIST *train* images per class as one-item coloured scenes (Debian dataset)."""
-    from diffdisc.world.export import export_imagefolder
-    from diffdisc.world.fashion_mnist import CLASS_NAMES, load_fashion_mnist, stratified_indices
-    from diffdisc.world.scenes import single_scenes
+    from diffdisc.datasets.export import export_imagefolder
+    from diffdisc.datasets.fashion_mnist import CLASS_NAMES, load_fashion_mnist, stratified_indices
+    from diffdisc.datasets.scenes import single_scenes
 
     images, labels = load_fashion_mnist("train")
     keep = stratified_indices(labels, per_class, 0)
@@ -68,7 +68,7 @@ def main():
         data = args.out / "sets" / name.split()[0]
         if name in SETS:
             cfg = SynthConfig(per_class=args.per_class, tricks=SETS[name], steps=args.steps, scheduler=args.scheduler)
-            generate(bb, classes, data, cfg, progress=lambda d, n, name=name: print(f"[{name}] {d}/{n} images", flush=True))
+            generate(bb, classes, cfg, out=data, progress=lambda d, n, name=name: print(f"[{name}] {d}/{n} images", flush=True))
         elif not (data / "bag").is_dir():
             real_train_scenes(data, args.per_class)
         for seed in map(int, args.seeds.split(",")):
@@ -76,7 +76,7 @@ def main():
             done = run / "test.json"
             if not done.is_file():
                 ccfg = ClassifierConfig(model=args.classifier, epochs=args.epochs, seed=seed)
-                train_classifier(data, run, ccfg, log=lambda m, name=name, seed=seed: print(f"[{name} s{seed}] {m}", flush=True))
+                train_classifier(data, ccfg, out=run, log=lambda m, name=name, seed=seed: print(f"[{name} s{seed}] {m}", flush=True))
                 done.write_text(json.dumps(evaluate_classifier(run, test, per_image=True)))
             results.setdefault(name, []).append(json.loads(done.read_text()))
     print(f"\n{args.classifier} from scratch on {args.per_class}/class synthetic images ({args.model}, "

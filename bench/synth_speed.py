@@ -36,8 +36,8 @@ def timed(fn) -> float:
 def ours(bb, n: int, steps: int, batch: int) -> float:
     out = Path(tempfile.mkdtemp())
     cfg = SynthConfig(per_class=max(1, n // len(CLASSES)), steps=steps, guidance=3.0, batch_size=batch)
-    generate(bb, CLASSES[:1], out / "warm", SynthConfig(per_class=2, steps=2, batch_size=2))  # warm-up
-    t = timed(lambda: generate(bb, CLASSES, out / "run", cfg))
+    generate(bb, CLASSES[:1], SynthConfig(per_class=2, steps=2, batch_size=2), out=out / "warm")  # warm-up
+    t = timed(lambda: generate(bb, CLASSES, cfg, out=out / "run"))
     shutil.rmtree(out)
     return cfg.per_class * len(CLASSES) / t
 

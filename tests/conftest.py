@@ -27,7 +27,7 @@ def make_sd_dir(root, prediction_type="epsilon", with_vae=True, seed=0):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from diffdisc.world.tokenizer import build_word_tokenizer
+    from diffdisc.training.tokenizer import build_word_tokenizer
 
     torch.manual_seed(seed)
     latent_ch = 4 if with_vae else 3

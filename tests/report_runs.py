@@ -18,12 +18,12 @@ MODEL_NAME = "tiny-classcond-colours"  # the model's own name (`diffdisc train -
 
 def build_runs(root: Path, sd_dir: Path, classcond_dir: Path, image_folder: Path) -> dict[str, Path]:
     from diffdisc.backbones.registry import create_backbone, list_backbones
+    from diffdisc.datasets.probes import PROBES
     from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig
     from diffdisc.tasks.attention import attention_heatmaps
-    from diffdisc.tasks.classify import classify
-    from diffdisc.tasks.probe import run_probes
+    from diffdisc.tasks.classify import ClassifyConfig, classify
+    from diffdisc.tasks.probe import ProbeConfig, run_probes
     from diffdisc.tasks.synth import SynthConfig, generate
-    from diffdisc.world.probes import PROBES
 
     # a class-conditional model whose class names are user text (one of them is markup)
     model = root / "model"
@@ -37,13 +37,14 @@ def build_runs(root: Path, sd_dir: Path, classcond_dir: Path, image_folder: Path
     score = ScoreConfig(batch_size=64)
 
     a = root / "a"
-    classify(bb, data, score=score, adaptive=AdaptiveConfig(strategy="ttest", min_scores=3, max_scores=6, p_value=0.2),
-             out=a)  # fmt: skip
+    ttest = AdaptiveConfig(strategy="ttest", min_scores=3, max_scores=6, p_value=0.2)
+    classify(bb, data, ClassifyConfig(score=score, adaptive=ttest), out=a)
     sd = create_backbone(sd_dir)
     models = [sd] + ([create_backbone("fmnist-scenes-clip")] if "fmnist-scenes-clip" in list_backbones() else [])
-    run_probes(models, [p for p in ("binding", "cue-conflict") if p in PROBES], n=3, n_timesteps=2, out=a / "probes")
+    run_probes(models, [p for p in ("binding", "cue-conflict") if p in PROBES], ProbeConfig(n=3, n_timesteps=2),
+               out=a / "probes")
     attention_heatmaps(sd, data / "red" / "0.png", f"a red {SCRIPT}", a / "heatmap.png", t=300)
-    generate(bb, CLASSES_A, a / "synth", SynthConfig(per_class=2, steps=2, batch_size=8))
+    generate(bb, CLASSES_A, SynthConfig(per_class=2, steps=2, batch_size=8), out=a / "synth")
     (a / "features_sweep.json").write_text(json.dumps({
         "model": "tiny-classcond", "blocks": ["down.0", "mid", "up.1"], "timesteps": [10, 100, 500],
         "val_acc": [[0.5, 0.6, 0.4], [0.7, 0.9, 0.5], [0.6, None, 0.3]],
@@ -55,8 +56,8 @@ def build_runs(root: Path, sd_dir: Path, classcond_dir: Path, image_folder: Path
     for c in ("red", "blue"):
         shutil.copytree(image_folder / c, b_data / c)
     b = root / "b"
-    classify(bb, b_data, ["red", "blue"], score=score, adaptive=AdaptiveConfig(strategy="halving", stages=((2, 1), (4, 1))),
-             out=b)  # fmt: skip
+    halving = AdaptiveConfig(strategy="halving", stages=((2, 1), (4, 1)))
+    classify(bb, b_data, ClassifyConfig(classes=["red", "blue"], score=score, adaptive=halving), out=b)
     return {"a": a, "b": b, "data": data}
 
 

@@ -17,7 +17,7 @@ TINY = ClassifierConfig(model="resnet10t", epochs=2, batch_size=2, image_size=16
 def test_baseline_train_eval_and_report(monkeypatch, capsys, image_folder, classcond_dir, tmp_path, one_thread):
     from diffdisc.backbones.registry import create_backbone
     from diffdisc.scoring.config import AdaptiveConfig
-    from diffdisc.tasks.classify import classify
+    from diffdisc.tasks.classify import ClassifyConfig, classify
 
     out = tmp_path / "cnn<i>"  # user text in the page must be escaped
     code, stdout, _ = run_main(monkeypatch, capsys, "baseline", "train", "--data", image_folder, "--model", "resnet10t",
@@ -37,7 +37,7 @@ def test_baseline_train_eval_and_report(monkeypatch, capsys, image_folder, class
     assert len(evals[1]["predictions"]) == len(evals[1]["confidence"]) == 9
 
     diffusion = tmp_path / "diffusion"
-    classify(create_backbone(classcond_dir), image_folder, adaptive=AdaptiveConfig(n_timesteps=2), out=diffusion)
+    classify(create_backbone(classcond_dir), image_folder, ClassifyConfig(adaptive=AdaptiveConfig(n_timesteps=2)), out=diffusion)
     page = tmp_path / "report.html"
     code, stdout, _ = run_main(monkeypatch, capsys, "report", diffusion, out, "--out", page)
     html = page.read_text()
@@ -56,14 +56,14 @@ def test_max_minutes_stops_mid_epoch_and_resume_matches(image_folder, tmp_path, 
     """A time limit checkpoints mid-epoch (with the augmentation generator); the resumed run ends where an
     uninterrupted one does."""
     logs: list[str] = []
-    train_classifier(image_folder, tmp_path / "cut", TINY, log=logs.append, max_minutes=1e-9)
+    train_classifier(image_folder, TINY, out=tmp_path / "cut", log=logs.append, max_minutes=1e-9)
     state = json.loads((tmp_path / "cut" / "checkpoints" / "last" / "state.json").read_text())
     assert (state["epoch"], state["step"]) == (0, 1) and any("stopped by --max-minutes" in m for m in logs)
     assert (tmp_path / "cut" / "model.safetensors").is_file()  # the best model so far, usable at once
     logs.clear()
-    train_classifier(image_folder, tmp_path / "cut", TINY, log=logs.append)
+    train_classifier(image_folder, TINY, out=tmp_path / "cut", log=logs.append)
     assert any("resumed after epoch 0 and 1/" in m for m in logs) and any(m.startswith("epoch 2/2") for m in logs)
-    train_classifier(image_folder, tmp_path / "whole", TINY, log=lambda m: None)
+    train_classifier(image_folder, TINY, out=tmp_path / "whole", log=lambda m: None)
     a, b = (load_file(str(tmp_path / d / "checkpoints" / "last" / "model.safetensors")) for d in ("cut", "whole"))
     assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-5 for k in a if a[k].is_floating_point())
 
@@ -72,8 +72,8 @@ def test_synth_train_keeps_its_synthetic_labels(image_folder, tmp_path, one_thre
     from diffdisc.tasks.synth_train import train_classifier as synth_train
 
     logs: list[str] = []
-    synth_train(image_folder, tmp_path / "clf", ClassifierConfig(model="resnet10t", epochs=1, batch_size=8, image_size=16),
-                log=logs.append)  # fmt: skip
+    synth_train(image_folder, ClassifierConfig(model="resnet10t", epochs=1, batch_size=8, image_size=16),
+                out=tmp_path / "clf", log=logs.append)  # fmt: skip
     meta = json.loads((tmp_path / "clf" / "classifier.json").read_text())
     assert meta["val_acc_synthetic"] == meta["val_acc"] and any("val acc (synthetic)" in m for m in logs)
 

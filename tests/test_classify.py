@@ -15,9 +15,10 @@ from PIL import Image
 from conftest import CLASSES, make_noise_folder
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.errors import DiffdiscError
-from diffdisc.results import ClassificationResult, ResultStore
+from diffdisc.results import ClassificationResult
+from diffdisc.runs import RunStore
 from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig
-from diffdisc.tasks.classify import build_candidates, classify
+from diffdisc.tasks.classify import ClassifyConfig, build_candidates, classify
 
 FAST = AdaptiveConfig(n_timesteps=4)
 
@@ -32,7 +33,7 @@ def run_cli(*args, check=True):
 
 def test_imagefolder_run_writes_results(classcond_dir, image_folder, tmp_path):
     bb = create_backbone(classcond_dir)
-    res = classify(bb, image_folder, adaptive=FAST, out=tmp_path / "r")
+    res = classify(bb, image_folder, ClassifyConfig(adaptive=FAST), out=tmp_path / "r")
     assert len(res) == 9 and sorted(set(res.labels.tolist())) == [0, 1, 2]
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert m["n_images"] == 9 and m["unet_calls_per_image"] == 12 and 0 <= m["accuracy"] <= 1
@@ -46,7 +47,7 @@ def test_text_backbone_templates_are_averaged(sd_dir, image_folder, tmp_path):
     bb = create_backbone(sd_dir)
     cand = build_candidates(bb, ["red", "blue"], ["a {}", "a photo of a {}"])
     assert cand.keys == ["a red", "a photo of a red", "a blue", "a photo of a blue"] and cand.groups == [[0, 1], [2, 3]]
-    res = classify(bb, image_folder, ["red", "green", "blue"], templates=["a {}", "a photo of a {}"], adaptive=FAST, out=tmp_path / "t")
+    res = classify(bb, image_folder, ClassifyConfig(classes=["red", "green", "blue"], templates=["a {}", "a photo of a {}"], adaptive=FAST), out=tmp_path / "t")
     assert res.calls.tolist() == [24] * 9  # 3 classes x 2 templates x 4 t
 
 
@@ -56,7 +57,7 @@ def test_flat_folder_with_labels_csv(classcond_dir, tmp_path):
     for i in range(len(CLASSES)):
         Image.new("RGB", (16, 16), (200 * (i == 0), 200 * (i == 1), 200 * (i == 2))).save(d / f"im{i}.png")
     (tmp_path / "labels.csv").write_text("image,label\nim0.png,red\nim1.png,green\n")
-    res = classify(create_backbone(classcond_dir), d, adaptive=FAST, labels_csv=tmp_path / "labels.csv", out=tmp_path / "o")
+    res = classify(create_backbone(classcond_dir), d, ClassifyConfig(adaptive=FAST, labels_csv=tmp_path / "labels.csv"), out=tmp_path / "o")
     assert res.labels.tolist() == [0, 1, -1]
     assert ClassificationResult.load(tmp_path / "o").metrics()["n_labelled"] == 2
 
@@ -69,7 +70,7 @@ def test_odd_images_are_converted(classcond_dir, tmp_path):
     Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)).save(d / "sixteen.png")
     Image.new("RGB", (1, 1), (255, 0, 0)).save(d / "tiny.png")
     Image.new("P", (20, 12)).save(d / "palette.gif")
-    res = classify(create_backbone(classcond_dir), tmp_path / "odd", CLASSES, adaptive=FAST, out=tmp_path / "o")
+    res = classify(create_backbone(classcond_dir), tmp_path / "odd", ClassifyConfig(classes=CLASSES, adaptive=FAST), out=tmp_path / "o")
     assert len(res) == 5
 
 
@@ -83,8 +84,8 @@ def test_corrupt_images_fail_or_skip(classcond_dir, image_folder, tmp_path):
     (d / "red" / "truncated.png").write_bytes(good[: len(good) // 2])
     bb = create_backbone(classcond_dir)
     with pytest.raises(DiffdiscError, match="cannot read image"):
-        classify(bb, d, adaptive=FAST, out=tmp_path / "f")
-    res = classify(bb, d, adaptive=FAST, out=tmp_path / "s", on_error="skip")
+        classify(bb, d, ClassifyConfig(adaptive=FAST), out=tmp_path / "f")
+    res = classify(bb, d, ClassifyConfig(adaptive=FAST, on_error="skip"), out=tmp_path / "s")
     assert len(res) == 9 and {s[0] for s in res.skipped} == {"red/corrupt.png", "red/truncated.png"}
 
 
@@ -102,29 +103,29 @@ def test_bad_class_lists(classcond_dir, sd_dir, image_folder):
 
 def test_settings_mismatch_is_refused(classcond_dir, image_folder, tmp_path):
     bb = create_backbone(classcond_dir)
-    classify(bb, image_folder, adaptive=FAST, out=tmp_path / "r", limit=2)
+    classify(bb, image_folder, ClassifyConfig(adaptive=FAST, limit=2), out=tmp_path / "r")
     with pytest.raises(DiffdiscError, match="score.seed"):
-        classify(bb, image_folder, adaptive=FAST, score=ScoreConfig(seed=1), out=tmp_path / "r")
+        classify(bb, image_folder, ClassifyConfig(adaptive=FAST, score=ScoreConfig(seed=1)), out=tmp_path / "r")
 
 
 def test_resume_skips_done_and_recovers_torn_line(classcond_dir, image_folder, tmp_path):
     bb = create_backbone(classcond_dir)
-    full = classify(bb, image_folder, adaptive=FAST, out=tmp_path / "full")
-    classify(bb, image_folder, adaptive=FAST, out=tmp_path / "part", limit=4)
+    full = classify(bb, image_folder, ClassifyConfig(adaptive=FAST), out=tmp_path / "full")
+    classify(bb, image_folder, ClassifyConfig(adaptive=FAST, limit=4), out=tmp_path / "part")
     shard = tmp_path / "part" / "shards" / "part-00000.jsonl"
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) - 40])  # a kill in the middle of the 4th line
-    store = ResultStore(tmp_path / "part", json.loads((tmp_path / "part" / "run.json").read_text()))
+    store = RunStore(tmp_path / "part", None, json.loads((tmp_path / "part" / "run.json").read_text()))
     assert len(store.done()) == 3
     store.close()  # it holds the rank-0 lock, as a second process would
-    res = classify(bb, image_folder, adaptive=FAST, out=tmp_path / "part")
+    res = classify(bb, image_folder, ClassifyConfig(adaptive=FAST), out=tmp_path / "part")
     assert res.image_ids == full.image_ids and res.predictions.tolist() == full.predictions.tolist()
     np.testing.assert_allclose(res.scores, full.scores, rtol=1e-5)
 
 
 def test_sigkill_and_restart_gives_identical_metrics(classcond_dir, tmp_path):
-    data = make_noise_folder(tmp_path / "many", seed=1)
-    args = ["classify", "--model", classcond_dir, "--data", data, "--timesteps", "50", "--chunk", "2", "--quiet"]
+    data = make_noise_folder(tmp_path / "many", per_class=8, seed=1)  # 24 images, 12 chunks
+    args = ["classify", "--model", classcond_dir, "--data", data, "--timesteps", "20", "--chunk", "2", "--quiet"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "diffdisc.cli", *map(str, args), "--out", tmp_path / "k"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -135,11 +136,11 @@ def test_sigkill_and_restart_gives_identical_metrics(classcond_dir, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     n_before = shard.read_bytes().count(b"\n")
-    assert 4 <= n_before < 60, "the run must be killed mid-way"
+    assert 4 <= n_before < 24, "the run must be killed mid-way"
     run_cli(*args, "--out", tmp_path / "k")
     run_cli(*args, "--out", tmp_path / "ref")
     a, b = ClassificationResult.load(tmp_path / "k"), ClassificationResult.load(tmp_path / "ref")
-    assert len(a) == 60 and len(set(a.image_ids)) == 60 and a.image_ids == b.image_ids
+    assert len(a) == 24 and len(set(a.image_ids)) == 24 and a.image_ids == b.image_ids
     assert a.predictions.tolist() == b.predictions.tolist()
     ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("k", "ref"))
     assert ma["accuracy"] == mb["accuracy"] and ma["unet_calls_per_image"] == mb["unet_calls_per_image"]

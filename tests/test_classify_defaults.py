@@ -13,7 +13,7 @@ from diffdisc.data.images import resize_note
 from diffdisc.errors import DiffdiscError
 from diffdisc.results import ClassificationResult
 from diffdisc.scoring.config import AdaptiveConfig, parse_stages
-from diffdisc.tasks.classify import classify
+from diffdisc.tasks.classify import ClassifyConfig, classify
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_T = AdaptiveConfig(n_timesteps=1)
@@ -39,16 +39,16 @@ def test_stratified_subset_unlabelled_is_a_seeded_random_subset():
 
 def test_limit_covers_every_class_keeps_order_and_resumes(classcond_dir, image_folder, tmp_path):
     bb, ds = create_backbone(classcond_dir), open_image_dataset(image_folder)
-    res = classify(bb, image_folder, adaptive=ONE_T, limit=3, out=tmp_path / "r")
+    res = classify(bb, image_folder, ClassifyConfig(adaptive=ONE_T, limit=3), out=tmp_path / "r")
     assert sorted(res.labels.tolist()) == [0, 1, 2]  # sorted files would give three images of one class
     recs = {r["image_id"]: r["order"] for r in ClassificationResult.load(tmp_path / "r").records}
     assert all(ds.items[o].image_id == i for i, o in recs.items())  # order = position in the full folder
-    more = classify(bb, image_folder, adaptive=ONE_T, limit=6, out=tmp_path / "r")
+    more = classify(bb, image_folder, ClassifyConfig(adaptive=ONE_T, limit=6), out=tmp_path / "r")
     assert set(recs) <= set(more.image_ids) and len(more) == 6 and sorted(Counter(more.labels.tolist()).values()) == [2, 2, 2]
 
 
 def test_resize_is_said_once_per_run(classcond_dir, image_folder, tmp_path):
-    res = classify(create_backbone(classcond_dir), image_folder, adaptive=ONE_T, out=tmp_path / "r")  # 20x20 -> 16x16
+    res = classify(create_backbone(classcond_dir), image_folder, ClassifyConfig(adaptive=ONE_T), out=tmp_path / "r")  # 20x20 -> 16x16
     assert res.notes == ["images resized 20×20 -> 16×16 (the model's size): bicubic resize of the shorter side, "
                          "then centre crop; 9 of 9 images"]  # fmt: skip
     assert resize_note(Counter({(16, 16): 4}), 16) is None
@@ -72,7 +72,7 @@ def test_defaults_agree_across_config_cli_and_docs():
 
 
 def _table(capsys, monkeypatch, metrics: dict) -> str:
-    from diffdisc.cli import _print_metrics
+    from diffdisc.cli.classify import print_metrics as _print_metrics
 
     monkeypatch.setenv("COLUMNS", "200")
     _print_metrics(metrics, Path("runs/x"), as_json=False)

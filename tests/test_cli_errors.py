@@ -89,10 +89,10 @@ def test_python_warnings_are_silent_under_quiet_and_json(monkeypatch, capsys, sd
 def test_calibrate_contrastive_run_refuses_platt(monkeypatch, capsys, classcond_dir, image_folder, tmp_path):
     from diffdisc.backbones.registry import create_backbone
     from diffdisc.scoring.config import AdaptiveConfig
-    from diffdisc.tasks.classify import classify
+    from diffdisc.tasks.classify import ClassifyConfig, classify
 
     run = tmp_path / "run"
-    classify(create_backbone(classcond_dir), image_folder, adaptive=AdaptiveConfig(n_timesteps=2), out=run)
+    classify(create_backbone(classcond_dir), image_folder, ClassifyConfig(adaptive=AdaptiveConfig(n_timesteps=2)), out=run)
     for shard in (run / "shards").glob("*.jsonl"):  # as a contrastive model records them: no U-Net calls
         recs = [json.loads(line) for line in shard.read_text().splitlines()]
         shard.write_text("".join(json.dumps({**r, "calls": 0, "n_calls": [0] * len(r["n_calls"])}) + "\n" for r in recs))
@@ -121,8 +121,8 @@ def test_synth_train_writes_classifier_json_atomically(monkeypatch, image_folder
     monkeypatch.setattr(io, "open", disk_full_on_classifier_json)
     monkeypatch.setattr("builtins.open", disk_full_on_classifier_json)
     with pytest.raises((OSError, DiffdiscError), match="No space"):
-        train_classifier(image_folder, out, ClassifierConfig(model="resnet10t", epochs=1, batch_size=8, image_size=16),
-                         log=lambda m: None)  # fmt: skip
+        train_classifier(image_folder, ClassifierConfig(model="resnet10t", epochs=1, batch_size=8, image_size=16),
+                         out=out, log=lambda m: None)  # fmt: skip
     assert json.loads((out / "classifier.json").read_text()) == {"previous": True}
 
 
@@ -130,9 +130,9 @@ def test_calibrate_exhaustive_run_refuses_platt(monkeypatch, capsys, classcond_d
     """Every image of an exhaustive run has the same call count: log(calls) is constant, Platt is not identifiable."""
     from diffdisc.backbones.registry import create_backbone
     from diffdisc.scoring.config import AdaptiveConfig
-    from diffdisc.tasks.classify import classify
+    from diffdisc.tasks.classify import ClassifyConfig, classify
 
     run = tmp_path / "run"
-    classify(create_backbone(classcond_dir), image_folder, adaptive=AdaptiveConfig(n_timesteps=2), out=run)
+    classify(create_backbone(classcond_dir), image_folder, ClassifyConfig(adaptive=AdaptiveConfig(n_timesteps=2)), out=run)
     code, out, err = run_main(monkeypatch, capsys, "calibrate", run, "--json")
     assert code == 0 and json.loads(out)["platt_log_calls"] is None and "same number of U-Net calls" in err

@@ -18,7 +18,8 @@ from diffdisc.tasks.baseline import ClassifierConfig
 from diffdisc.tasks.features import FeatureConfig
 from diffdisc.tasks.match import MatchConfig
 from diffdisc.tasks.synth import SynthConfig
-from diffdisc.world.recipes import RECIPES, TrainConfig
+from diffdisc.training.config import TrainConfig
+from diffdisc.training.recipes import RECIPES
 
 ALL = (ScoreConfig, AdaptiveConfig, FeatureConfig, HeadConfig, SynthConfig, ClassifierConfig, TrainConfig,
        LoraConfig, MatchConfig)  # fmt: skip
@@ -113,8 +114,8 @@ def test_lora_and_match_configs_check_their_fields():
 def test_tune_keeps_the_keyword_style():
     """Old keywords still work (they override the config's fields); unknown ones still fail loudly."""
     with pytest.raises(DiffdiscError, match="no training groups"):
-        tune(None, [], "unused", lr=1e-2, seed=3)
+        tune(None, [], out="unused", lr=1e-2, seed=3)
     with pytest.raises(DiffdiscError, match="LoRA rank"):
-        tune(None, [], "unused", LoraConfig(), rank=0)
+        tune(None, [], LoraConfig(), out="unused", rank=0)
     with pytest.raises(TypeError):
-        tune(None, [], "unused", learning_rate=1e-2)
+        tune(None, [], out="unused", learning_rate=1e-2)

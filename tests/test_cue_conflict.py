@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from diffdisc.backbones.registry import create_backbone, shipped_models_dir
+from diffdisc.datasets.fashion_mnist import CLASS_NAMES, load_shipped_subset
+from diffdisc.datasets.probes import colour_cue_classes, make_probe
+from diffdisc.datasets.scenes import COLOURS, PALETTE, class_colour
 from diffdisc.errors import DiffdiscError
-from diffdisc.world.fashion_mnist import CLASS_NAMES, load_shipped_subset
-from diffdisc.world.objectives import Captioned
-from diffdisc.world.probes import colour_cue_classes, make_probe
-from diffdisc.world.recipes import RECIPES, TrainConfig, get_recipe
-from diffdisc.world.scenes import COLOURS, PALETTE, class_colour
-from diffdisc.world.train import train
+from diffdisc.training.config import TrainConfig
+from diffdisc.training.objectives import Captioned
+from diffdisc.training.recipes import RECIPES, get_recipe
+from diffdisc.training.train import train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 QUIET = {"log": lambda m: None, "quiet": True}
@@ -88,7 +89,7 @@ def test_cue_conflict_items_are_seeded_and_conflicting():
 
 
 def test_shape_bias_metric_on_one_image_groups():
-    from diffdisc.tasks.match import match_metrics
+    from diffdisc.scoring.match_metrics import match_metrics
 
     m = match_metrics([np.array([[0.1, 0.2]]), np.array([[0.3, 0.2]]), np.array([[0.1, 0.5]]), np.array([[0.2, 0.2]])])
     assert m["text"]["mean"] == 0.5 and m["chance"] == {"text": 0.5} and "image" not in m  # a tie is no decision
@@ -145,10 +146,10 @@ def test_cue_conflict_probe_for_diffusion_and_contrastive_models(text_model, cli
     from typer.testing import CliRunner
 
     from diffdisc.cli import app
-    from diffdisc.tasks.probe import run_probes
+    from diffdisc.tasks.probe import ProbeConfig, run_probes
 
-    rows = run_probes([create_backbone(text_model), create_backbone(clip_model)], ["cue-conflict"], n=4,
-                      n_timesteps=2, out=tmp_path / "p")  # fmt: skip
+    rows = run_probes([create_backbone(text_model), create_backbone(clip_model)], ["cue-conflict"],
+                      ProbeConfig(n=4, n_timesteps=2), out=tmp_path / "p")  # fmt: skip
     assert [r["kind"] for r in rows] == ["diffusion", "contrastive"]
     for r in rows:
         assert r["probe"] == "cue-conflict" and r["n"] == 4 and r["chance"] == {"text": 0.5}

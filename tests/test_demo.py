@@ -5,14 +5,19 @@ import json
 import pytest
 
 from diffdisc.backbones.registry import create_backbone, list_backbones
-from diffdisc.demo import run_demo
+from diffdisc.datasets.export import export_shipped_test
+from diffdisc.demo import RUNS, run_demo
 from diffdisc.scoring.config import AdaptiveConfig
-from diffdisc.tasks.classify import classify
-from diffdisc.world.export import export_shipped_test
+from diffdisc.tasks.classify import ClassifyConfig, classify
 
 
 def test_demo_writes_table_and_page(tmp_path):
-    r = run_demo(tmp_path / "demo", per_class=1)
+    # the demo's own five runs at a quarter of the timesteps: the same code path, a fifth of the U-Net calls
+    cheap = {"exhaustive": AdaptiveConfig(strategy="exhaustive", n_timesteps=4),
+             "halving": AdaptiveConfig(strategy="halving", stages=((2, 3), (4, 1))),
+             "ttest": AdaptiveConfig(strategy="ttest", min_scores=2, max_scores=4, p_value=2e-2)}  # fmt: skip
+    jobs = [(m, kind, name, cheap[cfg.strategy]) for m, kind, name, cfg in RUNS]
+    r = run_demo(tmp_path / "demo", per_class=1, jobs=jobs)
     n = len(r["rows"])
     assert n >= 3 and all(len(row) == len(r["header"]) for row in r["rows"])
     html = (tmp_path / "demo" / "index.html").read_text()
@@ -25,7 +30,7 @@ def test_demo_writes_table_and_page(tmp_path):
 def test_shipped_classcond_model_classifies_shipped_images(tmp_path):
     bb = create_backbone("fmnist-classcond")
     data = export_shipped_test(tmp_path / "data", per_class=3, seed=1)
-    res = classify(bb, data, adaptive=AdaptiveConfig(strategy="halving", stages=((10, 3), (20, 1))), out=tmp_path / "r")
+    res = classify(bb, data, ClassifyConfig(adaptive=AdaptiveConfig(strategy="halving", stages=((10, 3), (20, 1)))), out=tmp_path / "r")
     assert len(res) == 30
     assert (res.predictions == res.labels).mean() >= 0.70  # measured 88.5% on 1,000 (docs/results.md)
 
@@ -34,7 +39,7 @@ def test_shipped_classcond_model_classifies_shipped_images(tmp_path):
 def test_shipped_text_model_classifies_coloured_test_scenes_from_class_names(tmp_path):
     bb = create_backbone("fmnist-scenes-text")
     data = export_shipped_test(tmp_path / "data", per_class=3, seed=2, scenes=True)
-    res = classify(bb, data, adaptive=AdaptiveConfig(strategy="halving", stages=((5, 3), (10, 1))), out=tmp_path / "r")
+    res = classify(bb, data, ClassifyConfig(adaptive=AdaptiveConfig(strategy="halving", stages=((5, 3), (10, 1)))), out=tmp_path / "r")
     assert len(res) == 30 and "an ankle boot" in res.settings["prompts"] and "a t-shirt" in res.settings["prompts"]
     assert (res.predictions == res.labels).mean() >= 0.6  # measured 82.5% on 1,000 (docs/results.md)
 

@@ -15,9 +15,10 @@ from diffdisc.errors import DiffdiscError
 from diffdisc.features.cache import FeatureCache, cached_features, model_fingerprint
 from diffdisc.features.heads import FittedHead, HeadConfig, fit_head, stratified_split
 from diffdisc.features.taps import ExtractStats, describe_blocks, extract
+from diffdisc.results.sweep import SWEEP_JSON
 from diffdisc.scoring.config import ScoreConfig
 from diffdisc.scoring.engine import ScoringEngine
-from diffdisc.tasks.features import SWEEP_JSON, FeatureConfig, parse_cells, sweep, sweep_on_features
+from diffdisc.tasks.features import FeatureConfig, SweepConfig, parse_cells, sweep, sweep_on_features
 
 
 @pytest.fixture(scope="module")
@@ -192,8 +193,9 @@ def test_sweep_end_to_end_writes_schema_and_heatmap(classcond_dir, image_folder,
     bb = create_backbone(classcond_dir)
     train = LabelledImages.from_folder(image_folder)
     test = LabelledImages.from_folder(image_folder, class_names=train.class_names).subset(range(8, -1, -1))  # other order
-    r = sweep(bb, train, test, ["down.1", "mid"], [10, 500], features=FeatureConfig(pooling="avg2", val_fraction=0.3),
-              head=HeadConfig(weight_decays=(1e-3,), max_iter=30), cache=tmp_path / "cache", out=tmp_path / "out")  # fmt: skip
+    grid = SweepConfig(["down.1", "mid"], [10, 500], features=FeatureConfig(pooling="avg2", val_fraction=0.3),
+                       head=HeadConfig(weight_decays=(1e-3,), max_iter=30))  # fmt: skip
+    r = sweep(bb, train, grid, test=test, cache=tmp_path / "cache", out=tmp_path / "out")
     data = json.loads((tmp_path / "out" / SWEEP_JSON).read_text())
     assert list(data) == ["model", "blocks", "timesteps", "val_acc", "best", "test_acc", "head", "pooling", "n_train", "n_val", "n_test"]
     assert data["blocks"] == ["down.1", "mid"] and data["timesteps"] == [10, 500]
@@ -203,8 +205,7 @@ def test_sweep_end_to_end_writes_schema_and_heatmap(classcond_dir, image_folder,
     assert isinstance(data["test_acc"], float) and (tmp_path / "out" / "features_sweep.png").stat().st_size > 1000
     details = json.loads((tmp_path / "out" / "features_sweep_details.json").read_text())
     assert details["unet_forwards_train"] == 9 * 2 and details["unet_forwards_test"] == 9  # test: one t only
-    r2 = sweep(bb, train, None, ["down.1", "mid"], [10, 500], features=FeatureConfig(pooling="avg2", val_fraction=0.3),
-               head=HeadConfig(weight_decays=(1e-3,), max_iter=30), cache=tmp_path / "cache")  # fmt: skip
+    r2 = sweep(bb, train, grid, cache=tmp_path / "cache")
     assert r2.val_acc == r.val_acc and r2.details["unet_forwards_train"] == 0 and r2.test_acc is None
 
 
@@ -225,9 +226,9 @@ def test_bad_input_errors(cc, image_folder, tmp_path):
     train = LabelledImages.from_folder(image_folder)
     tiny = train.subset([0, 1, 3, 6, 7])  # one image of the middle class
     with pytest.raises(DiffdiscError, match="too few labelled examples"):
-        sweep(cc, tiny, None, ["mid"], [10])
+        sweep(cc, tiny, SweepConfig(["mid"], [10]))
     with pytest.raises(DiffdiscError, match="spatial tokens"):
-        sweep(cc, train, None, ["mid"], [10], head=HeadConfig(kind="attention"))
+        sweep(cc, train, SweepConfig(["mid"], [10], head=HeadConfig(kind="attention")))
 
 
 def test_cli_blocks_sweep_and_one_line_errors(classcond_dir, image_folder, tmp_path, capsys, monkeypatch):
@@ -252,16 +253,17 @@ def test_cli_blocks_sweep_and_one_line_errors(classcond_dir, image_folder, tmp_p
 
 
 def test_probe_fuses_cells_and_compare_uses_the_same_head(cc, image_folder, tmp_path, one_thread):
-    from diffdisc.tasks.features import compare, probe
+    from diffdisc.tasks.features import CellConfig, compare, probe
 
     train = LabelledImages.from_folder(image_folder)
     test = train.subset(range(8, -1, -1))
     cfg = FeatureConfig(pooling="avg2", val_fraction=0.3)
     head = HeadConfig(weight_decays=(1e-3,), max_iter=20)
-    r, fitted = probe(cc, train, test, [("mid", 10), ("up.0", 500)], features=cfg, head=head, cache=tmp_path / "c")
+    r, fitted = probe(cc, train, CellConfig([("mid", 10), ("up.0", 500)], features=cfg, head=head), test=test,
+                      cache=tmp_path / "c")  # fmt: skip
     assert r.dims == 32 * 4 * 2 and r.n_test == 9 and 0 <= r.test_acc <= 1 and fitted.shapes == [[32, 2, 2], [32, 2, 2]]
-    att, _ = probe(cc, train, None, [("mid", 10), ("down.0", 10)], features=cfg, cache=tmp_path / "c",
-                   head=HeadConfig(kind="attention", dim=16, heads=2, epochs=2))  # fmt: skip
+    att_head = HeadConfig(kind="attention", dim=16, heads=2, epochs=2)
+    att, _ = probe(cc, train, CellConfig([("mid", 10), ("down.0", 10)], features=cfg, head=att_head), cache=tmp_path / "c")
     assert att.test_acc is None and 0 <= att.val_acc <= 1
-    rows = compare(cc, train, test, [("mid", 10)], features=cfg, head=head, cache=tmp_path / "c")
+    rows = compare(cc, train, CellConfig([("mid", 10)], features=cfg, head=head), test=test, cache=tmp_path / "c")
     assert [row.representation.split()[0] for row in rows] == ["mid@10", "pixels"] and rows[1].dims == 3 * 16 * 16

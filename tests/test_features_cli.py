@@ -30,7 +30,7 @@ def test_max_train_is_a_seeded_stratified_subset(image_folder):
 
 
 def test_sweep_max_train_json_and_quiet(run, image_folder, tmp_path):
-    args = ("--data", image_folder, "--out", tmp_path / "o", "--blocks", "mid", "--timesteps", "10", "--val-fraction", "0.3",
+    args = ("--data", image_folder, "--out", tmp_path / "o", "--blocks", "mid", "--timesteps", "10,", "--val-fraction", "0.3",
             "--cache", tmp_path / "c", "--max-train", "6")  # fmt: skip
     code, out, err = run("sweep", *args, "--json")
     r = json.loads(out)  # stdout is the JSON and nothing else
@@ -62,10 +62,10 @@ def test_blocks_and_extract_json(run, image_folder, tmp_path):
     code, out, err = run("blocks", "--json")
     blocks = json.loads(out)
     assert code == 0 and "mid" in [b["name"] for b in blocks] and all(len(b["shape"]) == 3 for b in blocks) and err == ""
-    code, out, err = run("extract", "--data", image_folder, "--blocks", "mid", "--timesteps", "10", "--cache", tmp_path / "c",
+    code, out, err = run("extract", "--data", image_folder, "--blocks", "mid", "--timesteps", "10,", "--cache", tmp_path / "c",
                          "--json")  # fmt: skip
     r = json.loads(out)
     assert code == 0 and r["images"] == 9 and r["unet_forwards"] == 9 and err == ""
-    code, out, err = run("extract", "--data", image_folder, "--blocks", "mid", "--timesteps", "10", "--cache", tmp_path / "c",
+    code, out, err = run("extract", "--data", image_folder, "--blocks", "mid", "--timesteps", "10,", "--cache", tmp_path / "c",
                          "--quiet")  # fmt: skip
     assert code == 0 and out.count("\n") == 1 and "0 U-Net forwards" in out and err == ""

@@ -39,14 +39,14 @@ def test_fingerprint_same_for_identical_copy_in_another_dir(tmp_path):
 
 
 def test_classify_run_refuses_model_retrained_in_place(tmp_path, image_folder):
-    from diffdisc.tasks.classify import classify
+    from diffdisc.tasks.classify import ClassifyConfig, classify
 
     root = make_classcond_dir(tmp_path / "model", seed=0)
     one_t = AdaptiveConfig(n_timesteps=1)
-    classify(create_backbone(root), image_folder, adaptive=one_t, out=tmp_path / "run", limit=1)
+    classify(create_backbone(root), image_folder, ClassifyConfig(adaptive=one_t, limit=1), out=tmp_path / "run")
     make_classcond_dir(root, seed=1)  # `diffdisc train` re-exporting to the same directory: same sizes
     with pytest.raises(DiffdiscError, match="other settings"):
-        classify(create_backbone(root), image_folder, adaptive=one_t, out=tmp_path / "run", limit=2)
+        classify(create_backbone(root), image_folder, ClassifyConfig(adaptive=one_t, limit=2), out=tmp_path / "run")
 
 
 def test_lora_adapter_refused_on_base_model_retrained_in_place(tmp_path):

@@ -11,7 +11,7 @@ from diffdisc.backbones.registry import create_backbone
 from diffdisc.data.images import array_to_tensor, open_image, to_tensor
 from diffdisc.errors import DiffdiscError
 from diffdisc.scoring.config import AdaptiveConfig
-from diffdisc.tasks.classify import classify
+from diffdisc.tasks.classify import ClassifyConfig, classify
 
 
 def official(size):
@@ -70,6 +70,6 @@ def test_decompression_bomb_is_skipped_with_on_error_skip(classcond_dir, image_f
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
     bb, fast = create_backbone(classcond_dir), AdaptiveConfig(n_timesteps=4)
     with pytest.raises(DiffdiscError, match="cannot read image"):
-        classify(bb, d, CLASSES, adaptive=fast, out=tmp_path / "f")
-    res = classify(bb, d, CLASSES, adaptive=fast, out=tmp_path / "s", on_error="skip")
+        classify(bb, d, ClassifyConfig(classes=CLASSES, adaptive=fast), out=tmp_path / "f")
+    res = classify(bb, d, ClassifyConfig(classes=CLASSES, adaptive=fast, on_error="skip"), out=tmp_path / "s")
     assert len(res) == 9 and {s[0] for s in res.skipped} == {"red/warns.png", "red/raises.png"}

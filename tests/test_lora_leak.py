@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diffdisc.datasets.fashion_mnist import load_shipped_subset
+from diffdisc.datasets.probes import PROBES, make_probe
 from diffdisc.tasks.attention import tuning_groups
-from diffdisc.world.fashion_mnist import load_shipped_subset
-from diffdisc.world.probes import PROBES, make_probe
 
 
 def _items(groups) -> set[tuple[str, int]]:
@@ -42,17 +42,17 @@ def test_lora_tuning_pool_disjoint_for_every_probe():
 def test_cli_attention_tune_draws_train_items_only(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    import diffdisc.cli
+    import diffdisc.cli.attention
     import diffdisc.tasks.attention
     from diffdisc.cli import app
 
     seen = []
 
-    def fake_tune(bb, groups, out, **kw):  # the data the command would tune on, without training
+    def fake_tune(bb, groups, config=None, *, out, **kw):  # the data the command would tune on, without training
         seen.extend(groups)
         return Path(out)
 
-    monkeypatch.setattr(diffdisc.cli, "_load", lambda model, device: None)
+    monkeypatch.setattr(diffdisc.cli.attention, "load", lambda model, device: None)
     monkeypatch.setattr(diffdisc.tasks.attention, "tune", fake_tune)
     res = CliRunner().invoke(app, ["attention", "tune", "--out", str(tmp_path / "a"), "--shots", "32", "--json"])
     assert res.exit_code == 0, res.output
@@ -75,8 +75,8 @@ def test_eval_probes_unchanged_by_disjoint_tuning_pool():
 
 
 def test_shipped_train_subset_matches_its_recipe():
+    from diffdisc.datasets.fashion_mnist import load_fashion_mnist, stratified_indices
     from diffdisc.errors import DiffdiscError
-    from diffdisc.world.fashion_mnist import load_fashion_mnist, stratified_indices
 
     images, labels, indices = load_shipped_subset("train")
     assert images.shape == (1000, 28, 28) and np.bincount(labels).tolist() == [100] * 10

@@ -151,7 +151,7 @@ def _edited_copy(src, dst, **changes):
 
 def test_models_are_named_by_their_own_name_not_their_folder(runs, ctx, tmp_path):
     from diffdisc.backbones.base import model_label
-    from diffdisc.results import RUNTIME_KEYS
+    from diffdisc.runs import RUNTIME_KEYS
     from diffdisc.runs.guard import setting_diffs
 
     assert json.loads((runs["a"] / "run.json").read_text())["model"]["label"] == MODEL_NAME  # recorded by classify

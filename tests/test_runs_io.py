@@ -59,33 +59,33 @@ def test_stale_temps_of_dead_writers_are_removed_live_ones_kept(tmp_path):
 
 
 def test_result_store_guard(tmp_path):
-    from diffdisc.results import ResultStore
+    from diffdisc.runs import RunStore
 
     s = {"model": {"name": "m", "fingerprint": "f"}, "score": {"batch_size": 8, "seed": 0}, "adaptive": {"n_timesteps": 20}}
-    ResultStore(tmp_path, s).close()
-    ResultStore(tmp_path, {**s, "score": {"batch_size": 64, "seed": 0}, "model": {**s["model"], "label": "x"}}).close()
+    RunStore(tmp_path, None, s).close()
+    RunStore(tmp_path, None, {**s, "score": {"batch_size": 64, "seed": 0}, "model": {**s["model"], "label": "x"}}).close()
     with pytest.raises(DiffdiscError, match=SHARED) as e:
-        ResultStore(tmp_path, {**s, "adaptive": {"n_timesteps": 30}, "score": {"batch_size": 8, "seed": 1}})
+        RunStore(tmp_path, None, {**s, "adaptive": {"n_timesteps": 30}, "score": {"batch_size": 8, "seed": 1}})
     assert "(adaptive.n_timesteps: 20 -> 30, score.seed: 0 -> 1)" in str(e.value)  # meaningful keys first
 
 
 def test_synth_guard(tmp_path):
     from diffdisc.tasks import synth
 
-    stub = SimpleNamespace(info=SimpleNamespace(name="m", fingerprint="f"), is_contrastive=False)
+    stub = SimpleNamespace(info=SimpleNamespace(name="m", fingerprint="f", family="classcond"))
     cfg = synth.SynthConfig(per_class=2)
     settings = {"model": "m", "fingerprint": "f", "classes": ["a"], **json.loads(json.dumps(cfg.__dict__))}
     (tmp_path / "synth.json").write_text(json.dumps({**settings, "per_class": 3}))
     with pytest.raises(DiffdiscError, match=SHARED + "use another --out") as e:
-        synth.generate(stub, ["a"], tmp_path, cfg)
+        synth.generate(stub, ["a"], cfg, out=tmp_path)
     assert "per_class: 3 -> 2" in str(e.value)
     (tmp_path / "synth.json").write_text(json.dumps({**settings, "batch_size": 7}))
     assert check_settings(tmp_path / "synth.json", settings, runtime_keys=synth.RUNTIME_KEYS)["batch_size"] == 7
 
 
 def test_train_guard(tmp_path):
-    from diffdisc.world.recipes import get_recipe
-    from diffdisc.world.train import _check_config
+    from diffdisc.training.recipes import get_recipe
+    from diffdisc.training.train import _check_config
 
     logs = []
     _check_config(tmp_path, get_recipe("tiny"), logs.append)
@@ -107,5 +107,5 @@ def test_baseline_guard(tmp_path, image_folder):
     last.mkdir(parents=True)
     (last / "state.json").write_text(json.dumps({"epoch": 1, "config": {**cfg.to_dict(), "lr": 0.1}}))
     with pytest.raises(DiffdiscError, match=SHARED + "use another --out") as e:
-        train_classifier(image_folder, tmp_path, cfg, log=lambda m: None)
+        train_classifier(image_folder, cfg, out=tmp_path, log=lambda m: None)
     assert "lr: 0.1 -> 0.002" in str(e.value)

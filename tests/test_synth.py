@@ -9,8 +9,8 @@ import torch
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.errors import DiffdiscError
 from diffdisc.tasks.synth import SynthConfig, generate, merge, plan
-from diffdisc.world.recipes import get_recipe
-from diffdisc.world.train import train
+from diffdisc.training.recipes import get_recipe
+from diffdisc.training.train import train
 
 QUIET = {"log": lambda m: None, "quiet": True}
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -34,14 +34,14 @@ def test_plan_draws_prompts_and_guidance_per_image(text_bb):
 
 def test_generate_resumes_without_redoing_images_and_matches_an_uninterrupted_run(text_bb, tmp_path):
     cfg = SynthConfig(per_class=3, tricks=("guidance",), steps=2, batch_size=2)
-    generate(text_bb, ["sneaker", "bag"], tmp_path / "a", cfg)
+    generate(text_bb, ["sneaker", "bag"], cfg, out=tmp_path / "a")
     # "killed" run: the last image file and its metadata row are gone, plus a torn line
     b = tmp_path / "b"
-    generate(text_bb, ["sneaker", "bag"], b, cfg)
+    generate(text_bb, ["sneaker", "bag"], cfg, out=b)
     rows = (b / "metadata.jsonl").read_text().splitlines()
     (b / json.loads(rows[-1])["file"]).unlink()
     (b / "metadata.jsonl").write_text("\n".join(rows[:-1]) + '\n{"file": "bag/0000')
-    generate(text_bb, ["sneaker", "bag"], b, SynthConfig(**{**cfg.__dict__, "batch_size": 4}))
+    generate(text_bb, ["sneaker", "bag"], SynthConfig(**{**cfg.__dict__, "batch_size": 4}), out=b)
     files = sorted(p.relative_to(b).as_posix() for p in b.rglob("*.png"))
     assert files == sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*.png"))
     from PIL import Image
@@ -49,7 +49,7 @@ def test_generate_resumes_without_redoing_images_and_matches_an_uninterrupted_ru
     for f in files:  # same pixels whatever the batching or interruption
         assert np.array_equal(np.asarray(Image.open(b / f)), np.asarray(Image.open(tmp_path / "a" / f)))
     with pytest.raises(DiffdiscError, match="other settings"):
-        generate(text_bb, ["sneaker", "bag"], b, SynthConfig(per_class=3, steps=3))
+        generate(text_bb, ["sneaker", "bag"], SynthConfig(per_class=3, steps=3), out=b)
     merged = merge([tmp_path / "a", b], tmp_path / "m")
     assert len(list(merged.rglob("*.png"))) == 12 and json.loads((merged / "classes.json").read_text())
 
@@ -61,7 +61,7 @@ def test_bad_synth_input(text_bb, tmp_path, monkeypatch):
         SynthConfig(per_class=0)
     with pytest.raises(DiffdiscError, match="unknown trick"):
         SynthConfig(tricks=("colour",))
-    out = generate(text_bb, ["t-shirt/top: x"], tmp_path / "odd", SynthConfig(per_class=1, steps=1))
+    out = generate(text_bb, ["t-shirt/top: x"], SynthConfig(per_class=1, steps=1), out=tmp_path / "odd")
     assert json.loads((out / "classes.json").read_text()) == {"t-shirt_top_x": "t-shirt/top: x"}
 
     import diffdisc.tasks.synth as synth
@@ -71,14 +71,14 @@ def test_bad_synth_input(text_bb, tmp_path, monkeypatch):
 
     monkeypatch.setattr(synth, "write_atomic", lambda path, data: full() if path.suffix == ".png" else path.write_bytes(data))
     with pytest.raises(DiffdiscError, match="No space left on device"):
-        generate(text_bb, ["bag"], tmp_path / "full", SynthConfig(per_class=2, steps=1))
+        generate(text_bb, ["bag"], SynthConfig(per_class=2, steps=1), out=tmp_path / "full")
     assert not (tmp_path / "full" / "metadata.jsonl").exists()  # nothing counted as done
 
 
 def test_timm_classifier_trains_resumes_and_evaluates(text_bb, tmp_path):
     from diffdisc.tasks.synth_train import ClassifierConfig, evaluate_classifier, train_classifier
 
-    data = generate(text_bb, ["sneaker", "bag"], tmp_path / "d", SynthConfig(per_class=6, steps=1, batch_size=12))
+    data = generate(text_bb, ["sneaker", "bag"], SynthConfig(per_class=6, steps=1, batch_size=12), out=tmp_path / "d")
     cfg = ClassifierConfig(model="resnet10t", epochs=2, batch_size=8, image_size=16)
     logs = []
 
@@ -87,11 +87,11 @@ def test_timm_classifier_trains_resumes_and_evaluates(text_bb, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_classifier(data, tmp_path / "clf", cfg, log=killed_after_epoch_1)
-    out = train_classifier(data, tmp_path / "clf", cfg, log=logs.append)
+        train_classifier(data, cfg, out=tmp_path / "clf", log=killed_after_epoch_1)
+    out = train_classifier(data, cfg, out=tmp_path / "clf", log=logs.append).path
     assert any("resumed after epoch 1" in m for m in logs) and any("forward/backward" in m for m in logs)
     m = evaluate_classifier(out, data)
     assert m["n_images"] == 12 and 0 <= m["accuracy"] <= 1
     with pytest.raises(DiffdiscError, match="did you mean"):
-        train_classifier(data, tmp_path / "x", ClassifierConfig(model="resnet181", epochs=1))
+        train_classifier(data, ClassifierConfig(model="resnet181", epochs=1), out=tmp_path / "x")
     assert torch.isfinite(torch.tensor(m["accuracy"]))

@@ -11,8 +11,10 @@ from safetensors.torch import load_file
 
 from diffdisc.backbones.classcond import ClassCondBackbone
 from diffdisc.errors import DiffdiscError
-from diffdisc.world.recipes import get_recipe
-from diffdisc.world.train import export_checkpoint, train
+from diffdisc.results import TrainResult
+from diffdisc.training.export import export_checkpoint
+from diffdisc.training.recipes import get_recipe
+from diffdisc.training.train import train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # conftest sets it too; hub look-ups would hang offline
 QUIET = {"log": lambda m: None, "quiet": True}
@@ -69,9 +71,23 @@ def test_changed_config_is_refused(tmp_path, folder):
     cfg = get_recipe("tiny", data=str(folder), steps=2, checkpoint_every=1)
     train(cfg, tmp_path / "r", **QUIET)
     with pytest.raises(DiffdiscError, match="lr=0.5"):
-        train(replace(cfg, lr=0.5), tmp_path / "r", **QUIET)
+        train(cfg.with_options(lr=0.5), tmp_path / "r", **QUIET)  # lr lives in cfg.optimizer
     model_dir = train(replace(cfg, steps=3), tmp_path / "r", **QUIET)  # only `steps` may change
     assert ClassCondBackbone.from_pretrained(model_dir).info.metadata["steps"] == 3
+    r = TrainResult.load(tmp_path / "r")  # the directory read back: steps done of the configured total
+    m = r.metrics()
+    assert (m["steps"], m["total_steps"], r.model_dir, r.problems) == (3, 3, model_dir, []) and "loss" not in m
+
+
+def test_train_result_summarises_a_logged_loss_curve(tmp_path):
+    (tmp_path / "train_config.json").write_text('{"recipe": "tiny", "steps": 60}')
+    (tmp_path / "train.log").write_text("2024-01-01 00:00:00 step 20/60 loss 0.5000 0.1 s/step eta 0:04\n"
+                                        "step 40/60 loss 0.2000 0.1 s/step eta 0:02\nresumed from step-000020\n"
+                                        "step 40/60 loss 0.3000 0.1 s/step eta 0:02\n")  # fmt: skip
+    r = TrainResult.load(tmp_path)
+    assert r.losses == [(20, 0.5), (40, 0.3)] and any("no checkpoint" in p for p in r.problems)
+    assert r.metrics() == {"steps": 0, "total_steps": 60, "wall_time_s": None,
+                           "loss": {"first": 0.5, "last": 0.3, "min": 0.3, "points": 2}}  # fmt: skip
 
 
 def test_unknown_recipe_and_option():

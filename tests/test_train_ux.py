@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.cli import app
 from diffdisc.errors import DiffdiscError
-from diffdisc.world.objectives import resize_note
-from diffdisc.world.recipes import get_recipe
-from diffdisc.world.train import resolve_config, time_plan, train
+from diffdisc.training.objectives import resize_note
+from diffdisc.training.recipes import get_recipe
+from diffdisc.training.train import resolve_config, time_plan, train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -15,12 +15,13 @@ from PIL import Image
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.errors import DiffdiscError
 from diffdisc.report.stats import intervals
-from diffdisc.results import ClassificationResult, ResultStore
+from diffdisc.results import ClassificationResult
+from diffdisc.runs import RunStore
 from diffdisc.runs.io import atomic_write_text
 from diffdisc.scoring.adaptive import evaluate, ranked_scores
 from diffdisc.scoring.calibrate import classification_metrics, top_label_ece
 from diffdisc.scoring.config import AdaptiveConfig
-from diffdisc.tasks.classify import classify
+from diffdisc.tasks.classify import ClassifyConfig, classify
 
 FAST = AdaptiveConfig(n_timesteps=4)
 
@@ -29,11 +30,15 @@ class FakeEngine:
     """Errors from a table: base[candidate] + slope where t > 900 (late t cost more) + a little t-dependent jitter (no U-Net)."""
 
     calls_per_item = 1
+    needs_timesteps = True
 
     def __init__(self, base, slope=0.0):
         self.base, self.slope = torch.tensor(base, dtype=torch.float64), slope
         self.backbone = type("B", (), {"num_train_timesteps": 1000})()
         self.config = type("C", (), {"seed": 0})()
+
+    def candidates(self, conds, groups):
+        return conds, groups
 
     def run(self, x0, keys, conds, work):
         t = work.t.double()
@@ -87,12 +92,12 @@ def _with_temperature(model_dir, tmp_path, value):
 
 
 def test_default_probabilities_use_the_model_temperature_or_report_cross_fitted_ece(classcond_dir, image_folder, tmp_path):
-    plain = json.loads(json.dumps(classify(create_backbone(classcond_dir), image_folder, adaptive=FAST,
+    plain = json.loads(json.dumps(classify(create_backbone(classcond_dir), image_folder, ClassifyConfig(adaptive=FAST),
                                            out=tmp_path / "plain").metrics()))  # fmt: skip
     assert plain["temperature_source"].startswith("none") and plain["ece"] == plain["ece_temperature_scaled"]
     assert "ece_uncalibrated" in plain
     bb = create_backbone(_with_temperature(classcond_dir, tmp_path, 0.05))
-    m = json.loads((classify(bb, image_folder, adaptive=FAST, out=tmp_path / "cal") and tmp_path / "cal" / "metrics.json").read_text())
+    m = json.loads((classify(bb, image_folder, ClassifyConfig(adaptive=FAST), out=tmp_path / "cal") and tmp_path / "cal" / "metrics.json").read_text())
     assert m["temperature"] == 0.05 and m["temperature_source"].startswith("model metadata (fitted on 9 training images")
     assert "ece_uncalibrated" not in m
 
@@ -110,10 +115,10 @@ def test_shipped_models_carry_a_fitted_temperature():
 
 _HOLD = textwrap.dedent("""
     import sys, time
-    from diffdisc.results import ResultStore
+    from diffdisc.runs import RunStore
     from diffdisc.errors import DiffdiscError
     try:
-        s = ResultStore(sys.argv[1], {"adaptive": {"n_timesteps": int(sys.argv[2])}}, rank=int(sys.argv[3]))
+        s = RunStore(sys.argv[1], None, {"adaptive": {"n_timesteps": int(sys.argv[2])}}, rank=int(sys.argv[3]))
     except DiffdiscError as e:
         print(e, file=sys.stderr); sys.exit(1)
     time.sleep(2.0)
@@ -144,22 +149,22 @@ def test_labels_csv_is_part_of_the_run_settings(classcond_dir, tmp_path):
     a.write_text("image,label\n0.png,red\n1.png,green\n2.png,blue\n")
     b.write_text("image,label\n0.png,blue\n1.png,green\n2.png,red\n")
     bb = create_backbone(classcond_dir)
-    classify(bb, flat, adaptive=FAST, out=tmp_path / "r", labels_csv=a)
+    classify(bb, flat, ClassifyConfig(adaptive=FAST, labels_csv=a), out=tmp_path / "r")
     with pytest.raises(DiffdiscError, match="labels"):
-        classify(bb, flat, adaptive=FAST, out=tmp_path / "r", labels_csv=b)
+        classify(bb, flat, ClassifyConfig(adaptive=FAST, labels_csv=b), out=tmp_path / "r")
 
 
 def test_settings_mismatch_names_the_meaningful_keys(tmp_path):
     base = {"candidates": ["a", "b"], "adaptive": {"n_timesteps": 50, "strategy": "exhaustive"}}
-    with ResultStore(tmp_path, base):
+    with RunStore(tmp_path, None, base):
         pass
     with pytest.raises(DiffdiscError) as e:
-        ResultStore(tmp_path, {**base, "candidates": ["a", "c"], "adaptive": {"n_timesteps": 20, "strategy": "exhaustive"}})
+        RunStore(tmp_path, None, {**base, "candidates": ["a", "c"], "adaptive": {"n_timesteps": 20, "strategy": "exhaustive"}})
     assert str(e.value).index("adaptive.n_timesteps: 50 -> 20") < str(e.value).index("candidates")
 
 
 def test_disk_full_during_append_is_one_line_error(tmp_path, monkeypatch):
-    store = ResultStore(tmp_path, {"x": 1})
+    store = RunStore(tmp_path, None, {"x": 1})
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -172,7 +177,7 @@ def test_disk_full_during_append_is_one_line_error(tmp_path, monkeypatch):
 def test_failed_write_leaves_no_temp_and_old_leftovers_are_cleaned(tmp_path, monkeypatch):
     dead = tmp_path / ".results.jsonl.tmp-999999999"
     dead.write_text("torn")
-    ResultStore(tmp_path, {"x": 1}).close()
+    RunStore(tmp_path, None, {"x": 1}).close()
     assert not dead.exists()
     monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full")))
     with pytest.raises(DiffdiscError, match="could not write"):
@@ -186,13 +191,13 @@ def test_all_images_unreadable_with_skip_fails(classcond_dir, tmp_path):
     for k in range(2):
         (bad / f"{k}.png").write_bytes(b"not a png")
     with pytest.raises(DiffdiscError, match="nothing was classified"):
-        classify(create_backbone(classcond_dir), tmp_path / "bad", adaptive=FAST, out=tmp_path / "r", on_error="skip")
+        classify(create_backbone(classcond_dir), tmp_path / "bad", ClassifyConfig(adaptive=FAST, on_error="skip"), out=tmp_path / "r")
 
 
 def test_limit_rerun_on_a_finished_run_says_it_reports_more(classcond_dir, image_folder, tmp_path):
     bb = create_backbone(classcond_dir)
-    classify(bb, image_folder, adaptive=FAST, out=tmp_path / "r", limit=6)
-    res = classify(bb, image_folder, adaptive=FAST, out=tmp_path / "r", limit=3)
+    classify(bb, image_folder, ClassifyConfig(adaptive=FAST, limit=6), out=tmp_path / "r")
+    res = classify(bb, image_folder, ClassifyConfig(adaptive=FAST, limit=3), out=tmp_path / "r")
     assert len(res) == 6 and any("more than the 3 selected" in n for n in res.notes)
 
 

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffdisc.errors import DiffdiscError
-from diffdisc.world.export import export_captions, export_imagefolder, export_shipped_test
-from diffdisc.world.fashion_mnist import CLASS_NAMES, load_fashion_mnist, load_shipped_subset, read_idx
-from diffdisc.world.scenes import (
+from diffdisc.datasets.export import export_captions, export_imagefolder, export_shipped_test
+from diffdisc.datasets.fashion_mnist import CLASS_NAMES, load_fashion_mnist, load_shipped_subset, read_idx
+from diffdisc.datasets.scenes import (
     COLOURS,
     PALETTE,
     SceneSet,
@@ -22,6 +21,7 @@ from diffdisc.world.scenes import (
     swap_colours,
     swap_sides,
 )
+from diffdisc.errors import DiffdiscError
 
 
 @pytest.fixture(scope="module")

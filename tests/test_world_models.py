@@ -10,15 +10,15 @@ import torch
 from PIL import Image
 
 from diffdisc.backbones.registry import create_backbone
+from diffdisc.datasets.export import export_captions, export_shipped_test
+from diffdisc.datasets.fashion_mnist import load_shipped_subset
+from diffdisc.datasets.scenes import PALETTE, generate_scenes, single_scenes
 from diffdisc.errors import DiffdiscError
 from diffdisc.scoring.config import ScoreConfig
 from diffdisc.tasks.classify import classify
-from diffdisc.tasks.sample import sample_grid
-from diffdisc.world.export import export_captions, export_shipped_test
-from diffdisc.world.fashion_mnist import load_shipped_subset
-from diffdisc.world.recipes import get_recipe
-from diffdisc.world.scenes import PALETTE, generate_scenes, single_scenes
-from diffdisc.world.train import train
+from diffdisc.tasks.sample import SampleConfig, sample_grid
+from diffdisc.training.recipes import get_recipe
+from diffdisc.training.train import train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 QUIET = {"log": lambda m: None, "quiet": True}
@@ -44,7 +44,7 @@ def test_text_model_loads_through_the_sd_backbone_and_samples(text_model, tmp_pa
     assert (text_model / "tokenizer").is_dir() and not (text_model / "vae").exists()
     c = bb.conditions(["a red sneaker", "a sneaker"])
     assert c.shape[0] == 2 and not torch.allclose(c[0], c[1])  # colour words change the condition
-    png = sample_grid(bb, ["a red sneaker", "a bag"], per_key=2, steps=2, out=tmp_path / "s.png", guidance=2.0)
+    png = sample_grid(bb, ["a red sneaker", "a bag"], SampleConfig(per_key=2, steps=2, guidance=2.0), out=tmp_path / "s.png")
     assert png.is_file() and png.stat().st_size > 1000
 
 
@@ -134,8 +134,9 @@ def test_single_scenes_keep_pixels_order_and_labels():
 
 def test_match_scores_groups_resumes_and_computes_winoground_metrics(text_model, clip_model, tmp_path):
     from diffdisc.data.groups import load_groups
-    from diffdisc.tasks.match import match, winoground_scores
-    from diffdisc.world.probes import make_probe
+    from diffdisc.datasets.probes import make_probe
+    from diffdisc.scoring.match_metrics import winoground_scores
+    from diffdisc.tasks.match import match
 
     groups = make_probe("binding", 3, seed=0)
     assert [g.id for g in groups] == [g.id for g in make_probe("binding", 3, seed=0)]
@@ -167,7 +168,7 @@ def test_match_scores_groups_resumes_and_computes_winoground_metrics(text_model,
 
 
 def test_retrieval_metrics_on_a_square_group():
-    from diffdisc.tasks.match import match_metrics
+    from diffdisc.scoring.match_metrics import match_metrics
 
     S = np.full((6, 6), 1.0)
     np.fill_diagonal(S, 0.0)
@@ -218,9 +219,9 @@ def test_cross_attention_capture_keeps_the_forward_and_scores_per_pair(text_mode
 
 
 def test_lora_gradient_step_lowers_the_hinge_loss(text_model):
+    from diffdisc.datasets.probes import make_probe
     from diffdisc.scoring.attention import CrossAttentionCapture
     from diffdisc.tasks.attention import add_lora, group_loss
-    from diffdisc.world.probes import make_probe
 
     bb = create_backbone(text_model)
     add_lora(bb)
@@ -239,9 +240,9 @@ def test_lora_gradient_step_lowers_the_hinge_loss(text_model):
 
 
 def test_attention_scorer_lora_tuning_and_heatmap(text_model, tmp_path):
-    from diffdisc.tasks.attention import attention_heatmaps, load_lora, tune
+    from diffdisc.datasets.probes import make_probe
+    from diffdisc.tasks.attention import LoraConfig, attention_heatmaps, load_lora, tune
     from diffdisc.tasks.match import match
-    from diffdisc.world.probes import make_probe
 
     ev, train_groups = make_probe("binding", 2, seed=0), make_probe("binding", 3, seed=1000)
     plain = create_backbone(text_model)
@@ -249,7 +250,7 @@ def test_attention_scorer_lora_tuning_and_heatmap(text_model, tmp_path):
     base = match(plain, ev, score=score, n_timesteps=2, out=tmp_path / "a0")
     assert all(r["calls"] == 16 for r in base)  # 4 pairs x 2 t x (cond + uncond for the bias)
     in_memory = create_backbone(text_model)
-    adapter = tune(in_memory, train_groups, tmp_path / "lora", lr=1e-2, seed=0)
+    adapter = tune(in_memory, train_groups, LoraConfig(lr=1e-2, seed=0), out=tmp_path / "lora")
     assert (adapter / "adapter_model.safetensors").is_file()
     tuned = create_backbone(text_model)
     load_lora(tuned, adapter)

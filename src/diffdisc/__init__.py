@@ -2,9 +2,9 @@
 
 Python API mirrors the CLI::
 
-    from diffdisc import create_backbone, classify, ScoreConfig
+    from diffdisc import ClassifyConfig, create_backbone, classify
     bb = create_backbone("path/to/model")
-    result = classify(bb, "images/", classes=["cat", "dog"], out="runs/x")
+    result = classify(bb, "images/", ClassifyConfig(classes=("cat", "dog")), out="runs/x")
 """
 
 __version__ = "0.1.0"
@@ -21,10 +21,10 @@ def __getattr__(name):  # lazy: importing diffdisc must not import torch/diffuse
         from .scoring import config
 
         return getattr(config, name)
-    if name == "classify":
-        from .tasks.classify import classify
+    if name in {"classify", "ClassifyConfig"}:
+        from .tasks import classify
 
-        return classify
+        return getattr(classify, name)
     if name == "write_report":
         from .report.html import write_report
 
@@ -32,4 +32,4 @@ def __getattr__(name):  # lazy: importing diffdisc must not import torch/diffuse
     raise AttributeError(name)
 
 
-__all__ = ["DiffdiscError", "create_backbone", "list_backbones", "ScoreConfig", "AdaptiveConfig", "classify", "write_report"]
+__all__ = ["DiffdiscError", "create_backbone", "list_backbones", "ScoreConfig", "AdaptiveConfig", "ClassifyConfig", "classify", "write_report"]

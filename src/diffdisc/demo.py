@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .backbones.registry import create_backbone, list_backbones
 from .scoring.config import AdaptiveConfig, ScoreConfig
-from .tasks.classify import classify
+from .tasks.classify import ClassifyConfig, classify
 
 # Sized to finish `make demo` (install included) in under 10 minutes on 2 CPU cores: 30 images, ~29k U-Net calls.
 EXHAUSTIVE = AdaptiveConfig(strategy="exhaustive", n_timesteps=20)
@@ -34,23 +34,24 @@ RUNS = [
 
 def _random_model() -> Path:
     """Fallback when no weights are shipped: a random tiny model, clearly labelled as such."""
-    from .world.objectives import make_objective
-    from .world.recipes import get_recipe
-    from .world.train import export
+    from .training.export import export
+    from .training.objectives import make_objective
+    from .training.recipes import get_recipe
 
     obj = make_objective(get_recipe("tiny"))
     root = Path(tempfile.mkdtemp(prefix="diffdisc-random-"))
     return export(root, obj.build().state_dict(), obj, 0, 0.0)
 
 
-def run_demo(out: str | Path = "runs/demo", per_class: int = 3, progress_factory=None, echo=print) -> dict:
-    from .world.export import export_shipped_test
+def run_demo(out: str | Path = "runs/demo", per_class: int = 3, progress_factory=None, echo=print, jobs=RUNS) -> dict:
+    """`jobs` defaults to the plan above; a test passes a cheaper one (fewer timesteps) through the same code."""
+    from .datasets.export import export_shipped_test
 
     out = Path(out)
     data = {"grey": export_shipped_test(out / "data", per_class=per_class),
             "scenes": export_shipped_test(out / "data-scenes", per_class=per_class, scenes=True)}  # fmt: skip
     shipped, banner, plan = list_backbones(), "", []
-    for model, kind, name, cfg in RUNS:
+    for model, kind, name, cfg in jobs:
         if model in shipped:
             plan.append((model, kind, name, cfg))
         elif model == "fmnist-classcond":
@@ -58,7 +59,7 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 3, progress_factory
             banner = "NO SHIPPED WEIGHTS FOUND: this demo runs a RANDOM model; accuracy is chance level."
     if banner:
         echo(banner)
-    missing = sorted({m for m, *_ in RUNS} - set(shipped) - {"fmnist-classcond"})
+    missing = sorted({m for m, *_ in jobs} - set(shipped) - {"fmnist-classcond"})
     rows, runs, summary, loaded = [], [], {}, {}
     for i, (model, kind, name, cfg) in enumerate(plan):
         bb = loaded.setdefault(model, create_backbone(model))
@@ -68,8 +69,8 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 3, progress_factory
         cb = ctx.__enter__() if ctx else None
         run_dir = out / f"run{i}-{Path(model).name}-{cfg.strategy}"
         try:
-            res = classify(bb, data[kind], score=ScoreConfig(batch_size=128), adaptive=cfg, out=run_dir, progress=cb,
-                           chunk_images=10)  # fmt: skip
+            config = ClassifyConfig(score=ScoreConfig(batch_size=128), adaptive=cfg, chunk_images=10)
+            res = classify(bb, data[kind], config, out=run_dir, progress=cb)
         finally:
             if ctx:
                 ctx.__exit__(None, None, None)

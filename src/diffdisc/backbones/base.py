@@ -1,9 +1,19 @@
-"""The Backbone protocol: one thin wrapper per model family, scoring always in ε-space.
+"""The Backbone contract: one thin wrapper per model family, scored per sample through the same few methods.
 
-A backbone hides what kind of diffusion model it is (text- or class-conditional, latent or pixel,
-ε-, v- or x0-prediction). Everything model specific is read from the model's own configs, as in
-k-diffusion's external wrappers: the scoring engine only sees `encode`, `conditions`, `add_noise`
-and `predict_eps`.
+A backbone hides what kind of diffusion model it is (text- or class-conditional, latent or pixel, ε-, v- or
+x0-prediction). Everything model specific is read from the model's own configs, as in k-diffusion's external
+wrappers. Scorers (`diffdisc.scoring.scorers`) and the feature taps use only this contract, so a model with
+another noising (flow matching: x_t = (1 - σ) x0 + σ ε, target v = ε - x0) is a new backbone overriding these
+methods, with no change to the engine or the scorers:
+
+- `encode(images) -> x0` in the model's space; `conditions(candidates)`, `null_condition()`;
+- `num_train_timesteps`: timesteps are integers 0 <= t < T; t / T is the noise level's fraction of the way;
+- `add_noise(x0, noise, t) -> x_t`, the forward process;
+- `predict_eps(x_t, t, cond) -> ε̂`, the noise the model implies, whatever it predicts (`model_output`);
+- `predict_x0(x_t, t, eps) -> x̂0`, and `snr(t)` (signal-to-noise ratio), for the weightings;
+- `clip_range`: the range of x0 for clipped x̂0 (None for latents).
+
+This class implements them for ε-VP models (x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε, ᾱ_t from the scheduler config).
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ class BackboneInfo:
     """What a user (and a result file) needs to know about a loaded backbone."""
 
     name: str
-    family: str  # "sd" | "classcond"
+    family: str  # "sd" | "classcond" | "clip"
     conditioning: str  # "text" | "class"
     prediction_type: str
     num_train_timesteps: int
@@ -79,6 +89,12 @@ def alphas_cumprod_from_scheduler(scheduler) -> torch.Tensor:
     return ddpm.alphas_cumprod.to(torch.float64)
 
 
+def diffusion_args(model_config, scheduler) -> tuple[torch.Tensor, str, bool]:
+    """`Backbone.__init__`'s (ᾱ_t, prediction_type, learned_variance), read from a model's and its scheduler's configs."""
+    return (alphas_cumprod_from_scheduler(scheduler), scheduler.config.get("prediction_type", "epsilon"),
+            has_learned_variance(model_config, scheduler.config))  # fmt: skip
+
+
 class Backbone(nn.Module):
     """Base class; subclasses implement `_encode`, `_condition_batch`, `null_condition` and `model_output`."""
 
@@ -92,6 +108,15 @@ class Backbone(nn.Module):
         self.learned_variance = learned_variance  # read from the configs (`has_learned_variance`)
         self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float64), persistent=False)
         self._cond_cache: dict = {}
+
+    def _make_info(self, name: str, family: str, conditioning: str, root: Path | None, meta: dict, *, image_size: int,
+                   image_channels: int, latent: bool, class_names=()) -> BackboneInfo:  # fmt: skip
+        """The info every diffusion family fills alike: the schedule's facts from self, the identity from `root`."""
+        return BackboneInfo(name=name, family=family, conditioning=conditioning, prediction_type=self.prediction_type,
+                            num_train_timesteps=len(self.alphas_cumprod), image_size=image_size,
+                            image_channels=image_channels, latent=latent,
+                            fingerprint=fingerprint(root) if root else "in-memory", class_names=tuple(class_names),
+                            metadata=meta)  # fmt: skip
 
     # ------------------------------------------------------------------ properties
     @property

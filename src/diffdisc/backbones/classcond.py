@@ -10,23 +10,13 @@ from pathlib import Path
 import torch
 
 from ..errors import DiffdiscError
-from .base import (
-    Backbone,
-    BackboneInfo,
-    alphas_cumprod_from_scheduler,
-    fingerprint,
-    has_learned_variance,
-    load_model,
-    read_config,
-    read_metadata,
-)
+from .base import Backbone, diffusion_args, load_model, read_config, read_metadata
 from .families import config_class, register_family
 
 
 class ClassCondBackbone(Backbone):
     def __init__(self, model, scheduler, vae=None, name="classcond", root: Path | None = None, class_names=(), null_class=None):
-        super().__init__(alphas_cumprod_from_scheduler(scheduler), scheduler.config.get("prediction_type", "epsilon"),
-                         has_learned_variance(model.config, scheduler.config))  # fmt: skip
+        super().__init__(*diffusion_args(model.config, scheduler))
         self.model, self.vae = model, vae
         self.scheduler_config = dict(scheduler.config)
         self.is_dit = not hasattr(model.config, "num_class_embeds")
@@ -40,19 +30,11 @@ class ClassCondBackbone(Backbone):
         self.num_classes = len(class_names) or (n_embeds if self.is_dit else n_embeds - (self.null_class is not None))
         sample = model.config.sample_size
         scale = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
-        self.info = BackboneInfo(
-            name=name,
-            family="classcond",
-            conditioning="class",
-            prediction_type=self.prediction_type,
-            num_train_timesteps=len(self.alphas_cumprod),
-            image_size=int(sample if isinstance(sample, int) else sample[0]) * scale,
+        self.info = self._make_info(
+            name, "classcond", "class", root, meta, image_size=int(sample if isinstance(sample, int) else sample[0]) * scale,
             image_channels=vae.config.in_channels if vae is not None else model.config.in_channels,
-            latent=vae is not None,
-            fingerprint=fingerprint(root) if root else "in-memory",
-            class_names=class_names,
-            metadata=meta,
-        )
+            latent=vae is not None, class_names=class_names,
+        )  # fmt: skip
 
     @classmethod
     def from_pretrained(cls, root: str | Path, name: str | None = None) -> ClassCondBackbone:

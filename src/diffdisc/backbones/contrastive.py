@@ -1,9 +1,10 @@
 """Contrastive baseline: an open_clip model in its `local-dir:` layout, scored through the same task code.
 
 A user comparing a diffusion discriminator with CLIP wants both in one table. This wrapper gives an open_clip
-model the parts of the backbone interface that tasks use (`info`, `encode`, `conditions`) and scores a
-candidate by its negated scaled cosine similarity, so "lower is better" holds as for denoising errors and
-results, metrics, calibration and reports need no special case. It costs no U-Net calls (calls = 0).
+model the parts of the backbone interface that tasks use (`info` with family "clip", `encode` to image
+embeddings, `conditions` to text embeddings); its scorer (the negated scaled cosine, no U-Net calls) is
+`scoring.contrastive.ContrastiveScorer`, chosen by family, so results, metrics, calibration and reports need
+no special case.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ CONFIG = "open_clip_config.json"
 
 
 class ContrastiveModel(nn.Module):
-    is_contrastive = True
+    """An open_clip model with the backbone parts tasks use; `scoring.contrastive` scores it."""
 
     def __init__(self, model, tokenizer, preprocess_cfg: dict, name: str = "clip", root: Path | None = None):
         super().__init__()
@@ -83,28 +84,6 @@ class ContrastiveModel(nn.Module):
             emb = self.model.encode_text(self.tokenizer(new[i : i + 256]).to(self.device), normalize=True).float()
             self._cache.update(zip(new[i : i + 256], emb, strict=True))
         return torch.stack([self._cache[str(p)] for p in prompts])
-
-    def scores(self, image_emb: torch.Tensor, text_emb: torch.Tensor, groups: list[list[int]]) -> torch.Tensor:
-        """[N, classes]: -logit_scale x cosine with each class's mean template embedding (open_clip zero-shot)."""
-        cls = torch.stack([text_emb[g].mean(0) for g in groups])
-        cls = cls / cls.norm(dim=-1, keepdim=True)
-        scale = self.model.logit_scale.exp().float() if hasattr(self.model, "logit_scale") else 100.0
-        return -(scale * image_emb.to(cls.device) @ cls.T)
-
-
-def contrastive_image_scores(model: ContrastiveModel, emb: torch.Tensor, keys: list[str], conds: torch.Tensor,
-                             groups: list[list[int]]) -> list:  # fmt: skip
-    """The same per-image records the diffusion strategies produce (one 'timestep' 0, no U-Net calls)."""
-    from ..scoring.adaptive import ImageScores
-
-    s = model.scores(emb, conds, groups).cpu()
-    out = []
-    for k, row in zip(keys, s.tolist(), strict=True):
-        r = ImageScores(k, len(groups))
-        for c, v in enumerate(row):
-            r.add(c, 0, float(v), calls=0)
-        out.append(r)
-    return out
 
 
 register_family("clip", lambda root: (root / CONFIG).is_file(), ContrastiveModel.from_pretrained, priority=30,

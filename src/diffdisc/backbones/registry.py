@@ -1,6 +1,6 @@
 """`create_backbone(name_or_path)` / `list_backbones()`, timm-style.
 
-Shipped models live in the package (`world/assets/models/<name>`); anything else is a local diffusers
+Shipped models live in the package (`assets/models/<name>`); anything else is a local diffusers
 directory or a hub id already in the local cache (no downloads: the machines this runs on are offline).
 Which family loads a directory is up to the families registered in `families.py` (`list_families()`).
 """
@@ -23,7 +23,7 @@ for _module in ("sd", "classcond", "contrastive"):
 
 
 def shipped_models_dir() -> Path:
-    return Path(str(resources.files("diffdisc") / "world" / "assets" / "models"))
+    return Path(str(resources.files("diffdisc") / "assets" / "models"))
 
 
 def list_backbones(pattern: str = "*") -> list[str]:

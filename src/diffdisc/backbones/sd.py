@@ -12,23 +12,13 @@ from pathlib import Path
 import torch
 
 from ..errors import DiffdiscError
-from .base import (
-    Backbone,
-    BackboneInfo,
-    alphas_cumprod_from_scheduler,
-    fingerprint,
-    has_learned_variance,
-    load_model,
-    read_metadata,
-    require_safetensors,
-)
+from .base import Backbone, diffusion_args, load_model, read_metadata, require_safetensors
 from .families import config_class, register_family
 
 
 class SDBackbone(Backbone):
     def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, name: str = "sd", root: Path | None = None):
-        super().__init__(alphas_cumprod_from_scheduler(scheduler), scheduler.config.get("prediction_type", "epsilon"),
-                         has_learned_variance(unet.config, scheduler.config))  # fmt: skip
+        super().__init__(*diffusion_args(unet.config, scheduler))
         self.unet, self.text_encoder, self.tokenizer, self.vae = unet, text_encoder, tokenizer, vae
         self.scheduler_config = dict(scheduler.config)
         meta = read_metadata(root) if root else {}
@@ -37,19 +27,9 @@ class SDBackbone(Backbone):
             image_channels = vae.config.in_channels
         else:
             scale, image_channels = 1, unet.config.in_channels
-        self.info = BackboneInfo(
-            name=name,
-            family="sd",
-            conditioning="text",
-            prediction_type=self.prediction_type,
-            num_train_timesteps=len(self.alphas_cumprod),
-            image_size=int(unet.config.sample_size) * scale,
-            image_channels=image_channels,
-            latent=vae is not None,
-            fingerprint=fingerprint(root) if root else "in-memory",
-            class_names=tuple(meta.get("class_names", ())),
-            metadata=meta,
-        )
+        self.info = self._make_info(name, "sd", "text", root, meta, image_size=int(unet.config.sample_size) * scale,
+                                    image_channels=image_channels, latent=vae is not None,
+                                    class_names=meta.get("class_names", ()))  # fmt: skip
 
     @classmethod
     def from_pretrained(cls, root: str | Path, name: str | None = None) -> SDBackbone:

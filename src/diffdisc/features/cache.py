@@ -14,6 +14,7 @@ recomputed, never silently reused. Cells whose shards are all present cost no U-
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 import shutil
@@ -28,6 +29,9 @@ from ..backbones.base import update_digest
 from ..errors import DiffdiscError
 from ..runs.io import atomic_write
 from .taps import ExtractStats, check_timesteps, extract, resolve_blocks
+
+# extract's keyword options and their defaults, read from its signature (one place declares them)
+_EXTRACT_OPTIONS = {k: p.default for k, p in inspect.signature(extract).parameters.items() if p.kind is p.KEYWORD_ONLY}
 
 CHUNK = 1024
 FORMAT = "diffdisc-features-1"
@@ -127,31 +131,23 @@ class FeatureCache:
 
 
 def cached_features(
-    backbone,
-    images: torch.Tensor,
-    keys: list[str],
-    blocks,
-    timesteps,
-    poolings=("gap",),
-    *,
-    cache: FeatureCache | str | Path | None = None,
-    condition: str = "null",
-    seed: int = 0,
-    batch_size: int = 64,
-    dtype: str = "fp32",
-    stats: ExtractStats | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
-    chunk: int = CHUNK,
-    load: bool = True,
+    backbone, images: torch.Tensor, keys: list[str], blocks, timesteps, poolings=("gap",), *,
+    cache: FeatureCache | str | Path | None = None, chunk: int = CHUNK, load: bool = True, **options,
 ) -> dict[tuple[str, int, str], torch.Tensor]:
-    """`extract`, through the cache: only (chunk, t) pairs with a missing cell run the U-Net. Without a cache
-    everything is computed in memory. `load=False` only fills the cache (a sweep then reads one cell at a
-    time, so memory holds one cell, not the whole grid)."""
+    """`extract(backbone, images, keys, blocks, timesteps, poolings, **options)`, through the cache: only
+    (chunk, t) pairs with a missing cell run the U-Net. Without a cache everything is computed in memory.
+    `load=False` only fills the cache (a sweep then reads one cell at a time, so memory holds one cell, not the
+    whole grid). `options` are `extract`'s keyword options (condition, seed, batch_size, dtype, stats, progress)."""
+    unknown = sorted(set(options) - set(_EXTRACT_OPTIONS))
+    if unknown:
+        raise TypeError(f"cached_features() got unexpected keyword argument {unknown[0]!r}")
+    kw = {**_EXTRACT_OPTIONS, **options}
+    progress = kw.pop("progress")
+    condition, seed, dtype = kw["condition"], kw["seed"], kw["dtype"]
+    stats = kw["stats"] = kw["stats"] if kw["stats"] is not None else ExtractStats()
     blocks = list(resolve_blocks(backbone, blocks))
     ts = check_timesteps(backbone, timesteps)
     poolings = tuple(poolings)
-    stats = stats if stats is not None else ExtractStats()
-    kw = dict(condition=condition, seed=seed, batch_size=batch_size, dtype=dtype, stats=stats)
     if cache is None:
         return extract(backbone, images, keys, blocks, ts, poolings, progress=progress, **kw)
     if len(images) == 0:

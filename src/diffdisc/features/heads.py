@@ -53,8 +53,8 @@ class HeadConfig(ConfigMixin):
     batch_size: int = 256
     lr: float | None = None
     patience: int = 5
-    dim: int = 128
-    depth: int = 1
+    dim: int = 128  # attention head: token width after the input projection
+    depth: int = 1  # transformer blocks (1-4)
     heads: int = 4
     dropout: float = 0.1
     seed: int = 0

@@ -23,12 +23,13 @@ import torch
 from torch import nn
 
 from ..errors import DiffdiscError
+from ..scoring.scorers import is_contrastive
 from .pooling import parse_pooling, pool, to_map
 
 
 def denoiser(backbone) -> nn.Module:
     """The network whose blocks are tapped (SD: `unet`; class-conditional: `model`)."""
-    if getattr(backbone, "is_contrastive", False):
+    if is_contrastive(backbone):
         raise DiffdiscError(f"{backbone.info.name} is a contrastive model: it has no U-Net blocks to tap")
     net = getattr(backbone, "unet", None) or getattr(backbone, "model", None)
     if net is None:
@@ -167,9 +168,9 @@ class ExtractStats:
 
     forwards: int = 0
     images: int = 0
-    cache_hits: int = 0
+    cache_hits: int = 0  # (cell, chunk) pairs read from the feature cache
     cache_misses: int = 0
-    stale: int = 0
+    stale: int = 0  # cache cells dropped: written by another version (fingerprint) of the model
     seconds: float = 0.0
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..results import model_label
 from ..runs.io import atomic_write_text
 from . import figures, stats
-from .load import Classification, Run, load_runs, model_label
+from .load import Classification, Run, load_runs
 from .stats import pct
 
 MAX_CURVES = 4
@@ -165,7 +166,7 @@ def _aligned_classes(runs: list[Run], per_run: list[dict]) -> dict | None:
 
 # ------------------------------------------------------------------ other sections
 def _probe_rows(run: Run) -> list[dict]:
-    from ..tasks.match import match_metrics
+    from ..scoring.match_metrics import match_metrics
 
     rows = []
     for m in run.matchings:

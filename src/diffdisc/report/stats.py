@@ -18,7 +18,7 @@ from ..scoring.calibrate import (
 )
 from .load import Classification
 
-N_BOOT = 2000  # bootstrap resamples (as tasks.match.bootstrap_ci)
+N_BOOT = 2000  # bootstrap resamples (as scoring.match_metrics.bootstrap_ci)
 N_BINS = ECE_BINS  # reliability-diagram bins: the same as the ECE's
 
 
@@ -62,7 +62,7 @@ def summarise(c: Classification, T: float | None) -> Summary:
     lab = c.labels >= 0
     n_lab = int(lab.sum())
     calls = float(c.n_calls.sum(1).mean()) if len(c) else 0.0
-    crossfit = (c.metrics or {}).get("ece_temperature_scaled")
+    crossfit = (c.stored_metrics or {}).get("ece_temperature_scaled")
     if not n_lab or T is None:
         return Summary(len(c), n_lab, None, None, None, None, None, crossfit, T, "", calls)
     y, pred = c.labels[lab], c.preds[lab]

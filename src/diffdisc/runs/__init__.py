@@ -1,4 +1,4 @@
-"""What every task's output directory shares: atomic writes, stale-temp cleanup and the settings guard.
+"""What every task's output directory shares: the run store (settings guard, lock, shards) and atomic writes.
 
 Sits just above `errors`: any layer may write through it, and it imports nothing of diffdisc but `errors`.
 """
@@ -6,15 +6,21 @@ Sits just above `errors`: any layer may write through it, and it imports nothing
 from .guard import MEANINGFUL_KEYS, check_settings, describe_diffs, setting_diffs
 from .io import (
     TMP_MARK,
+    append_text,
     atomic_write,
     atomic_write_bytes,
     atomic_write_text,
+    json_safe,
     pid_alive,
     remove_stale_temps,
+    repair_jsonl,
     temp_path,
+    write_jsonl,
 )
+from .store import RUN_JSON, RUNTIME_KEYS, RunStore, read_records, run_task
 
 __all__ = [
-    "MEANINGFUL_KEYS", "TMP_MARK", "atomic_write", "atomic_write_bytes", "atomic_write_text", "check_settings",
-    "describe_diffs", "pid_alive", "remove_stale_temps", "setting_diffs", "temp_path",
+    "MEANINGFUL_KEYS", "RUNTIME_KEYS", "RUN_JSON", "TMP_MARK", "RunStore", "append_text", "atomic_write",
+    "atomic_write_bytes", "atomic_write_text", "check_settings", "describe_diffs", "json_safe", "pid_alive",
+    "read_records", "remove_stale_temps", "repair_jsonl", "run_task", "setting_diffs", "temp_path", "write_jsonl",
 ]  # fmt: skip

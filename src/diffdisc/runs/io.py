@@ -1,4 +1,4 @@
-"""The one write-then-rename helper: readers see the old file or the new one, never half of either.
+"""How run files are written: write-then-rename (readers see the old file or the new one), fsynced appends.
 
 Every temporary file is `.<name>.tmp-<pid>` next to its target, so `remove_stale_temps` can tell a dead
 writer's leftovers from a live one's. Binary writers (safetensors, matplotlib) write through a callback.
@@ -6,6 +6,9 @@ writer's leftovers from a live one's. Binary writers (safetensors, matplotlib) w
 
 from __future__ import annotations
 
+import errno
+import json
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -62,6 +65,48 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
     return True
+
+
+def json_safe(v):
+    """JSON has no inf/nan: store them as null (nested lists and dicts too)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, list):
+        return [json_safe(x) for x in v]
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    return v
+
+
+def write_jsonl(path: str | Path, rows) -> None:
+    """One JSON object per line, written atomically (merged run files: results.jsonl, predictions.jsonl)."""
+    atomic_write_text(path, "".join(json.dumps(json_safe(r)) + "\n" for r in rows))
+
+
+def append_text(path: str | Path, text: str, what: str = "results") -> None:
+    """Append whole lines, flushed and fsynced (an append-only shard); a full disk is one line that says what is kept."""
+    if not text:
+        return
+    try:
+        with open(path, "a") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        why = "disk full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else (e.strerror or str(e))
+        raise DiffdiscError(f"could not append {what} to {path} ({why}); images finished before this chunk "
+                            "are kept: free space and rerun the same command to resume") from e  # fmt: skip
+
+
+def repair_jsonl(path: str | Path) -> None:
+    """Cut a torn last line left by a kill mid-write (the intact rows stay), before appending again."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def pid_alive(pid: int) -> bool:

@@ -109,16 +109,22 @@ def evaluate(
     conds: torch.Tensor,
     cfg: AdaptiveConfig,
     groups: list[list[int]] | None = None,
+    candidates: list[list[int]] | None = None,
 ) -> list[ImageScores]:
     """Score a chunk of images (x0 [N, ...], one key each) against candidates.
 
     `conds` [P, ...] are prompt/class conditions; `groups[c]` lists the conditions of candidate c (several
-    prompt templates of one class): its error at (image, t) is their mean, under the same noise.
+    prompt templates of one class): its error at (image, t) is their mean, under the same noise (how a
+    scorer combines them is its own: `engine.candidates`). `candidates[i]`, when given, are the only
+    candidates image i competes with (a cascade's shortlist); the rest are never scored. A scorer without
+    timesteps (contrastive) scores each candidate once, at 'timestep' 0, whatever the strategy.
     """
     groups = groups or [[p] for p in range(conds.shape[0])]
     results = [ImageScores(k, len(groups)) for k in keys]
+    conds, groups = engine.candidates(conds, groups)
     strategy = {"exhaustive": _exhaustive, "halving": _halving, "ttest": _ttest}[cfg.strategy]
-    strategy(_Ctx(engine, x0, keys, conds, groups), cfg, results)
+    strategy = strategy if engine.needs_timesteps else _once
+    strategy(_Ctx(engine, x0, keys, conds, groups, candidates), cfg, results)
     return results
 
 
@@ -129,10 +135,15 @@ class _Ctx:
     keys: list[str]
     conds: torch.Tensor
     groups: list[list[int]]
+    allowed: list[list[int]] | None = None
 
     @property
     def M(self) -> int:
         return len(self.groups)
+
+    def alive(self, i: int) -> list[int]:
+        """The candidates image i starts with: all, or its shortlist."""
+        return list(self.allowed[i]) if self.allowed is not None else list(range(self.M))
 
     @property
     def T(self) -> int:
@@ -159,8 +170,13 @@ def _timesteps_for(ctx: _Ctx, key: str, cfg: AdaptiveConfig, n: int) -> list[int
 
 
 def _exhaustive(ctx: _Ctx, cfg, results):
-    plan = [(i, c, t) for i, k in enumerate(ctx.keys) for c in range(ctx.M) for t in _timesteps_for(ctx, k, cfg, cfg.n_timesteps)]
+    plan = [(i, c, t) for i, k in enumerate(ctx.keys) for c in ctx.alive(i) for t in _timesteps_for(ctx, k, cfg, cfg.n_timesteps)]
     ctx.run(plan, results)
+
+
+def _once(ctx: _Ctx, cfg, results):
+    """Scorers without timesteps: every candidate once, recorded at 'timestep' 0."""
+    ctx.run([(i, c, 0) for i in range(len(ctx.keys)) for c in ctx.alive(i)], results)
 
 
 def _halving(ctx: _Ctx, cfg, results):
@@ -168,7 +184,7 @@ def _halving(ctx: _Ctx, cfg, results):
     reused; after a stage keep the `keep` candidates with the lowest mean over all timesteps seen."""
     grid_n = max(n for n, _ in cfg.stages)
     grids = [_timesteps_for(ctx, k, cfg, grid_n) for k in ctx.keys]
-    alive = [list(range(ctx.M)) for _ in ctx.keys]
+    alive = [ctx.alive(i) for i in range(len(ctx.keys))]
     for level, (n, keep) in enumerate(cfg.stages, start=1):
         plan = []
         for i, r in enumerate(results):
@@ -199,7 +215,7 @@ def _ttest(ctx: _Ctx, cfg, results):
     """Clark & Jaini Alg. 1 with shared (t, ε) samples; timesteps drawn without replacement per image."""
     seed = ctx.engine.config.seed
     order = [torch.randperm(ctx.T, generator=image_generator(seed, k, "ttest"))[: cfg.max_scores].tolist() for k in ctx.keys]
-    alive = [list(range(ctx.M)) for _ in ctx.keys]
+    alive = [ctx.alive(i) for i in range(len(ctx.keys))]
     n_done = 0
     while n_done < cfg.max_scores:
         step = cfg.min_scores if n_done == 0 else 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import DiffdiscError
+from .scorers import Scorer, finite
 
 
 def discffusion_layers(unet) -> list[tuple[str, torch.nn.Module]]:
@@ -128,3 +129,25 @@ def attention_score(backbone, capture: CrossAttentionCapture, x_t: torch.Tensor,
         eps_u = predict(x_t, t, null.expand(len(t), *null.shape))
         score = score + (eps - eps_u).flatten(1).norm(dim=1) - (eps - eps_c).flatten(1).norm(dim=1)
     return score
+
+
+class AttentionScorer(Scorer):
+    """Discffusion through the scorer seam: the negated `attention_score` (higher attention = better match, and
+    every scorer's lower = better). 2 U-Net calls per item with the denoising bias, else 1."""
+
+    name = "attention"
+    kind = "diffusion attention"
+
+    def __init__(self, backbone, config, predict=None):
+        if getattr(backbone, "unet", None) is None or backbone.info.conditioning != "text":
+            raise DiffdiscError(f"the attention scorer needs a text-conditional U-Net; {backbone.info.name} is not one")
+        super().__init__(backbone, config, predict)
+        self.capture = CrossAttentionCapture(backbone.unet)
+        self.calls_per_item = 2 if config.attention_bias else 1
+
+    def __call__(self, x0, noise, t, cond):
+        x_t = self.backbone.add_noise(x0, noise, t)
+        with self.autocast():  # all of it, as always: the null prompt's text encoding runs under it too
+            score = attention_score(self.backbone, self.capture, x_t, noise, t, cond, self.config.attention_bias,
+                                    self.predict)  # fmt: skip
+        return -finite(score)

@@ -26,7 +26,7 @@ class ScoreConfig(ConfigMixin):
     images, as the official Winoground and Discffusion code.
     scorer: `denoise` (the weighted ε-error above) or `attention` (Discffusion: cross-attention LogSumExp
     score, plus the denoising bias when `attention_bias`; text-conditional U-Nets only; negated so that lower
-    is better for every scorer).
+    is better for every scorer). A contrastive model has one scorer of its own and ignores it (`scorers.py`).
     batch_size: U-Net batch; 0 tunes it on the first batch of work (largest that fits memory and still
     speeds up per item; see scoring/autotune.py). Errors do not depend on it.
     compile / channels_last: speed options (torch.compile of the denoiser; NHWC activations). They change
@@ -54,11 +54,6 @@ class ScoreConfig(ConfigMixin):
         check_choice("scorer", self.scorer, SCORERS)
         if self.batch_size < 0:
             raise DiffdiscError(f"batch_size must be >= 1 (or 0 = auto-tune), got {self.batch_size}")
-
-    @property
-    def calls_per_item(self) -> int:
-        """U-Net forwards per (image, candidate, t): 2 for the attention scorer's denoising bias (cond + uncond)."""
-        return 2 if self.scorer == "attention" and self.attention_bias else 1
 
 
 @dataclass(frozen=True)

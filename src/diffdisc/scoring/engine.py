@@ -1,27 +1,25 @@
-"""Batched, shared-noise denoising errors: the one place where the U-Net is called for scoring.
+"""Batched, shared-noise scoring: the one place where the U-Net is called for scoring.
 
 Work is a flat list of (image, candidate, t) triples. The engine packs any mix of images, candidates and
 timesteps into U-Net batches of a fixed size, so the cost per call does not depend on how many candidates
 an adaptive strategy still keeps. ε for (image, t) comes from a generator seeded by (seed, image key, t):
 every candidate sees the same noise (the variance reduction of Li et al. and Clark & Jaini) and the
 numbers agree across batch size, chunking, order of evaluation and number of processes to float rounding
-(≈ 1e-8 relative, not bit for bit: other batch shapes may take other kernels).
+(≈ 1e-8 relative, not bit for bit: other batch shapes may take other kernels). What one item's score is
+belongs to the scorer (`scorers.py`); the engine only calls it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..backbones.base import Backbone
-from ..errors import DiffdiscError
 from .config import ScoreConfig
+from .scorers import Scorer, autocast, make_scorer
 
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 MAX_TUNE = 4096  # largest batch the auto-tuner tries
 
 
@@ -48,7 +46,8 @@ class Work:
 
 
 class ScoringEngine:
-    """Turns work into errors; counts U-Net calls (one per work item).
+    """Turns work into scores through one scorer (`make_scorer`); counts U-Net calls (`scorer.calls_per_item`
+    per work item).
 
     Make one per run (the auto-tuned batch size and the compiled denoiser are made once) and use it as a
     context manager: `channels_last` converts the backbone's weights in place, and `close()` converts them
@@ -61,30 +60,22 @@ class ScoringEngine:
         self.calls = 0
         # None until tuned (batch_size 0 = auto); may shrink after an out-of-memory error.
         self.batch_size: int | None = self.config.batch_size or None
-        dev = backbone.device.type
-        if self.config.dtype != "fp32":
-            self.autocast = lambda: torch.autocast(dev, dtype=_AUTOCAST[self.config.dtype])
-        else:
-            self.autocast = contextlib.nullcontext
+        self.autocast = autocast(backbone.device.type, self.config.dtype)
         self._memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
-        self._capture = None
-        if self.config.scorer == "attention":
-            from .attention import CrossAttentionCapture
-
-            if getattr(backbone, "unet", None) is None or backbone.info.conditioning != "text":
-                raise DiffdiscError(f"the attention scorer needs a text-conditional U-Net; {backbone.info.name} is not one")
-            self._capture = CrossAttentionCapture(backbone.unet)
+        # Every scorer calls the denoiser through _predict_eps (the attention capture sets its processors
+        # outside the compiled call). Fixed batch shapes: the last, smaller batch compiles once more.
+        self.scorer: Scorer = make_scorer(backbone, self.config, predict=self._predict_eps)  # may refuse
+        self._denoiser = None
+        if self.scorer.needs_noise:
+            self._denoiser = backbone.predict_eps
+            if self.config.compile:
+                self._denoiser = torch.compile(backbone.predict_eps, dynamic=False)
         self._restore_format = None  # after every check that can refuse: a refused engine changes nothing
-        if self.config.channels_last and not all(
+        if self.scorer.needs_noise and self.config.channels_last and not all(
             p.is_contiguous(memory_format=torch.channels_last) for p in backbone.parameters() if p.ndim == 4
         ):
             backbone.to(memory_format=torch.channels_last)
             self._restore_format = torch.contiguous_format
-        # Both scorers call the denoiser through _predict (the attention capture sets its processors outside
-        # the compiled call). Fixed batch shapes: the last, smaller batch compiles once more.
-        self._predict = backbone.predict_eps
-        if self.config.compile:
-            self._predict = torch.compile(backbone.predict_eps, dynamic=False)
 
     def close(self) -> None:
         """Convert the backbone's weights back to contiguous if `channels_last` converted them."""
@@ -97,6 +88,19 @@ class ScoringEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def calls_per_item(self) -> int:
+        return self.scorer.calls_per_item
+
+    @property
+    def needs_timesteps(self) -> bool:
+        """False for scorers without noise: one score per (image, candidate), at 'timestep' 0."""
+        return self.scorer.needs_noise
+
+    def candidates(self, conds: torch.Tensor, groups: list[list[int]]) -> tuple[torch.Tensor, list[list[int]]]:
+        """The conditions to score and each candidate's group of them, as the scorer combines prompts."""
+        return self.scorer.candidates(conds, groups)
 
     # ------------------------------------------------------------------ noise
     def noise(self, keys: list[str], ts: list[int], shape: tuple[int, ...]) -> torch.Tensor:
@@ -111,18 +115,20 @@ class ScoringEngine:
     # ------------------------------------------------------------------ scoring
     @torch.inference_mode()
     def run(self, x0: torch.Tensor, keys: list[str], conds: torch.Tensor, work: Work) -> torch.Tensor:
-        """Errors (float32, CPU) for each work item, in work order."""
+        """Scores (float32, CPU) for each work item, in work order."""
         n = len(work)
         if n == 0:
             return torch.empty(0)
         dev = self.backbone.device
+        x0 = x0.to(dev)
+        conds = conds.to(dev)
+        if not self.scorer.needs_noise:  # one table for the chunk (t is ignored), no U-Net
+            return self.scorer.table(x0, conds).float().cpu()[work.image, work.candidate]
         # Noise for the unique (image, t) pairs only: candidates reuse it.
         pair = work.image * (self.backbone.num_train_timesteps + 1) + work.t
         uniq, inverse = torch.unique(pair, return_inverse=True)
         u_img, u_t = uniq // (self.backbone.num_train_timesteps + 1), uniq % (self.backbone.num_train_timesteps + 1)
         eps_bank = self.noise([keys[i] for i in u_img.tolist()], u_t.tolist(), tuple(x0.shape[1:])).to(dev)
-        x0 = x0.to(dev)
-        conds = conds.to(dev)
         out = torch.empty(n)
 
         def batch(sl: slice) -> torch.Tensor:
@@ -158,59 +164,19 @@ class ScoringEngine:
         i = idx.to(dev)
         self.errors(x0[work.image[i].to(dev)], eps_bank[inverse[i].to(dev)], work.t[i].to(dev), conds[work.candidate[i].to(dev)])
 
-    @property
-    def calls_per_item(self) -> int:
-        return self.config.calls_per_item
-
     def errors(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Per-sample weighted error (B,) - the number a diffusion classifier scores."""
-        bb, cfg = self.backbone, self.config
-        x_t = bb.add_noise(x0, eps, t)
+        """Per-sample score (B,) of one batch - the number a diffusion classifier scores."""
+        return self.scorer(x0, eps, t, cond)
+
+    def _predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The backbone's ε̂ with this run's speed options: channels_last input, autocast, torch.compile."""
         if x_t.ndim == 4:
             x_t = x_t.contiguous(memory_format=self._memory_format)
         with self.autocast():
-            if self._capture is not None:
-                from .attention import attention_score
-
-                score = attention_score(bb, self._capture, x_t, eps, t, cond, cfg.attention_bias, predict=self._predict)
-                return -_finite(score)  # higher attention score = better match; errors are lower = better
-            eps_hat = _finite(self._predict(x_t, t, cond))
-        if cfg.weighting == "clark":
-            # Imagen-style clipped x̂0: unclipped x0-space error = ε-error/SNR explodes near t = T.
-            x0_hat = bb.predict_x0(x_t, t, eps_hat)
-            if bb.clip_range is not None:
-                x0_hat = x0_hat.clamp(*bb.clip_range)
-            else:  # latents have no fixed range: clip to this sample's own magnitude
-                bound = x0.float().abs().flatten(1).amax(1).view(-1, *([1] * (x0.ndim - 1)))
-                x0_hat = torch.maximum(torch.minimum(x0_hat, bound), -bound)
-            err = _loss(x0_hat, x0.float(), cfg.loss)
-            return err * torch.exp(-cfg.clark_rate * t.double() / bb.num_train_timesteps).float()
-        err = _loss(eps_hat, eps.float(), cfg.loss)
-        if cfg.weighting == "min_snr":
-            snr = bb.snr(t)
-            err = err * (snr.clamp(max=cfg.min_snr_gamma) / snr).float().to(err.device)
-        return err
+            return self._denoiser(x_t, t, cond)
 
     def exhaustive(self, x0: torch.Tensor, keys: list[str], conds: torch.Tensor, ts: list[int]) -> torch.Tensor:
         """E[image, candidate, t] for every triple."""
         N, M, T = x0.shape[0], conds.shape[0], len(ts)
         grid = torch.cartesian_prod(torch.arange(N), torch.arange(M), torch.as_tensor(ts))
         return self.run(x0, keys, conds, Work(grid[:, 0], grid[:, 1], grid[:, 2])).view(N, M, T)
-
-
-def _finite(x: torch.Tensor) -> torch.Tensor:
-    """The one NaN/inf check of both scorers: a NaN must never become a score."""
-    if not torch.isfinite(x).all():
-        raise DiffdiscError("the model produced NaN/inf predictions (try --dtype fp32, or check the weights)")
-    return x
-
-
-def _loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "l2":
-        e = F.mse_loss(pred, target, reduction="none")
-    elif kind == "l1":
-        e = F.l1_loss(pred, target, reduction="none")
-    else:
-        e = F.huber_loss(pred, target, reduction="none", delta=1.0)
-    return e.flatten(1).mean(1)
-

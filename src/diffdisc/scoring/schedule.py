@@ -35,3 +35,35 @@ def stratified(num_train_timesteps: int, n: int, generator: torch.Generator) -> 
 
 def uniform_draws(num_train_timesteps: int, n: int, generator: torch.Generator) -> list[int]:
     return torch.randint(0, num_train_timesteps, (n,), generator=generator).tolist()
+
+
+TIMESTEPS_HELP = "N: N evenly spaced timesteps (the official grid); T1,T2,...: exactly those (one timestep: T1,)"
+
+
+def _timestep_spec(spec: str | int) -> int | list[int]:
+    text = str(spec).strip()
+    try:
+        ts = int(text) if "," not in text else [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DiffdiscError(f"bad --timesteps {spec!r}: {TIMESTEPS_HELP}") from None
+    if ts == []:
+        raise DiffdiscError(f"bad --timesteps {spec!r}: no timesteps ({TIMESTEPS_HELP})")
+    return ts
+
+
+def parse_timesteps(spec: str | int, num_train_timesteps: int) -> list[int]:
+    """`--timesteps`, one meaning for every command: "N" is a count, the N evenly spaced timesteps of `dc_grid`;
+    "T1,T2,..." is exactly those timesteps (the comma makes a list, so a single timestep is written "T1,"; the
+    task checks them against the model's range)."""
+    ts = _timestep_spec(spec)
+    return dc_grid(num_train_timesteps, ts) if isinstance(ts, int) else ts
+
+
+def timestep_count(spec: str | int, command: str) -> int:
+    """The N of a count spec, for commands whose strategy places N evenly spaced (or stratified) timesteps itself
+    (classify, match, probe); a list of timesteps is refused there rather than silently regridded."""
+    ts = _timestep_spec(spec)
+    if not isinstance(ts, int):
+        raise DiffdiscError(f"{command} --timesteps {spec!r}: {command} places its timesteps itself; give a count N "
+                            "(N evenly spaced timesteps)")  # fmt: skip
+    return ts

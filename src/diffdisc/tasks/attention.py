@@ -126,7 +126,7 @@ def tuning_groups(probes: list[str], shots: int, seed: int = 0) -> list[Group]:
     Evaluation probes are built from test items, so tuning and evaluation never share an item; the scenes also
     use seed 1000 + `seed` (evaluation: seed 0), so not even their colours and relations are drawn alike.
     """
-    from ..world.probes import make_probe
+    from ..datasets.probes import make_probe
 
     if shots < 1 or not probes:
         raise DiffdiscError(f"need shots >= 1 and at least one probe, got {shots} and {list(probes)}")
@@ -137,16 +137,16 @@ def tuning_groups(probes: list[str], shots: int, seed: int = 0) -> list[Group]:
 def tune(
     backbone,
     groups: list[Group],
-    out: str | Path,
     config: LoraConfig | None = None,
     *,
+    out: str | Path,
     progress: Callable[[int, int, float], None] | None = None,
     **overrides,
 ) -> Path:
     """Train a LoRA adapter on `groups` (image i matches caption i) and save it to `out`.
 
-    `overrides` (rank=, margin=, lr=, epochs=, bias=, seed=) replace fields of `config`, so the keyword calls
-    `tune(bb, groups, out, lr=1e-2)` made before `LoraConfig` existed still work."""
+    `overrides` (rank=, margin=, lr=, epochs=, bias=, seed=) replace fields of `config`, so keyword calls
+    `tune(bb, groups, out=out, lr=1e-2)` as made before `LoraConfig` existed still work."""
     cfg = replace(config or LoraConfig(), **overrides)
     rank, margin, lr, epochs, bias, seed = cfg.rank, cfg.margin, cfg.lr, cfg.epochs, cfg.bias, cfg.seed
     if not groups:

@@ -30,23 +30,24 @@ from ..data.folders import open_image_dataset
 from ..data.images import open_image, to_tensor
 from ..errors import DiffdiscError
 from ..features.heads import stratified_split
-from ..runs.guard import check_settings
+from ..results.base import load_object
+from ..results.baseline import CLASSIFIER_JSON, EVALUATIONS_JSON, BaselineResult
 from ..runs.io import atomic_write, atomic_write_text, remove_stale_temps
+from ..runs.store import RunStore
 
-CLASSIFIER_JSON = "classifier.json"
-EVALUATIONS_JSON = "evaluations.json"
+STATE_JSON = "checkpoints/last/state.json"  # the resumable state, with the config it was trained with
 
 
 @dataclass(frozen=True)
 class ClassifierConfig(ConfigMixin):
     config_label = "classifier config"
 
-    model: str = "resnet18"
+    model: str = "resnet18"  # any timm model name, trained from scratch
     epochs: int = 15
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # of the training folder, stratified: picks the best epoch (never the test set)
     image_size: int = 32
     seed: int = 0
     mixed_precision: str = "no"  # accelerate: no | bf16 | fp16
@@ -89,20 +90,21 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return out / 127.5 - 1
 
 
-def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierConfig | None = None,
-                     log: Callable[[str], None] = print, progress: Callable[[int, int, str], None] | None = None, *,
-                     max_minutes: float | None = None, synthetic: bool = False) -> Path:  # fmt: skip
+def train_classifier(data: str | Path, cfg: ClassifierConfig | None = None, *, out: str | Path,
+                     log: Callable[[str], None] | None = None, progress: Callable[[int, int, str], None] | None = None,
+                     max_minutes: float | None = None, synthetic: bool = False) -> BaselineResult:  # fmt: skip
     """Train (or resume) into `out`: checkpoints/last, the best model (model.safetensors) and classifier.json
-    (classes, config, validation accuracy, training data).
+    (classes, config, validation accuracy, training data); returns it read back.
 
-    `progress(done_steps, total_steps, info)` after each optimiser step (diffdisc.progress.step_progress).
-    `max_minutes` stops once that much time has passed, checkpointed mid-epoch (rerun to continue) with the best
-    model so far saved. `synthetic` labels validation accuracy as measured on generated images (the log says
-    so and classifier.json also gets the historical `val_acc_synthetic` key)."""
+    `log` defaults to print. `progress(done_steps, total_steps, info)` after each optimiser step
+    (diffdisc.progress.step_progress). `max_minutes` stops once that much time has passed, checkpointed
+    mid-epoch (rerun to continue) with the best model so far saved. `synthetic` labels validation accuracy as
+    measured on generated images (the log says so and classifier.json also gets the historical
+    `val_acc_synthetic` key). The run's store guards the config (the `config` of checkpoints/last/state.json)
+    and keeps a second trainer out of `out`."""
     from accelerate import Accelerator
-    from safetensors.torch import load_file, save_file
 
-    cfg, out = cfg or ClassifierConfig(), Path(out)
+    cfg, out, log = cfg or ClassifierConfig(), Path(out), print if log is None else log
     x, y, names = _load_folder(data, cfg.image_size)
     tr, va = stratified_split(y.numpy(), cfg.val_fraction, cfg.seed, names)
     torch.manual_seed(cfg.seed)
@@ -110,19 +112,31 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierConfig | 
     model = _create(cfg.model, len(names))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = -(-len(tr) // cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     model, opt, sched = acc.prepare(model, opt, sched)
+    with RunStore(out, None, cfg.to_dict(), settings_file=STATE_JSON, section="config", shards=False, runtime_keys=(),
+                  verb="trained", hint="use another --out") as store:  # fmt: skip
+        state = {"epoch": 0, "step": 0, "best_val": -1.0, "compute_s": 0.0, "total_s": 0.0, "images": 0}
+        if store.stored is not None:
+            saved = json.loads((out / STATE_JSON).read_text())
+            acc.load_state(str(out / "checkpoints" / "last"))
+            state = {"step": 0, "images": 0, **saved}
+            part = f" and {state['step']}/{steps_per_epoch} steps of epoch {state['epoch'] + 1}" if state["step"] else ""
+            log(f"resumed after epoch {state['epoch']}{part}")
+        _fit(acc, model, opt, sched, (x, y, tr, va), state, data=data, names=names, cfg=cfg, out=out, log=log,
+             progress=progress, max_minutes=max_minutes, synthetic=synthetic)  # fmt: skip
+    return BaselineResult.load(out)
+
+
+def _fit(acc, model, opt, sched, arrays, state: dict, *, data, names: list[str], cfg: ClassifierConfig, out: Path,
+         log, progress, max_minutes: float | None, synthetic: bool) -> None:  # fmt: skip
+    """The epochs left after `state`, each ending in a checkpoint (and the best model, if it is)."""
+    from safetensors.torch import load_file, save_file
+
+    x, y, tr, va = arrays
     ckdir = out / "checkpoints"
-    state = {"epoch": 0, "step": 0, "best_val": -1.0, "compute_s": 0.0, "total_s": 0.0, "images": 0}
-    if (ckdir / "last" / "state.json").is_file():
-        check_settings(ckdir / "last" / "state.json", cfg.to_dict(), section="config", where=out, verb="trained",
-                       hint="use another --out")  # fmt: skip
-        saved = json.loads((ckdir / "last" / "state.json").read_text())
-        acc.load_state(str(ckdir / "last"))
-        state = {"step": 0, "images": 0, **saved}
-        part = f" and {state['step']}/{steps_per_epoch} steps of epoch {state['epoch'] + 1}" if state["step"] else ""
-        log(f"resumed after epoch {state['epoch']}{part}")
+    steps_per_epoch = -(-len(tr) // cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
     val_name = "val acc (synthetic)" if synthetic else "val acc"
     t_start, deadline = time.perf_counter(), time.perf_counter() + 60 * max_minutes if max_minutes else float("inf")
     steps_run, warned = 0, False
@@ -190,7 +204,6 @@ def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierConfig | 
             warned = True
     log(f"training throughput {state['images'] / max(state['total_s'], 1e-9):.0f} images/s; "
         f"{state['compute_s'] / max(state['total_s'], 1e-9):.0%} of the time in forward/backward")  # fmt: skip
-    return out
 
 
 @torch.no_grad()
@@ -211,7 +224,7 @@ def load_classifier(model_dir: str | Path):
     model_dir = Path(model_dir)
     if not (model_dir / CLASSIFIER_JSON).is_file():
         raise DiffdiscError(f"{model_dir} has no {CLASSIFIER_JSON} (train one with `diffdisc baseline train`)")
-    meta = json.loads((model_dir / CLASSIFIER_JSON).read_text())
+    meta = BaselineResult.load(model_dir).meta
     model = _create(ClassifierConfig.from_dict(meta["config"]).model, len(meta["classes"]))
     model.load_state_dict(load_file(str(model_dir / "model.safetensors")))
     return model, meta
@@ -237,8 +250,8 @@ def evaluate_classifier(model_dir: str | Path, data: str | Path, per_image: bool
     if record:
         path = Path(model_dir) / EVALUATIONS_JSON
         try:
-            kept = json.loads(path.read_text()).get("evaluations", []) if path.is_file() else []
-        except (ValueError, AttributeError):
+            kept = load_object(path).get("evaluations", []) if path.is_file() else []
+        except DiffdiscError:
             raise DiffdiscError(f"{path} is unreadable: move it away to record new evaluations") from None
         entry = {**out, "classes": names, "predictions": pred.tolist(), "labels": y.tolist(),
                  "confidence": [round(v, 5) for v in logits.softmax(-1).max(-1).values.tolist()]}  # fmt: skip

@@ -13,22 +13,24 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ..backbones.base import Backbone
-from ..backbones.contrastive import contrastive_image_scores
+from ..config import ConfigMixin
 from ..data.folders import ImageDataset, Item, open_image_dataset, stratified_subset
 from ..data.images import open_image, resize_note, to_tensor
 from ..data.templates import fill, resolve_templates
 from ..errors import DiffdiscError
-from ..results import ClassificationResult, ResultStore
+from ..results import ClassificationResult
+from ..runs.store import RunStore
 from ..scoring.adaptive import evaluate, ranked_scores
 from ..scoring.calibrate import model_temperature, temperature_key
 from ..scoring.config import AdaptiveConfig, ScoreConfig
 from ..scoring.engine import ScoringEngine
+from ..scoring.scorers import is_contrastive
 
 
 @dataclass(frozen=True)
@@ -61,43 +63,71 @@ def build_candidates(backbone: Backbone, classes: list[str] | None, templates=No
     return Candidates(classes, keys, [list(range(i * n, (i + 1) * n)) for i in range(len(classes))], tpl)
 
 
+@dataclass(frozen=True)
+class ClassifyConfig(ConfigMixin):
+    """What `classify` does: the `classes` (None: the data's folder names for text models, else the model's) and
+    prompt `templates` (text models), how one error is computed (`score`) and which candidates get which
+    timesteps (`adaptive`), the `labels_csv` of a flat folder, `on_error` (fail | skip unreadable images),
+    `chunk_images` scored together (speed and resume granularity, not scores), a `limit` subset (stratified by
+    label, seeded by `limit_seed`, not by the noise seed, so runs that differ in seed or strategy score the same
+    images) and the softmax `temperature` of the metrics.
+
+    Not saved as such: run.json stores what changes a number in its own, older form (score and adaptive as
+    their `to_dict()`), so `from_dict` of this config's `to_dict()` would not rebuild the nested configs."""
+
+    config_label = "classify config"
+
+    classes: tuple[str, ...] | None = None
+    templates: str | tuple[str, ...] | None = None
+    score: ScoreConfig = ScoreConfig()
+    adaptive: AdaptiveConfig = AdaptiveConfig()
+    labels_csv: str | Path | None = None
+    on_error: str = "fail"
+    chunk_images: int = 16
+    limit: int | None = None
+    limit_seed: int = 0
+    temperature: float | None = None
+
+    def __post_init__(self):
+        if self.on_error not in ("fail", "skip"):
+            raise DiffdiscError(f"on_error must be 'fail' or 'skip', got {self.on_error!r}")
+        for name in ("classes", "templates"):  # lists as tuples: a frozen config holds no mutable field
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                object.__setattr__(self, name, tuple(v))
+        object.__setattr__(self, "score", self.score or ScoreConfig())  # None: the defaults, as before
+        object.__setattr__(self, "adaptive", self.adaptive or AdaptiveConfig())
+
+
 def classify(
     backbone: Backbone,
     data: str | Path | ImageDataset,
-    classes: list[str] | None = None,
+    config: ClassifyConfig | None = None,
     *,
-    templates=None,
-    score: ScoreConfig | None = None,
-    adaptive: AdaptiveConfig | None = None,
     out: str | Path | None = None,
-    labels_csv: str | Path | None = None,
-    on_error: str = "fail",
-    chunk_images: int = 16,
-    limit: int | None = None,
-    limit_seed: int = 0,
+    progress: Callable[[dict], None] | None = None,
     rank: int = 0,
     world_size: int = 1,
-    temperature: float | None = None,
-    progress: Callable[[dict], None] | None = None,
+    **overrides,
 ) -> ClassificationResult:
     """Classify every image of `data`; results (and metrics, if labelled) go to `out` (a temp dir if None).
 
-    `limit` keeps N images, stratified by label (`stratified_subset`, seeded by `limit_seed`, not by the noise
-    seed, so runs that differ in seed or strategy score the same images). The defaults of `adaptive` are
-    chosen in `AdaptiveConfig`. Images not of the model's size are resized; `result.notes` says so, once.
+    `rank` / `world_size`: this process's shard of a multi-process run (which images it scores, not how).
+    `overrides` (classes=, score=, adaptive=, limit=, ...) replace fields of `config`: the keyword calls made
+    before `ClassifyConfig` existed still work. Images not of the model's size are resized; `result.notes`
+    says so, once.
     """
-    score, adaptive = score or ScoreConfig(), adaptive or AdaptiveConfig()
-    if on_error not in ("fail", "skip"):
-        raise DiffdiscError(f"on_error must be 'fail' or 'skip', got {on_error!r}")
+    cfg = replace(config or ClassifyConfig(), **overrides)
+    score, adaptive, labels_csv, temperature = cfg.score, cfg.adaptive, cfg.labels_csv, cfg.temperature
+    classes = cfg.classes
     ds = data if isinstance(data, ImageDataset) else open_image_dataset(data, labels_csv)
     if not classes and ds.class_names and backbone.info.conditioning == "text":
         classes = ds.class_names
-    cand = build_candidates(backbone, classes or None, templates)
+    cand = build_candidates(backbone, classes or None, cfg.templates)
     labels = ds.label_index(cand.classes)
-    keep = stratified_subset(labels, limit, limit_seed)
+    keep = stratified_subset(labels, cfg.limit, cfg.limit_seed)
     items = [(i, (ds.items[i], labels[i])) for i in keep]  # i: the image's place in the folder, the run's order
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="diffdisc-"))
-    contrastive = getattr(backbone, "is_contrastive", False)
     settings = {  # every input that changes a number (docs/methods.md, "What a run directory guards")
         "task": "classify",
         "model": {"name": backbone.info.name, "fingerprint": backbone.info.fingerprint, "label": backbone.info.label},
@@ -109,40 +139,37 @@ def classify(
         "score": score.to_dict(),
         "adaptive": adaptive.to_dict(),
         "temperature": temperature,
-        "model_temperature": model_temperature(backbone.info.metadata, temperature_key(score, contrastive)),
+        "model_temperature": model_temperature(backbone.info.metadata, temperature_key(score, is_contrastive(backbone))),
     }
     # the store stays locked until the last chunk is saved; the engine gives the backbone back as it came
-    with ResultStore(out, settings, rank=rank) as store, contextlib.ExitStack() as stack:
+    with RunStore(out, "classify", settings, rank=rank) as store, contextlib.ExitStack() as stack:
         done = store.done()
         todo = [(i, it, y) for i, (it, y) in items if i % world_size == rank and it.image_id not in done]
-        engine = None if contrastive else stack.enter_context(ScoringEngine(backbone, score))
+        engine = stack.enter_context(ScoringEngine(backbone, score))
         conds = backbone.conditions(cand.keys)
         sizes: Counter = Counter()  # source (w, h) of the images read, for one resize note
         stats = {"done": len(done), "total": len(items), "calls": 0, "correct": 0, "labelled": 0, "images": 0, "start": time.time(), "skipped": []}
-        for s in range(0, len(todo), chunk_images):
-            chunk = todo[s : s + chunk_images]
-            tensors, kept = _load(chunk, backbone, on_error, stats["skipped"], sizes)
+        for s in range(0, len(todo), cfg.chunk_images):
+            chunk = todo[s : s + cfg.chunk_images]
+            tensors, kept = _load(chunk, backbone, cfg.on_error, stats["skipped"], sizes)
             if not kept:
                 continue
             x0 = backbone.encode(torch.stack(tensors))
             keys = [it.image_id for _, it, _ in kept]
-            if contrastive:
-                res = contrastive_image_scores(backbone, x0, keys, conds, cand.groups)
-            else:
-                res = evaluate(engine, x0, keys, conds, adaptive, cand.groups)
+            res = evaluate(engine, x0, keys, conds, adaptive, cand.groups)
             records = []
             for (i, it, y), r in zip(kept, res, strict=True):
-                rank = r.ranking()  # once: prediction, stored ranking and scores all follow it
+                ranked = r.ranking()  # once: prediction, stored ranking and scores all follow it
                 records.append({
-                    "image_id": it.image_id, "order": i, "path": str(it.path), "label": y, "pred": rank[0],
-                    "ranking": rank, "scores": ranked_scores(r.errors, rank), "n_calls": r.n_calls, "calls": r.calls,
+                    "image_id": it.image_id, "order": i, "path": str(it.path), "label": y, "pred": ranked[0],
+                    "ranking": ranked, "scores": ranked_scores(r.errors, ranked), "n_calls": r.n_calls, "calls": r.calls,
                     "timesteps": r.timesteps, "errors": r.error_matrix(),
                 })  # fmt: skip
                 stats["calls"] += r.calls
                 stats["images"] += 1
                 if y is not None:
                     stats["labelled"] += 1
-                    stats["correct"] += int(rank[0] == y)
+                    stats["correct"] += int(ranked[0] == y)
             store.append(records)
             stats["done"] += len(chunk)
             if progress:

@@ -10,10 +10,9 @@ features, raw pixels and a contrastive model's image embeddings.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +25,7 @@ from ..features.cache import FeatureCache, cached_features, model_fingerprint
 from ..features.heads import FittedHead, HeadConfig, fit_head, stratified_split
 from ..features.pooling import keeps_tokens, parse_pooling
 from ..features.taps import ExtractStats, check_timesteps, resolve_blocks
-
-SWEEP_JSON = "features_sweep.json"
-SWEEP_PNG = "features_sweep.png"
+from ..results.sweep import SweepResult
 
 
 @dataclass(frozen=True)
@@ -48,64 +45,42 @@ class FeatureConfig(ConfigMixin):
         parse_pooling(self.pooling)
 
 
-@dataclass
-class SweepResult:
-    """The grid (validation accuracy per block x t), the chosen cell and its one test accuracy."""
+@dataclass(frozen=True)
+class SweepConfig(ConfigMixin):
+    """What `sweep` tries: every (block, t) of `blocks` x `timesteps`, features read as `features` says, the
+    `head` fitted on each cell.
 
-    model: str  # the model's display name (`BackboneInfo.label`)
-    blocks: list[str]
-    timesteps: list[int]
-    val_acc: list[list[float]]
-    best: dict
-    test_acc: float | None
-    head: str
-    pooling: str
-    n_train: int
-    n_val: int
-    n_test: int
-    details: dict = field(default_factory=dict)
-    best_head: FittedHead | None = field(default=None, repr=False)
+    Not saved as such: a sweep's details store `features` and `head` (each its `to_dict()`) and the grid."""
 
-    def to_json(self) -> dict:
-        """Exactly the `features_sweep.json` schema (other readers depend on it)."""
-        keys = ("model", "blocks", "timesteps", "val_acc", "best", "test_acc", "head", "pooling", "n_train", "n_val", "n_test")
-        return {k: getattr(self, k) for k in keys}
+    config_label = "sweep config"
 
-    def write(self, out: str | Path) -> Path:
-        from ..runs.io import atomic_write_text
+    blocks: tuple[str, ...]
+    timesteps: tuple[int, ...]
+    features: FeatureConfig = FeatureConfig()
+    head: HeadConfig = HeadConfig()
 
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / SWEEP_JSON, json.dumps(self.to_json(), indent=2))
-        atomic_write_text(out / "features_sweep_details.json", json.dumps(self.details, indent=2, default=str))
-        plot_sweep(self, out / SWEEP_PNG)
-        if self.best_head is not None:
-            self.best_head.save_pretrained(out / "head")
-        return out / SWEEP_JSON
+    def __post_init__(self):
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        object.__setattr__(self, "timesteps", tuple(self.timesteps))
+        object.__setattr__(self, "features", self.features or FeatureConfig())  # None: the defaults, as before
+        object.__setattr__(self, "head", self.head or HeadConfig())
 
 
-def plot_sweep(r: SweepResult, path: str | Path) -> Path:
-    """Heat map of validation accuracy, blocks (rows) x timesteps (columns); the chosen cell is boxed."""
-    from ..plotting import pyplot, save_figure
+@dataclass(frozen=True)
+class CellConfig(ConfigMixin):
+    """What `probe` and `compare` fit: one head on fixed (block, t) `cells` (several are fused by
+    concatenation), features read as `features` says. Not saved (`probe` returns its result only)."""
 
-    plt = pyplot()
-    a = np.asarray(r.val_acc, dtype=float) * 100
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(r.timesteps), 1.2 + 0.5 * len(r.blocks)))
-    im = ax.imshow(a, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(r.timesteps)), [str(t) for t in r.timesteps])
-    ax.set_yticks(range(len(r.blocks)), r.blocks)
-    ax.set_xlabel("timestep t")
-    ax.set_ylabel("block")
-    mid = (np.nanmax(a) + np.nanmin(a)) / 2 if a.size else 0
-    for i in range(a.shape[0]):
-        for j in range(a.shape[1]):
-            ax.text(j, i, f"{a[i, j]:.1f}", ha="center", va="center", fontsize=8, color="black" if a[i, j] > mid else "white")
-    bi, bj = r.blocks.index(r.best["block"]), r.timesteps.index(r.best["t"])
-    ax.add_patch(plt.Rectangle((bj - 0.5, bi - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
-    test = f", test {r.test_acc:.1%}" if r.test_acc is not None else ""
-    ax.set_title(f"{r.model}: {r.head} probe, {r.pooling} — val acc %\nbest {r.best['block']} @ t={r.best['t']}{test}", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    return save_figure(fig, path)
+    config_label = "cell config"
+
+    cells: tuple[tuple[str, int], ...]
+    features: FeatureConfig = FeatureConfig()
+    head: HeadConfig = HeadConfig()
+
+    def __post_init__(self):
+        object.__setattr__(self, "cells", tuple((b, t) for b, t in self.cells))
+        object.__setattr__(self, "features", self.features or FeatureConfig())  # None: the defaults, as before
+        object.__setattr__(self, "head", self.head or HeadConfig())
 
 
 # ---------------------------------------------------------------------- selection on features
@@ -183,6 +158,8 @@ def _features_fn(backbone, images: LabelledImages, cfg: FeatureConfig, cache, st
 
 
 def _progress(factory, description: str):
+    """`progress_factory(description)`: a task with several phases (features, then heads) gives each its own
+    progress context, which yields a `progress(done, total, info)` callback (`progress.step_progress`)."""
     return factory(description) if factory else contextlib.nullcontext(None)
 
 
@@ -197,20 +174,19 @@ def _check_data(train: LabelledImages, test: LabelledImages | None) -> None:
 def sweep(
     backbone,
     train: LabelledImages,
-    test: LabelledImages | None,
-    blocks: Sequence[str],
-    timesteps: Sequence[int],
+    config: SweepConfig,
     *,
-    features: FeatureConfig | None = None,
-    head: HeadConfig | None = None,
+    test: LabelledImages | None = None,
     cache: FeatureCache | str | Path | None = None,
     out: str | Path | None = None,
     progress_factory=None,
 ) -> SweepResult:
-    """Block x timestep sweep; writes features_sweep.json / .png (+ details, best head) to `out` if given."""
-    cfg, head = features or FeatureConfig(), head or HeadConfig()
-    blocks = list(resolve_blocks(backbone, blocks))
-    timesteps = check_timesteps(backbone, timesteps)
+    """Block x timestep sweep; writes features_sweep.json / .png (+ details, best head) to `out` if given.
+
+    Without `test` the sweep chooses on validation only (`score_test` scores it later)."""
+    cfg, head = config.features, config.head
+    blocks = list(resolve_blocks(backbone, config.blocks))
+    timesteps = check_timesteps(backbone, config.timesteps)
     _check_data(train, test)
     if head.kind == "attention" and not keeps_tokens(cfg.pooling):
         raise DiffdiscError(f"the attention head needs spatial tokens: pooling {cfg.pooling} keeps none (use avg2, avg4 or flat)")
@@ -322,11 +298,10 @@ def diffusion_features(backbone, images: LabelledImages, cells: Sequence[tuple[s
     return [got[(b, int(t), cfg.pooling)] for b, t in cells]
 
 
-def probe(backbone, train: LabelledImages, test: LabelledImages | None, cells: Sequence[tuple[str, int]], *,
-          features: FeatureConfig | None = None, head: HeadConfig | None = None, cache=None,
+def probe(backbone, train: LabelledImages, config: CellConfig, *, test: LabelledImages | None = None, cache=None,
           progress_factory=None) -> tuple[ProbeResult, FittedHead]:  # fmt: skip
     """One head on fixed cell(s): several cells are fused (concatenated features / tokens)."""
-    cfg, head = features or FeatureConfig(), head or HeadConfig()
+    cfg, head, cells = config.features, config.head, config.cells
     _check_data(train, test)
     if head.kind == "attention" and not keeps_tokens(cfg.pooling):
         raise DiffdiscError(f"the attention head needs spatial tokens: pooling {cfg.pooling} keeps none (use avg2, avg4 or flat)")
@@ -355,15 +330,15 @@ def contrastive_features(model, images: LabelledImages, batch: int = 256) -> tor
     return torch.cat(out).clone() if out else torch.empty(0)
 
 
-def compare(backbone, train: LabelledImages, test: LabelledImages, cells: Sequence[tuple[str, int]], *,
-            contrastive=None, contrastive_train: LabelledImages | None = None, contrastive_test: LabelledImages | None = None,
-            features: FeatureConfig | None = None, head: HeadConfig | None = None, cache=None) -> list[ProbeResult]:  # fmt: skip
-    """The same head on diffusion features (at `cells`), raw pixels and (optionally) contrastive embeddings.
+def compare(backbone, train: LabelledImages, config: CellConfig, *, test: LabelledImages, contrastive=None,
+            contrastive_train: LabelledImages | None = None, contrastive_test: LabelledImages | None = None,
+            cache=None) -> list[ProbeResult]:  # fmt: skip
+    """The same head on diffusion features (at `config.cells`), raw pixels and (optionally) contrastive embeddings.
 
     `contrastive_train/test` are the same images as the contrastive model expects them (e.g. padded RGB);
     they must be in the same order with the same labels."""
-    cfg, head = features or FeatureConfig(), head or HeadConfig()
-    rows = [probe(backbone, train, test, cells, features=cfg, head=head, cache=cache)[0]]
+    cfg, head = config.features, config.head
+    rows = [probe(backbone, train, config, test=test, cache=cache)[0]]
     size, ch = backbone.info.image_size, backbone.info.image_channels
     rows.append(probe_features(f"pixels {ch}x{size}x{size} ({head.kind})", [pixel_features(train, size, ch)], train.labels,
                                [pixel_features(test, size, ch)], test.labels, head, cfg.val_fraction, cfg.seed,

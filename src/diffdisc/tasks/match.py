@@ -23,11 +23,13 @@ from ..config import ConfigMixin
 from ..data.groups import Group
 from ..data.images import array_to_tensor, open_image, to_tensor
 from ..errors import DiffdiscError
-from ..results import ResultStore, read_records
 from ..runs.io import atomic_write_text
+from ..runs.store import RunStore, read_records
 from ..scoring.config import ScoreConfig
 from ..scoring.engine import ScoringEngine, Work
+from ..scoring.match_metrics import match_metrics
 from ..scoring.schedule import dc_grid
+from ..scoring.scorers import scorer_class
 
 
 @dataclass(frozen=True)
@@ -72,24 +74,19 @@ def score_chunk(backbone, groups: list[Group], score: ScoreConfig, timesteps: li
     cidx = {c: i for i, c in enumerate(captions)}
     conds = backbone.conditions(captions)
     keys = [f"{g.id}/{i}" for g in groups for i in range(len(g.images))]
-    if getattr(backbone, "is_contrastive", False):
-        full = backbone.scores(x0, conds, [[i] for i in range(len(captions))]).cpu().numpy()
-        out, row = [], 0
-        for g in groups:
-            out.append(full[row : row + len(g.images)][:, [cidx[c] for c in g.captions]])
-            row += len(g.images)
-        return out
-    im, ca, ts = [], [], []
-    row = 0
-    for g in groups:
-        for i in range(len(g.images)):
-            for c in g.captions:
-                for t in timesteps:
-                    im.append(row + i)
-                    ca.append(cidx[c])
-                    ts.append(t)
-        row += len(g.images)
     with ScoringEngine(backbone, score) if engine is None else contextlib.nullcontext(engine) as eng:
+        conds, _ = eng.candidates(conds, [[i] for i in range(len(captions))])  # every caption its own candidate
+        timesteps = timesteps if eng.needs_timesteps else [0]
+        im, ca, ts = [], [], []
+        row = 0
+        for g in groups:
+            for i in range(len(g.images)):
+                for c in g.captions:
+                    for t in timesteps:
+                        im.append(row + i)
+                        ca.append(cidx[c])
+                        ts.append(t)
+            row += len(g.images)
         err = eng.run(x0, keys, conds, Work.from_lists(im, ca, ts))
     err = err.view(-1, len(timesteps)).mean(1).numpy()
     out, pos = [], 0
@@ -120,25 +117,24 @@ def match(
     if backbone.info.conditioning != "text":
         raise DiffdiscError(f"matching needs a text-conditional or contrastive model; {backbone.info.name} is "
                             f"{backbone.info.conditioning}-conditional")  # fmt: skip
-    contrastive = getattr(backbone, "is_contrastive", False)
-    ts = [] if contrastive else dc_grid(backbone.info.num_train_timesteps, n_timesteps)
+    # a scorer without timesteps (contrastive) records none: run.json as it always was
+    ts = dc_grid(backbone.info.num_train_timesteps, n_timesteps) if scorer_class(backbone, score).needs_noise else []
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="diffdisc-match-"))
     settings = {"task": "match", "model": {"name": backbone.info.name, "fingerprint": backbone.info.fingerprint,
                                   "label": backbone.info.label},
                 "groups": [g.id for g in groups], "score": score.to_dict(), "timesteps": ts}  # fmt: skip
-    store = ResultStore(out, settings)
+    store = RunStore(out, "match", settings)
     done = store.done()
     todo = [g for g in groups if g.id not in done]
     stats = {"done": len(done), "total": len(groups), "start": time.time(), "calls": 0, "images": 0,
              "labelled": 0, "correct": 0}  # fmt: skip
-    engine = None if contrastive else ScoringEngine(backbone, score)  # one per run, not per chunk
-    with contextlib.nullcontext() if engine is None else engine:
+    with ScoringEngine(backbone, score) as engine:  # one per run, not per chunk
         for s in range(0, len(todo), chunk_groups):
             chunk = todo[s : s + chunk_groups]
             mats = score_chunk(backbone, chunk, score, ts, engine)
             recs = []
             for g, m in zip(chunk, mats, strict=True):
-                calls = int(m.size * len(ts)) * score.calls_per_item
+                calls = int(m.size * len(ts)) * engine.calls_per_item
                 recs.append({"image_id": g.id, "scores": m.tolist(), "tags": list(g.tags), "calls": calls})
                 stats["calls"] += calls
                 stats["images"] += 1
@@ -154,64 +150,3 @@ def match(
     metrics = match_metrics([np.array(r["scores"]) for r in records])
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return records
-
-
-# ---------------------------------------------------------------------- metrics
-def winoground_scores(S: np.ndarray) -> tuple[bool, bool, bool]:
-    """Text, image and group correctness of one 2x2 matrix S[image, caption] (lower = better).
-
-    text: each image prefers its own caption; image: each caption prefers its own image; group: both.
-    """
-    if S.shape != (2, 2):
-        raise DiffdiscError(f"Winoground metrics need 2x2 groups, got {S.shape}")
-    text = S[0, 0] < S[0, 1] and S[1, 1] < S[1, 0]
-    image = S[0, 0] < S[1, 0] and S[1, 1] < S[0, 1]
-    return bool(text), bool(image), bool(text and image)
-
-
-def bootstrap_ci(values: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% percentile bootstrap interval of the mean (groups resampled with replacement)."""
-    v = np.asarray(values, dtype=np.float64)
-    if len(v) == 0:
-        return (float("nan"), float("nan"))
-    idx = np.random.default_rng(seed).integers(0, len(v), (n, len(v)))
-    means = v[idx].mean(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def _summary(v) -> dict:
-    lo, hi = bootstrap_ci(np.asarray(v, dtype=np.float64))
-    return {"mean": float(np.mean(v)), "ci95": [lo, hi]}
-
-
-def match_metrics(mats: list[np.ndarray]) -> dict:
-    """Winoground text/image/group scores for 2x2 groups; R@1/R@5 (caption retrieval per image and image
-    retrieval per caption) for square groups larger than 2; each with a bootstrap 95% interval.
-
-    A one-image group (1 x K: caption 0 is the image's, e.g. cue-conflict's shape vs colour caption) counts
-    in the text score: correct when caption 0 scores strictly best, chance 1/K.
-    """
-    out: dict = {"n_groups": len(mats)}
-    w = [winoground_scores(m) for m in mats if m.shape == (2, 2)]
-    singles = [m for m in mats if m.shape[0] == 1 and m.shape[1] >= 2]
-    if w or singles:
-        text = [t for t, _, _ in w] + [bool(m[0, 0] < m[0, 1:].min()) for m in singles]
-        out["text"] = _summary(np.array(text, dtype=np.float64))
-    if w:
-        arr = np.array(w, dtype=np.float64)
-        out.update(image=_summary(arr[:, 1]), group=_summary(arr[:, 2]))
-    if w or singles:
-        chance = np.mean([0.25] * len(w) + [1 / m.shape[1] for m in singles])
-        out["chance"] = {"text": float(chance), **({"image": 0.25, "group": 1 / 6} if w else {})}
-    big = [m for m in mats if m.shape[0] == m.shape[1] and m.shape[0] > 2]
-    if big:
-        r = {f"{d}_R@{k}": [] for d in ("text", "image") for k in (1, 5)}
-        for m in big:
-            n = m.shape[0]
-            rank_t = (m < m[np.arange(n), np.arange(n)][:, None]).sum(1)  # captions beating the true one
-            rank_i = (m < m[np.arange(n), np.arange(n)][None, :]).sum(0)
-            for k in (1, 5):
-                r[f"text_R@{k}"] += list(rank_t < k)
-                r[f"image_R@{k}"] += list(rank_i < k)
-        out.update({k: _summary(v) for k, v in r.items()})
-    return out

@@ -3,21 +3,45 @@ contrastive)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..config import ConfigMixin
+from ..datasets.probes import PROBE_VERSIONS, PROBES, make_probe
 from ..scoring.config import ScoreConfig
-from ..world.probes import PROBE_VERSIONS, PROBES, make_probe
-from .match import MatchConfig, match, match_metrics
+from ..scoring.match_metrics import match_metrics
+from ..scoring.scorers import scorer_class
+from .match import MatchConfig, match
 
 
-def run_probes(models: list, names: list[str] | None = None, *, n: int = 200, seed: int = 0, n_timesteps: int = 20,
-               score: ScoreConfig | None = None, out: str | Path = "runs/probes", progress_factory=None) -> list[dict]:  # fmt: skip
+@dataclass(frozen=True)
+class ProbeConfig(ConfigMixin):
+    """`n` groups per probe made from `seed`, scored at `n_timesteps` (diffusion models) with `score`.
+
+    Not saved as such: each (probe, model) run is a match run, whose run.json stores the score and timesteps, and
+    n and seed name its directory."""
+
+    config_label = "probe config"
+
+    n: int = 200
+    seed: int = 0
+    n_timesteps: int = 20
+    score: ScoreConfig = ScoreConfig()
+
+    def __post_init__(self):  # n and n_timesteps are checked where they are used (make_probe, dc_grid)
+        object.__setattr__(self, "score", self.score or ScoreConfig())  # None: the defaults, as before
+
+
+def run_probes(models: list, names: list[str] | None = None, config: ProbeConfig | None = None, *,
+               out: str | Path = "runs/probes", progress_factory=None, **overrides) -> list[dict]:  # fmt: skip
     """One row per (probe, model): text/image/group score with bootstrap 95% intervals and chance levels.
 
     cue-conflict rows have a text score only (one image, shape vs colour caption), also given as `shape_bias`.
 
     `models` are loaded backbones (diffusion or contrastive). Each (probe, model) run is stored under
-    `out/<probe>-<version>-s<seed>-n<n>/<model>` and resumes.
+    `out/<probe>-<version>-s<seed>-n<n>/<model>` and resumes. `progress_factory(description)` gives each of
+    those runs its own progress context (yielding a `match` progress callback), as `classify_progress` does.
+    `overrides` (n=, seed=, n_timesteps=, score=) replace fields of `config`, as in `match`.
     """
     import numpy as np
 
@@ -25,26 +49,26 @@ def run_probes(models: list, names: list[str] | None = None, *, n: int = 200, se
         base = bb.info.metadata.get("recipe") or Path(bb.info.name).name
         return base + ("+lora" if bb.info.name.endswith("+lora") and not base.endswith("+lora") else "")
 
+    cfg = replace(config or ProbeConfig(), **overrides)
+    n, seed, score = cfg.n, cfg.seed, cfg.score
     rows = []
     for name in names or list(PROBES):
         groups, version = make_probe(name, n, seed), PROBE_VERSIONS[name]
         for bb in models:
-            contrastive = getattr(bb, "is_contrastive", False)
-            how = "" if contrastive or score is None or score.scorer == "denoise" else f"-{score.scorer}"
+            scorer = scorer_class(bb, score)
+            how = "-attention" if scorer.name == "attention" else ""  # the default scorers leave the run name as it was
             fp = bb.info.fingerprint  # "<model>" or "<model>+lora<adapter>": both parts name the run
             tag = fp[:8] + (f"-lora{fp.split('+lora', 1)[1][:8]}" if "+lora" in fp else "")
             run_dir = Path(out) / f"{name}-{version}-s{seed}-n{n}" / f"{label(bb)}-{tag}{how}"
             ctx = progress_factory(f"{name} / {label(bb)}") if progress_factory else None
             cb = ctx.__enter__() if ctx else None
             try:
-                cfg = MatchConfig(n_timesteps=n_timesteps)
-                recs = match(bb, groups, cfg, score=score, out=run_dir, progress=cb)
+                recs = match(bb, groups, MatchConfig(n_timesteps=cfg.n_timesteps), score=score, out=run_dir, progress=cb)
             finally:
                 if ctx:
                     ctx.__exit__(None, None, None)
             m = match_metrics([np.array(r["scores"]) for r in recs])
-            kind = "contrastive" if contrastive else f"diffusion{how.replace('-', ' ')}"
-            row = {"probe": name, "version": version, "model": label(bb), "kind": kind,
+            row = {"probe": name, "version": version, "model": label(bb), "kind": scorer.kind,
                    "n": len(recs), "calls_per_group": float(np.mean([r["calls"] for r in recs])), **m,
                    "run_dir": str(run_dir)}  # fmt: skip
             if name == "cue-conflict":  # 2 captions: decisions follow either shape or colour

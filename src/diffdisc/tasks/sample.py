@@ -2,24 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..backbones.base import Backbone
+from ..config import ConfigMixin
 from ..data.templates import fill
 from ..errors import DiffdiscError
 from ..generation.sampler import sample
 
 
-def sample_grid(backbone: Backbone, keys: list[str] | None = None, per_key: int = 8, *, guidance: float = 3.0,
-                steps: int = 50, scheduler: str = "ddim", seed: int = 0, out: str | Path = "samples.png",
-                batch_size: int = 64, progress=None) -> Path:  # fmt: skip
+@dataclass(frozen=True)
+class SampleConfig(ConfigMixin):
+    """`per_key` samples per class or caption, drawn with `scheduler` in `steps` steps at classifier-free
+    `guidance`, from one generator seeded by `seed`, `batch_size` at a time (the grid is not saved)."""
+
+    config_label = "sample config"
+
+    per_key: int = 8
+    guidance: float = 3.0
+    steps: int = 50
+    scheduler: str = "ddim"
+    seed: int = 0
+    batch_size: int = 64
+
+
+def sample_grid(backbone: Backbone, keys: list[str] | None = None, config: SampleConfig | None = None, *,
+                out: str | Path = "samples.png", progress=None) -> Path:  # fmt: skip
     """Rows = classes (class-conditional) or captions (text-conditional), `per_key` samples each -> PNG."""
     from ..plotting import pyplot, save_figure
 
     plt = pyplot()
-
+    cfg = config or SampleConfig()
+    per_key, guidance, steps, scheduler, seed, batch_size = (cfg.per_key, cfg.guidance, cfg.steps, cfg.scheduler,
+                                                             cfg.seed, cfg.batch_size)  # fmt: skip
     keys = list(keys) if keys else list(backbone.info.class_names)
     if not keys:
         raise DiffdiscError("nothing to sample: pass classes or captions (the model records no class names)")

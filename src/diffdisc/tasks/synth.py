@@ -15,7 +15,6 @@ and `merge` combines sets generated with different tricks into one ImageFolder.
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,13 +24,15 @@ import torch
 
 from ..config import ConfigMixin
 from ..data.templates import fill
+from ..datasets.export import folder_name, png_bytes
 from ..errors import DiffdiscError
 from ..generation.sampler import sample
-from ..results import repair_jsonl
-from ..runs.guard import check_settings
+from ..results.synth import CLASSES_JSON, METADATA, SYNTH_JSON, done_files, metadata_rows
+from ..runs.io import append_text, repair_jsonl
 from ..runs.io import atomic_write_bytes as write_atomic
+from ..runs.store import RunStore
 from ..scoring.engine import derive_seed
-from ..world.export import folder_name, png_bytes
+from ..scoring.scorers import is_contrastive
 
 TRICKS = ("template", "domain", "guidance")
 DEFAULT_TEMPLATES = ("{a} {}", "an image of {a} {}", "{a} {} on black")
@@ -102,28 +103,34 @@ def plan(backbone, classes: list[str], cfg: SynthConfig) -> list[Job]:
 
 
 def _palette() -> tuple[str, ...]:
-    from ..world.scenes import COLOURS
+    from ..datasets.scenes import COLOURS
 
     return COLOURS
 
 
-def generate(backbone, classes: list[str], out: str | Path, cfg: SynthConfig,
+def generate(backbone, classes: list[str], cfg: SynthConfig, *, out: str | Path,
              progress: Callable[[int, int], None] | None = None) -> Path:  # fmt: skip
     """Render the plan into `out` (ImageFolder + classes.json + metadata.jsonl + synth.json); resumable."""
-    if getattr(backbone, "is_contrastive", False):
+    if is_contrastive(backbone):
         raise DiffdiscError(f"{backbone.info.name} is a contrastive model: it cannot generate images")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = {"model": backbone.info.name, "fingerprint": backbone.info.fingerprint, "classes": list(classes),
                 **cfg.to_dict()}
-    settings_path = out / "synth.json"
-    check_settings(settings_path, settings, runtime_keys=RUNTIME_KEYS, verb="generated", hint="use another --out")
-    write_atomic(settings_path, json.dumps(settings, indent=2).encode())
-    write_atomic(out / "classes.json", json.dumps({folder_name(c): c for c in classes}, indent=2).encode())
+    # synth.json is rewritten on every run: it follows the batch size a resume changed
+    with RunStore(out, None, settings, settings_file=SYNTH_JSON, shards=False, rewrite=True, sort_keys=False,
+                  runtime_keys=RUNTIME_KEYS, verb="generated", hint="use another --out"):
+        _render(backbone, classes, out, cfg, progress)
+    return out
+
+
+def _render(backbone, classes: list[str], out: Path, cfg: SynthConfig, progress) -> None:
+    """What `generate` renders while it holds the directory: the images of the plan not yet on disk."""
+    write_atomic(out / CLASSES_JSON, json.dumps({folder_name(c): c for c in classes}, indent=2).encode())
     jobs = plan(backbone, classes, cfg)
-    meta_path = out / "metadata.jsonl"
+    meta_path = out / METADATA
     repair_jsonl(meta_path)
-    done = _done(meta_path, out)
+    done = done_files(out)
     todo = [j for j in jobs if j.file not in done]
     if progress:
         progress(len(jobs) - len(todo), len(jobs))
@@ -144,34 +151,15 @@ def generate(backbone, classes: list[str], out: str | Path, cfg: SynthConfig,
             rows.append(json.dumps({"file": j.file, "class": j.class_name, "class_id": j.class_id,
                                     "prompt": j.condition if isinstance(j.condition, str) else None, "seed": j.seed,
                                     "guidance": j.guidance, "tricks": j.tricks}) + "\n")  # fmt: skip
-        with open(meta_path, "a") as f:
-            f.write("".join(rows))
-            f.flush()
-            os.fsync(f.fileno())
+        append_text(meta_path, "".join(rows), what="image metadata")
         if progress:
             progress(len(jobs) - len(todo) + s + len(batch), len(jobs))
-    return out
 
 
 def _init_noise(backbone, batch: list[Job]) -> torch.Tensor:
     """x_T per image from its own seed: an image does not depend on which batch it was rendered in."""
     shape = backbone.encode(torch.zeros(1, backbone.info.image_channels, backbone.info.image_size, backbone.info.image_size)).shape[1:]
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(j.seed)) for j in batch])
-
-
-def _done(meta_path: Path, out: Path) -> set[str]:
-    """Files recorded in the metadata AND present on disk (a torn last line or a lost file is redone)."""
-    if not meta_path.is_file():
-        return set()
-    done = set()
-    for line in meta_path.read_text().splitlines():
-        try:
-            f = json.loads(line)["file"]
-        except (json.JSONDecodeError, KeyError):
-            continue
-        if (out / f).is_file():
-            done.add(f)
-    return done
 
 
 def merge(sources: list[str | Path], out: str | Path) -> Path:
@@ -183,22 +171,17 @@ def merge(sources: list[str | Path], out: str | Path) -> Path:
     classes: dict[str, str] = {}
     rows = []
     for n, src in enumerate(map(Path, sources)):
-        if not (src / "metadata.jsonl").is_file():
+        if not (src / METADATA).is_file():
             raise DiffdiscError(f"{src} is not a generated set (no metadata.jsonl)")
-        classes.update(json.loads((src / "classes.json").read_text()))
-        done = _done(src / "metadata.jsonl", src)
-        for line in (src / "metadata.jsonl").read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("file") not in done:
+        classes.update(json.loads((src / CLASSES_JSON).read_text()))
+        for row in metadata_rows(src):
+            if not (src / row["file"]).is_file():
                 continue
             folder, name = row["file"].split("/")
             new = f"{folder}/s{n}-{name}"
             (out / folder).mkdir(exist_ok=True)
             shutil.copyfile(src / row["file"], out / new)
             rows.append(json.dumps({**row, "file": new, "source": str(src)}) + "\n")
-    write_atomic(out / "classes.json", json.dumps(classes, indent=2).encode())
-    write_atomic(out / "metadata.jsonl", "".join(rows).encode())
+    write_atomic(out / CLASSES_JSON, json.dumps(classes, indent=2).encode())
+    write_atomic(out / METADATA, "".join(rows).encode())
     return out

@@ -10,14 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..results.baseline import BaselineResult
 from . import baseline
 from .baseline import ClassifierConfig, evaluate_classifier, load_classifier
 
 __all__ = ["ClassifierConfig", "evaluate_classifier", "load_classifier", "train_classifier"]
 
 
-def train_classifier(data: str | Path, out: str | Path, cfg: ClassifierConfig | None = None,
-                     log: Callable[[str], None] = print, progress: Callable[[int, int, str], None] | None = None, *,
-                     max_minutes: float | None = None) -> Path:  # fmt: skip
+def train_classifier(data: str | Path, cfg: ClassifierConfig | None = None, *, out: str | Path,
+                     log: Callable[[str], None] | None = None, progress: Callable[[int, int, str], None] | None = None,
+                     max_minutes: float | None = None) -> BaselineResult:  # fmt: skip
     """`baseline.train_classifier` with validation accuracy labelled synthetic."""
-    return baseline.train_classifier(data, out, cfg, log, progress, max_minutes=max_minutes, synthetic=True)
+    return baseline.train_classifier(data, cfg, out=out, log=log, progress=progress, max_minutes=max_minutes,
+                                     synthetic=True)  # fmt: skip

@@ -8,11 +8,11 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
+from ..assets import ASSETS_DIR
 from ..errors import DiffdiscError
 
 CLASS_NAMES = (
@@ -64,7 +64,7 @@ def load_fashion_mnist(split: str = "test", root: str | Path | None = None) -> t
 def shipped_subset_path(split: str = "test") -> Path:
     if split not in FILES:
         raise DiffdiscError(f"unknown split {split!r} (train, test)")
-    return Path(str(resources.files("diffdisc") / "world" / "assets" / f"fmnist_{split}_1000.npz"))
+    return ASSETS_DIR / f"fmnist_{split}_1000.npz"
 
 
 def load_shipped_subset(split: str = "test") -> tuple[np.ndarray, np.ndarray, np.ndarray]:

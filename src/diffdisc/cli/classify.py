@@ -1,0 +1,149 @@
+"""`diffdisc classify`, `calibrate` and `merge`: zero-shot classification runs and their metrics."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import app, state
+from .options import (
+    Dtype,
+    Lora,
+    NoiseSeed,
+    UnetBatchSize,
+    json_flag,
+    load,
+    parse_classes,
+    quiet_flag,
+    timesteps_option,
+)
+
+MetricsJson = json_flag("Print metrics as JSON only.")
+
+
+@app.command(epilog="Example: diffdisc classify --model fmnist-classcond --data imgs/ --strategy halving --out runs/x")
+def classify(
+    model: Annotated[str, typer.Option(help="Shipped model name, diffusers directory or cached hub id.")],
+    data: Annotated[Path, typer.Option(help="ImageFolder (class subfolders) or a flat folder of images.")],
+    classes: Annotated[str | None, typer.Option(help="Comma-separated class names, or @FILE (one per line; default: the data's or model's).")] = None,
+    templates: Annotated[list[str] | None, typer.Option("--template", help="Prompt template(s) or set name (text models).")] = None,
+    strategy: Annotated[str, typer.Option(help="exhaustive | halving | ttest")] = "exhaustive",
+    timesteps: timesteps_option("Timesteps per candidate (exhaustive):", count_only=True, then="Default 20: 89.0 % at 200 U-Net calls/image (10 classes, shipped fmnist-classcond, docs/results.md).") = 20,
+    timestep_schedule: Annotated[str, typer.Option(help="even (official grid) | stratified")] = "even",
+    stages: Annotated[str, typer.Option(help="Halving stages n_t:keep,... (last keep must be 1). Default: 0.5 points below exhaustive 20 t at 130 vs 200 calls/image (docs/results.md).")] = "10:3,20:1",
+    min_scores: Annotated[int, typer.Option(help="t-test: scores before the first test.")] = 20,
+    max_scores: Annotated[int, typer.Option(help="t-test: cap on scores per candidate.")] = 100,
+    p_value: Annotated[float, typer.Option(help="t-test: drop a candidate below this p.")] = 2e-3,
+    exit_z: Annotated[float, typer.Option(help="halving: stop an image after a stage when its leader beats the runner-up by this many standard errors (0 = off).")] = 0.0,
+    loss: Annotated[str, typer.Option(help="l2 | l1 | huber")] = "l2",
+    weighting: Annotated[str, typer.Option(help="uniform | clark | min_snr")] = "uniform",
+    batch_size: UnetBatchSize = 64,
+    dtype: Dtype = "fp32",
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser (GPU: worth it).")] = False,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC activations.")] = False,
+    scorer: Annotated[str, typer.Option(help="denoise | attention (Discffusion; text models)")] = "denoise",
+    lora: Lora = None,
+    seed: NoiseSeed = 0,
+    out: Annotated[Path | None, typer.Option(help="Run directory (resumable).")] = None,
+    labels: Annotated[Path | None, typer.Option(help="CSV image,label for a flat folder.")] = None,
+    on_error: Annotated[str, typer.Option(help="fail | skip unreadable images.")] = "fail",
+    limit: Annotated[int | None, typer.Option(help="Only N images: a seeded subset, stratified (classes taken in turn) when labels are known, else random; a larger N keeps a smaller N's images.")] = None,
+    limit_seed: Annotated[int, typer.Option(help="Seed of the --limit subset (separate from the noise --seed).")] = 0,
+    chunk: Annotated[int, typer.Option(help="Images scored together (fills U-Net batches).")] = 16,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Softmax temperature for probabilities.")] = None,
+    rank: Annotated[int, typer.Option(envvar="RANK", help="This process's shard (set by torchrun / accelerate launch).")] = 0,
+    world_size: Annotated[int, typer.Option(envvar="WORLD_SIZE", help="Number of processes sharing the run.")] = 1,
+    json_out: MetricsJson = False,
+    quiet: quiet_flag("No progress bar.") = False,
+):
+    """Zero-shot classify images with a diffusion model (Li et al. / Clark & Jaini)."""
+    from ..progress import classify_progress
+    from ..runtime import process_device
+    from ..scoring.config import AdaptiveConfig, ScoreConfig, parse_stages
+    from ..scoring.schedule import timestep_count
+    from ..tasks.classify import ClassifyConfig
+    from ..tasks.classify import classify as run
+
+    names, n_timesteps = parse_classes(classes), timestep_count(timesteps, "classify")
+    score = ScoreConfig(loss=loss, weighting=weighting, batch_size=batch_size, dtype=dtype, seed=seed,
+                        compile=compile, channels_last=channels_last, scorer=scorer)
+    adaptive = AdaptiveConfig(strategy=strategy, n_timesteps=n_timesteps, timesteps=timestep_schedule, stages=parse_stages(stages),
+                              min_scores=min_scores, max_scores=max_scores, p_value=p_value, exit_z=exit_z)  # fmt: skip
+    bb = load(model, process_device(rank, world_size, device, state["threads"]), lora)
+    out = out or Path("runs") / f"classify-{bb.info.label.replace('/', '_')}-{strategy}"
+    config = ClassifyConfig(classes=names, templates=templates or None, score=score, adaptive=adaptive, labels_csv=labels,
+                            on_error=on_error, chunk_images=chunk, limit=limit, limit_seed=limit_seed,
+                            temperature=temperature)  # fmt: skip
+    with classify_progress("classify", enabled=not (quiet or json_out)) as cb:
+        result = run(bb, data, config, out=out, progress=cb, rank=rank, world_size=world_size)
+    if not (out / "metrics.json").is_file():
+        typer.echo(f"shard {rank}/{world_size} done; other shards still running: run `diffdisc merge {out}` when all finish")
+        return
+    metrics = json.loads((out / "metrics.json").read_text())
+    for image_id, why in getattr(result, "skipped", []):
+        typer.echo(f"skipped {image_id}: {why}", err=True)
+    for note in getattr(result, "notes", []):
+        typer.echo(f"note: {note}", err=True)
+    print_metrics(metrics, out, json_out)
+
+
+def print_metrics(metrics: dict, out: Path, as_json: bool) -> None:
+    """Accuracy, then calibrated ECE first: at the run's temperature, or cross-fitted when it has none (T = 1
+    softmax of denoising errors is far from calibrated, so that figure comes last, labelled as such)."""
+    if as_json:
+        typer.echo(json.dumps(metrics))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"results in {out}")
+    for c in ("metric", "value", "how"):
+        t.add_column(c, justify="right" if c == "value" else "left")
+
+    def row(label: str, key: str, how: str = "") -> None:
+        if metrics.get(key) is not None:
+            v = metrics[key]
+            t.add_row(label, f"{v:.4f}" if isinstance(v, float) else str(v), how)
+
+    for k in ("n_images", "accuracy", "top5", "mean_per_class_accuracy", "unet_calls_per_image"):
+        row(k, k)
+    cross = "T fitted on one half of these images, ECE on the other, and back"
+    if "ece_uncalibrated" in metrics:  # no temperature: the headline `ece` is the cross-fitted one
+        row("ece (cross-fitted T)", "ece", cross)
+        row("ece (uncalibrated, T=1)", "ece_uncalibrated", "softmax(-score) as is")
+    elif "ece" in metrics:
+        row(f"ece (T={metrics['temperature']:.4g})", "ece", "the temperature below")
+        row("ece (cross-fitted T)", "ece_temperature_scaled", cross)
+    if "temperature" in metrics:
+        t.add_row("temperature", f"{metrics['temperature']:.4g}", metrics.get("temperature_source", ""))
+    Console().print(t)
+
+
+@app.command(epilog="Example: diffdisc calibrate runs/val --apply-to runs/test  (fit T on a labelled run, use it on another)")
+def calibrate(
+    run_dir: Annotated[Path, typer.Argument(help="A labelled classify run to fit on.")],
+    apply_to: Annotated[Path | None, typer.Option("--apply-to", help="Rewrite this run's metrics with the fitted T.")] = None,
+    json_out: json_flag("One line of JSON (default: indented).") = False,
+):
+    """Fit softmax temperature (and Platt a, b on log U-Net calls) on a labelled run.
+
+    A run with images scored without U-Net calls (contrastive models) gets the temperature only (Platt: null)."""
+    from ..tasks.calibrate import calibrate as fit
+
+    cal = fit(run_dir, apply_to, log=lambda m: typer.echo(f"note: {m}", err=True))
+    typer.echo(json.dumps(cal, indent=None if json_out else 2))
+
+
+@app.command(epilog="Example: diffdisc merge runs/x  (after `torchrun ... classify --out runs/x` shards finish)")
+def merge(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by one or more processes.")],
+    json_out: MetricsJson = False,
+):
+    """Merge shards of a (multi-process) run into results.jsonl, predictions.jsonl and metrics.json."""
+    from ..results import ClassificationResult
+    from ..tasks.classify import finalize
+
+    res = ClassificationResult.load(run_dir)
+    print_metrics(finalize(run_dir, res, res.settings.get("temperature")), run_dir, json_out)

@@ -1,0 +1,107 @@
+"""`diffdisc match` and `diffdisc probe`: image-caption matching (Winoground scores, recall) and the embedded
+compositional / cue-conflict probes, diffusion vs contrastive."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..scoring.scorers import is_contrastive
+from . import app
+from .options import Device, Lora, NoiseSeed, UnetBatchSize, json_flag, load, quiet_flag, timesteps_option
+
+
+def _fmt(m: dict) -> str:
+    return f"{m['mean']:.1%} [{m['ci95'][0]:.1%}, {m['ci95'][1]:.1%}]"
+
+
+@app.command(epilog="Example: diffdisc match --model fmnist-scenes-text --groups groups.jsonl --out runs/match")
+def match(
+    model: Annotated[str, typer.Option(help="Shipped name or model directory (diffusion or open_clip).")],
+    groups: Annotated[Path, typer.Option(help="groups.jsonl / .csv (images + captions), or a Winoground dir.")],
+    out: Annotated[Path, typer.Option(help="Run directory (resumable).")] = Path("runs/match"),
+    timesteps: timesteps_option("Timesteps per pair:", count_only=True) = 20,
+    batch_size: UnetBatchSize = 64,
+    dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16")] = "fp32",
+    seed: NoiseSeed = 0,
+    device: Device = None,
+    scorer: Annotated[str, typer.Option(help="denoise | attention (Discffusion)")] = "denoise",
+    lora: Lora = None,
+    json_out: json_flag("Print metrics as JSON.") = False,
+    quiet: quiet_flag("No progress bar.") = False,
+):
+    """Score every (image, caption) pair of each group: Winoground text/image/group scores, R@1/R@5."""
+    from ..data.groups import load_groups
+    from ..progress import classify_progress
+    from ..scoring.config import ScoreConfig
+    from ..scoring.schedule import timestep_count
+    from ..tasks.match import MatchConfig
+    from ..tasks.match import match as run
+
+    n_timesteps = timestep_count(timesteps, "match")
+    gs = load_groups(groups)
+    bb = load(model, device, lora)
+    score = ScoreConfig(batch_size=batch_size, dtype=dtype, seed=seed, scorer=scorer)
+    with classify_progress("match", enabled=not (json_out or quiet)) as cb:
+        run(bb, gs, MatchConfig(n_timesteps=n_timesteps), score=score, out=out, progress=cb)
+    m = json.loads((out / "metrics.json").read_text())
+    if json_out:
+        typer.echo(json.dumps(m, indent=2))
+        return
+    for k, v in m.items():
+        if isinstance(v, dict) and "mean" in v:
+            typer.echo(f"{k:10s} {_fmt(v)}")
+    typer.echo(f"results: {out}")
+
+
+@app.command(epilog="Example: diffdisc probe binding spatial --model fmnist-scenes-text --model fmnist-scenes-clip")
+def probe(
+    names: Annotated[list[str] | None, typer.Argument(help="binding | spatial | object | colour | cue-conflict "
+                                                     "(default: all)")] = None,
+    model: Annotated[list[str] | None, typer.Option(help="Model(s) to compare; repeat the option.")] = None,
+    n: Annotated[int, typer.Option(help="Groups per probe.")] = 200,
+    seed: Annotated[int, typer.Option(help="Probe generation seed.")] = 0,
+    timesteps: timesteps_option("Timesteps per pair (diffusion):", count_only=True) = 20,
+    out: Annotated[Path, typer.Option(help="Where runs go (resumable).")] = Path("runs/probes"),
+    device: Device = None,
+    scorer: Annotated[str, typer.Option(help="denoise | attention (diffusion models)")] = "denoise",
+    lora: Annotated[Path | None, typer.Option(help="LoRA adapter for the diffusion model(s).")] = None,
+    json_out: json_flag("Print rows as JSON.") = False,
+    quiet: quiet_flag("No progress bars.") = False,
+):
+    """Compositional probes (attribute binding, spatial relation, object/colour-swap controls) and shape bias on
+    cue-conflict items (shape of one class, class colour of another), diffusion vs contrastive, with chance
+    levels and bootstrap 95% intervals."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..progress import classify_progress
+    from ..scoring.config import ScoreConfig
+    from ..scoring.schedule import timestep_count
+    from ..tasks.probe import ProbeConfig, run_probes
+
+    n_timesteps = timestep_count(timesteps, "probe")
+    names_ = model or ["fmnist-scenes-text", "fmnist-scenes-clip"]
+    models = [load(m, device) for m in names_]
+    if lora:
+        from ..tasks.attention import load_lora
+
+        for bb in models:
+            if not is_contrastive(bb):
+                load_lora(bb, lora)
+    config = ProbeConfig(n=n, seed=seed, n_timesteps=n_timesteps, score=ScoreConfig(scorer=scorer))
+    rows = run_probes(models, names or None, config, out=out,
+                      progress_factory=None if (json_out or quiet) else (lambda d: classify_progress(d)))  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    t = Table(title=f"probes (n={n}, seed={seed}; chance: text 25%, image 25%, group 16.7%; "
+                    "cue-conflict: text score = shape bias, chance 50%)")
+    for h in ("probe", "model", "kind", "text score", "image score", "group score", "calls/group"):
+        t.add_column(h)
+    for r in rows:
+        image, group = (_fmt(r[k]) if k in r else "-" for k in ("image", "group"))
+        t.add_row(r["probe"], r["model"], r["kind"], _fmt(r["text"]), image, group,
+                  f"{r['calls_per_group']:.0f}")  # fmt: skip
+    Console().print(t)

@@ -1,0 +1,104 @@
+"""Options several commands share, declared once as `Annotated` aliases (the default stays at the parameter), and
+the parsers of their comma-separated values."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import DiffdiscError
+from ..scoring.schedule import TIMESTEPS_HELP
+
+
+def json_flag(help: str):
+    """`--json`: print only the machine-readable result (what it is differs per command)."""
+    return Annotated[bool, typer.Option("--json", help=help)]
+
+
+def quiet_flag(help: str):
+    """`--quiet` / `-q`: no progress output (what remains differs per command)."""
+    return Annotated[bool, typer.Option("--quiet", "-q", help=help)]
+
+
+def timesteps_option(help: str, count_only: bool = False, then: str = ""):
+    """`--timesteps`, parsed by `scoring.schedule.parse_timesteps` (or `timestep_count` where the command's strategy
+    places the timesteps itself and so takes only a count)."""
+    if count_only:
+        spec = "N evenly spaced timesteps (the official grid); a count only here, not a list of timesteps."
+        return Annotated[str, typer.Option(metavar="N", help=f"{help} {spec} {then}".strip())]
+    return Annotated[str, typer.Option(metavar="N|T1,T2,...", help=f"{help} {TIMESTEPS_HELP}. {then}".strip())]
+
+
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, ...")]
+Lora = Annotated[Path | None, typer.Option(help="LoRA adapter dir from `diffdisc attention tune`.")]
+NoiseSeed = Annotated[int, typer.Option(help="Noise seed.")]
+Seed = Annotated[int, typer.Option(help="Seed.")]
+UnetBatchSize = Annotated[int, typer.Option(help="U-Net batch size (0 = auto-tune to memory and speed).")]
+Dtype = Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (autocast)")]
+Scheduler = Annotated[str, typer.Option(help="ddim | dpm | euler | ddpm")]
+
+# features extract / sweep / probe
+FeatureModel = Annotated[str, typer.Option(help="Diffusion model (shipped name or directory).")]
+FeatureTrainData = Annotated[Path, typer.Option(help="Labelled training ImageFolder (the validation split is carved "
+                                                     "from it).")]  # fmt: skip
+FeatureBatchSize = Annotated[int, typer.Option(help="U-Net batch size.")]
+FeatureCache = Annotated[Path, typer.Option(help="Feature cache directory.")]
+FEATURE_CACHE = Path("runs/features-cache")
+Pooling = Annotated[str, typer.Option(help="gap | avgK (avg2, avg4) | flat")]
+Head = Annotated[str, typer.Option(help="linear | attention (needs avgK/flat pooling)")]
+WeightDecays = Annotated[str | None, typer.Option(help="Comma-separated decay grid (chosen on validation).")]
+ValFraction = Annotated[float, typer.Option(help="Fraction of each training class held out for validation.")]
+HeadSeed = Annotated[int, typer.Option(help="Noise, split and head seed.")]
+TrainLabels = Annotated[Path | None, typer.Option(help="CSV image,label for a flat training folder.")]
+MaxTrain = Annotated[int | None, typer.Option(min=1, help="Use only N training images: a seeded subset (--seed) with "
+                                                          "the classes as even as they allow, chosen before decoding.")]  # fmt: skip
+
+# synth train / baseline train
+TimmModel = Annotated[str, typer.Option(help="Any timm model name, trained from scratch.")]
+Epochs = Annotated[int, typer.Option(help="Epochs.")]
+BatchSize = Annotated[int, typer.Option(help="Batch size.")]
+PeakLr = Annotated[float, typer.Option(help="AdamW peak learning rate (cosine schedule).")]
+MixedPrecision = Annotated[str, typer.Option(help="no | bf16 | fp16 (accelerate)")]
+MaxMinutes = Annotated[float | None, typer.Option(help="Stop (checkpointed mid-epoch) after this many minutes; rerun "
+                                                       "to continue.")]  # fmt: skip
+ClassifierJson = json_flag("Print {model_dir, test} as JSON only.")
+
+
+def split(s: str | None) -> list[str] | None:
+    """A comma-separated option value as a list (None when not given)."""
+    return [x.strip() for x in s.split(",")] if s else None
+
+
+def parse_classes(s: str | None) -> list[str] | None:
+    """--classes: comma-separated names, or @FILE with one name per line (for names that contain commas; blank
+    lines ignored). None (option not given) means the data's or model's classes; an empty list is an error, not
+    a silent fall back to those."""
+    if s is None:
+        return None
+    if s.startswith("@"):
+        try:
+            lines = Path(s[1:]).read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            raise DiffdiscError(f"--classes {s}: cannot read {s[1:]} ({e.strerror})") from None
+        names = [x.strip() for x in lines if x.strip()]
+    else:
+        names = [x.strip() for x in s.split(",")]
+    if not names or not all(names):
+        raise DiffdiscError(f"--classes {s!r} has {'an empty class name' if names else 'no class names'}: "
+                            "give comma-separated names or @FILE with one name per line")  # fmt: skip
+    return names
+
+
+def load(model: str, device: str | None = None, lora: Path | None = None):
+    """A backbone by name or directory, with a LoRA adapter from `diffdisc attention tune` if given; the
+    libraries' own progress bars and info logs are turned off first (diffdisc prints its own)."""
+    from ..backbones.registry import create_backbone
+    from ..runtime import quiet_libraries
+
+    quiet_libraries()
+    bb = create_backbone(model, device=device)
+    if lora:
+        from ..tasks.attention import load_lora
+
+        load_lora(bb, lora)
+    return bb
