@@ -39,7 +39,7 @@ from diffdisc.tasks.features import CellConfig, FeatureConfig, SweepConfig, comp
 
 def clip_view(images: LabelledImages) -> LabelledImages:
     """What the contrastive model was trained on: the 28x28 item centred on a black 32x32 RGB canvas
-    (a white-tinted one-item scene, `world/scenes.render`), same order and labels."""
+    (a white-tinted one-item scene, `datasets/scenes.render`), same order and labels."""
     px = [np.repeat(np.pad(a, 2)[..., None], 3, axis=2) for a in images.pixels]
     return LabelledImages(px, images.labels, images.keys, images.class_names, images.source + ":clip")
 

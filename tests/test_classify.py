@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CLASSES, make_noise_folder
+from conftest import CLASSES, make_noise_folder, run_main
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.errors import DiffdiscError
 from diffdisc.results import ClassificationResult
@@ -146,23 +146,27 @@ def test_sigkill_and_restart_gives_identical_metrics(classcond_dir, tmp_path):
     assert ma["accuracy"] == mb["accuracy"] and ma["unet_calls_per_image"] == mb["unet_calls_per_image"]
 
 
-def test_cli_errors_are_one_line(tmp_path, image_folder, classcond_dir):
-    p = run_cli("classify", "--model", tmp_path / "nope", "--data", image_folder, check=False)
-    assert p.returncode == 1 and p.stderr.strip().count("\n") == 0 and "unknown model" in p.stderr
-    p = run_cli("classify", "--model", classcond_dir, "--data", tmp_path / "nodata", check=False)
-    assert p.returncode == 1 and "does not exist" in p.stderr
-    p = run_cli("classify", "--model", classcond_dir, "--data", image_folder, "--strategy", "halving", "--stages", "2000:1",
-                "--out", tmp_path / "bad", check=False)  # fmt: skip
-    assert p.returncode == 1 and "1..1000" in p.stderr and "Traceback" not in p.stderr
+def test_cli_errors_are_one_line(monkeypatch, capsys, tmp_path, image_folder, classcond_dir):
+    # in this process, through the console entry point (test_cli_errors.py covers the real subprocess exit path)
+    code, _, err = run_main(monkeypatch, capsys, "classify", "--model", tmp_path / "nope", "--data", image_folder)
+    assert code == 1 and err.strip().count("\n") == 0 and "unknown model" in err
+    code, _, err = run_main(monkeypatch, capsys, "classify", "--model", classcond_dir, "--data", tmp_path / "nodata")
+    assert code == 1 and "does not exist" in err
+    code, _, err = run_main(monkeypatch, capsys, "classify", "--model", classcond_dir, "--data", image_folder, "--strategy",
+                            "halving", "--stages", "2000:1", "--out", tmp_path / "bad")  # fmt: skip
+    assert code == 1 and "1..1000" in err and "Traceback" not in err
 
 
-def test_cli_classify_json_and_calibrate(classcond_dir, image_folder, tmp_path):
+def test_cli_classify_json_and_calibrate(monkeypatch, capsys, classcond_dir, image_folder, tmp_path):
     out = tmp_path / "c"
-    p = run_cli("classify", "--model", classcond_dir, "--data", image_folder, "--strategy", "ttest", "--min-scores", "3",
-                "--max-scores", "6", "--out", out, "--json")  # fmt: skip
-    m = json.loads(p.stdout)
+    code, stdout, err = run_main(monkeypatch, capsys, "classify", "--model", classcond_dir, "--data", image_folder,
+                                 "--strategy", "ttest", "--min-scores", "3", "--max-scores", "6", "--out", out, "--json")  # fmt: skip
+    assert code == 0, err
+    m = json.loads(stdout)
     assert m["n_images"] == 9 and m["unet_calls_per_image"] <= 18
-    cal = json.loads(run_cli("calibrate", out, "--apply-to", out, "--json").stdout)
+    code, stdout, err = run_main(monkeypatch, capsys, "calibrate", out, "--apply-to", out, "--json")
+    assert code == 0, err
+    cal = json.loads(stdout)
     calls = {json.loads(x)["calls"] for x in (out / "predictions.jsonl").read_text().splitlines()}
     assert cal["temperature"] > 0 and (cal["platt_log_calls"] is None) == (len(calls) == 1)  # Platt needs varied calls
     assert json.loads((out / "metrics.json").read_text())["temperature"] == pytest.approx(cal["temperature"])

@@ -29,10 +29,10 @@ def test_demo_writes_table_and_page(tmp_path):
 @pytest.mark.skipif("fmnist-classcond" not in list_backbones(), reason="shipped weights not present")
 def test_shipped_classcond_model_classifies_shipped_images(tmp_path):
     bb = create_backbone("fmnist-classcond")
-    data = export_shipped_test(tmp_path / "data", per_class=3, seed=1)
+    data = export_shipped_test(tmp_path / "data", per_class=2, seed=1)
     res = classify(bb, data, ClassifyConfig(adaptive=AdaptiveConfig(strategy="halving", stages=((10, 3), (20, 1)))), out=tmp_path / "r")
-    assert len(res) == 30
-    assert (res.predictions == res.labels).mean() >= 0.70  # measured 88.5% on 1,000 (docs/results.md)
+    assert len(res) == 20
+    assert (res.predictions == res.labels).mean() >= 0.70  # 85% on these 20; measured 88.5% on 1,000 (docs/results.md)
 
 
 @pytest.mark.skipif("fmnist-scenes-text" not in list_backbones(), reason="shipped weights not present")

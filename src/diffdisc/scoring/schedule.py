@@ -1,4 +1,6 @@
-"""Timestep grids and weights. Grids follow the official Diffusion Classifier code (REFERENCE.md §1)."""
+"""Timestep grids and weights, as the official Diffusion Classifier code places them (GitHub
+diffusion-classifier/diffusion-classifier): evenly spaced centred strata; halving stages are subsets of one grid.
+"""
 
 from __future__ import annotations
 
