@@ -26,12 +26,19 @@ def flat_folder(tmp_path):
     return tmp_path / "flat"
 
 
+def _ctrl_c_as_in_a_terminal():
+    """A shell without job control starts background jobs with SIGINT ignored, and children inherit that (the
+    command would then run to the end): give the child the default SIGINT a user's terminal gives."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_exit_code_130_on_sigint(classcond_dir, tmp_path):
     data = make_noise_folder(tmp_path / "many", seed=0)
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "diffdisc.cli", "classify", "--model", str(classcond_dir), "--data", str(data),
                              "--timesteps", "50", "--chunk", "1", "--quiet", "--out", str(out)],
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)  # fmt: skip
     deadline = time.time() + 120  # run.json is written inside the command, once the model and data are loaded
     while time.time() < deadline and proc.poll() is None and not (out / "run.json").exists():
         time.sleep(0.02)
