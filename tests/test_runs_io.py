@@ -109,3 +109,15 @@ def test_baseline_guard(tmp_path, image_folder):
     with pytest.raises(DiffdiscError, match=SHARED + "use another --out") as e:
         train_classifier(image_folder, cfg, out=tmp_path, log=lambda m: None)
     assert "lr: 0.1 -> 0.002" in str(e.value)
+
+
+def test_refused_second_writer_leaves_the_running_ones_settings_file(tmp_path):
+    """A second process with a changed runtime key (synth's batch_size) is refused before it writes anything."""
+    from diffdisc.runs import RunStore
+
+    kw = dict(settings_file="synth.json", shards=False, rewrite=True, runtime_keys=("batch_size",))
+    with RunStore(tmp_path, None, {"seed": 0, "batch_size": 8}, **kw):
+        before = (tmp_path / "synth.json").read_text()
+        with pytest.raises(DiffdiscError, match="another process is already writing"):
+            RunStore(tmp_path, None, {"seed": 0, "batch_size": 16}, **kw)
+        assert (tmp_path / "synth.json").read_text() == before

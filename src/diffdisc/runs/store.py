@@ -79,15 +79,17 @@ class RunStore:
             path = self.dir / settings_file
             self.stored = check_settings(path, self.settings, runtime_keys=runtime_keys, section=section,
                                          where=self.dir, verb=verb, hint=hint, predates=predates)  # fmt: skip
+            # the rank lock before any write: a refused second process must not rewrite the running one's
+            # settings file (`rewrite` with a changed runtime key, e.g. a second synth generate)
+            self._lock = _try_lock(self.dir / f".rank-{rank:05d}.lock") if lock else None
+            if lock and self._lock is None:
+                msg = f"another process is already writing {self.dir} (rank {rank}); wait for it, or use another --out"
+                if shards:
+                    msg += (". To share one run across processes start them with torchrun or `accelerate launch` "
+                            "(they set RANK/WORLD_SIZE)")  # fmt: skip
+                raise DiffdiscError(msg)
             if section is None and (rewrite or self.stored is None):
                 atomic_write_text(path, json.dumps(self.settings, indent=2, sort_keys=sort_keys))
-        self._lock = _try_lock(self.dir / f".rank-{rank:05d}.lock") if lock else None
-        if lock and self._lock is None:
-            msg = f"another process is already writing {self.dir} (rank {rank}); wait for it, or use another --out"
-            if shards:
-                msg += (". To share one run across processes start them with torchrun or `accelerate launch` "
-                        "(they set RANK/WORLD_SIZE)")  # fmt: skip
-            raise DiffdiscError(msg)
         remove_stale_temps(self.dir)
         self.shards = self.dir / "shards"
         self.path = self.shards / f"part-{rank:05d}.jsonl"
