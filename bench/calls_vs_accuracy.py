@@ -21,6 +21,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from common import MemoEngine  # noqa: E402
+
 from diffdisc.backbones.registry import create_backbone  # noqa: E402
 from diffdisc.data.folders import open_image_dataset  # noqa: E402
 from diffdisc.data.images import open_image, to_tensor  # noqa: E402
@@ -28,28 +30,6 @@ from diffdisc.datasets.export import export_shipped_test  # noqa: E402
 from diffdisc.plotting import pyplot, save_figure  # noqa: E402
 from diffdisc.scoring.adaptive import evaluate  # noqa: E402
 from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig  # noqa: E402
-from diffdisc.scoring.engine import ScoringEngine, Work  # noqa: E402
-
-
-class MemoEngine(ScoringEngine):
-    """Computes each (image, candidate, t) once across strategies; results equal an unmemoised engine's."""
-
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.memo: dict[tuple[str, int, int], float] = {}
-
-    def run(self, x0, keys, conds, work):
-        key = [(keys[i], c, t) for i, c, t in zip(work.image.tolist(), work.candidate.tolist(), work.t.tolist(), strict=True)]
-        first: dict = {}
-        for j, k in enumerate(key):
-            if k not in self.memo:
-                first.setdefault(k, j)
-        if first:
-            sel = torch.tensor(list(first.values()))
-            errs = super().run(x0, keys, conds, Work(work.image[sel], work.candidate[sel], work.t[sel]))
-            self.memo.update(zip(first, errs.tolist(), strict=True))
-        return torch.tensor([self.memo[k] for k in key])
-
 
 STRATEGIES = {
     "exhaustive": [AdaptiveConfig(n_timesteps=n) for n in (5, 10, 20)],

@@ -11,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
+from diffdisc.scoring.engine import ScoringEngine, Work  # noqa: E402
+
 
 def make_fmnist_sized_classcond(root: Path, channels: int = 1) -> Path:
     """A random UNet2DModel with the shipped fmnist-classcond architecture (2.8M params, 32x32)."""
@@ -62,3 +64,23 @@ def make_sd_sized(root: Path, classes: list[str]) -> Path:
         shutil.copytree(src / part, root / part)
     (root / "diffdisc.json").write_text(json.dumps({"class_names": classes}))
     return root
+
+
+class MemoEngine(ScoringEngine):
+    """Computes each (image, candidate, t) once across strategies; results equal an unmemoised engine's."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.memo: dict[tuple[str, int, int], float] = {}
+
+    def run(self, x0, keys, conds, work):
+        key = [(keys[i], c, t) for i, c, t in zip(work.image.tolist(), work.candidate.tolist(), work.t.tolist(), strict=True)]
+        first: dict = {}
+        for j, k in enumerate(key):
+            if k not in self.memo:
+                first.setdefault(k, j)
+        if first:
+            sel = torch.tensor(list(first.values()))
+            errs = super().run(x0, keys, conds, Work(work.image[sel], work.candidate[sel], work.t[sel]))
+            self.memo.update(zip(first, errs.tolist(), strict=True))
+        return torch.tensor([self.memo[k] for k in key])

@@ -24,7 +24,7 @@ def _dir(root, files):
 
 
 def test_builtin_families_in_detection_order():
-    assert list_families() == ["clip", "sd", "classcond"]
+    assert list_families() == ["clip", "sdxl", "sd3", "flux", "pixart", "sd", "classcond"]
 
 
 @pytest.mark.parametrize(
@@ -49,6 +49,8 @@ def test_unrecognised_dir_message_lists_every_layout(tmp_path):
         detect_family(_dir(tmp_path, {"config.json": {"_class_name": "Other"}}))
     assert str(e.value) == (
         f"{tmp_path} is not a recognised model directory (expected unet/+text_encoder/ (Stable Diffusion), "
+        "model_index.json of a StableDiffusionXLPipeline, model_index.json of a StableDiffusion3Pipeline, "
+        "model_index.json of a FluxPipeline, model_index.json of a PixArtAlphaPipeline / PixArtSigmaPipeline, "
         "unet/ or config.json of a UNet2DModel, transformer/ (DiT), or open_clip_config.json (open_clip))"
     )
 
@@ -80,4 +82,4 @@ def test_priority_decides_between_claims_and_load_errors_keep_one_line(isolated,
     assert list_families()[0] == "greedy" and detect_family(classcond_dir) == "greedy"
     with pytest.raises(DiffdiscError, match=r"^cannot load model from .*: weights unreadable$"):
         create_backbone(classcond_dir)
-    assert registry.list_families()[1:] == ["clip", "sd", "classcond"]
+    assert registry.list_families()[1:] == ["clip", "sdxl", "sd3", "flux", "pixart", "sd", "classcond"]

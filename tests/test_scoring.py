@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from diffdisc.backbones.base import Backbone, BackboneInfo
+from diffdisc.backbones.process import VPProcess
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.errors import DiffdiscError
 from diffdisc.scoring.adaptive import evaluate, paired_p
@@ -131,7 +132,7 @@ class TemplateBackbone(Backbone):
 
     def __init__(self, templates):
         # a gentle schedule (SNR 1 -> 0.67) so the error's scale barely depends on t
-        super().__init__(torch.linspace(0.5, 0.4, 1000, dtype=torch.float64), "epsilon")
+        super().__init__(VPProcess(torch.linspace(0.5, 0.4, 1000, dtype=torch.float64)))
         self.templates = templates
         self.info = BackboneInfo("tmpl", "classcond", "class", "epsilon", 1000, 8, 1, False, "x", tuple(f"c{i}" for i in range(len(templates))))
 
@@ -139,7 +140,7 @@ class TemplateBackbone(Backbone):
         return torch.tensor(candidates)
 
     def model_output(self, x_t, t, cond):
-        sa, sb = self._coef(t, x_t)
+        sa, sb = self.process.coef(t, x_t)
         return (x_t - sa * self.templates[cond]) / sb
 
 

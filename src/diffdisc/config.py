@@ -39,9 +39,16 @@ class ConfigMixin:
 
     config_label: ClassVar[str] = "config"
     ignore_unknown: ClassVar[bool] = False
+    # Fields added after run files of this config existed: left out of `to_dict` while at their default, so an
+    # older run (which never had the option) still resumes, and a run that uses the option says so.
+    added: ClassVar[tuple[str, ...]] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: _lists(v) for k, v in asdict(self).items()}
+        out = {k: _lists(v) for k, v in asdict(self).items()}
+        for f in fields(self):
+            if f.name in self.added and out[f.name] == f.default:
+                del out[f.name]
+        return out
 
     @classmethod
     def from_dict(cls: type[C], d: dict) -> C:

@@ -1,23 +1,28 @@
 """The Backbone contract: one thin wrapper per model family, scored per sample through the same few methods.
 
 A backbone hides what kind of diffusion model it is (text- or class-conditional, latent or pixel, ε-, v- or
-x0-prediction). Everything model specific is read from the model's own configs, as in k-diffusion's external
-wrappers. Scorers (`diffdisc.scoring.scorers`) and the feature taps use only this contract, so a model with
-another noising (flow matching: x_t = (1 - σ) x0 + σ ε, target v = ε - x0) is a new backbone overriding these
-methods, with no change to the engine or the scorers:
+x0-prediction, VP or rectified flow). Everything model specific is read from the model's own configs, as in
+k-diffusion's external wrappers. Scorers (`diffdisc.scoring.scorers`) and the feature taps use only this
+contract:
 
 - `encode(images) -> x0` in the model's space; `conditions(candidates)`, `null_condition()`;
-- `num_train_timesteps`: timesteps are integers 0 <= t < T; t / T is the noise level's fraction of the way;
+- `num_train_timesteps`: timesteps are integers 0 <= t < T, rows of the noise process's table (ᾱ_t, or σ_t
+  for flow models); t / T is the noise level's fraction of the way;
 - `add_noise(x0, noise, t) -> x_t`, the forward process;
 - `predict_eps(x_t, t, cond) -> ε̂`, the noise the model implies, whatever it predicts (`model_output`);
+  flow models also give `predict_velocity` (v̂);
 - `predict_x0(x_t, t, eps) -> x̂0`, and `snr(t)` (signal-to-noise ratio), for the weightings;
 - `clip_range`: the range of x0 for clipped x̂0 (None for latents).
 
-This class implements them for ε-VP models (x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε, ᾱ_t from the scheduler config).
+The formulas belong to the backbone's noise process (`process.py`: `VPProcess`, `FlowProcess`), chosen from
+the scheduler config, so a family only builds its model, conditions and `model_output` (which gives the
+denoiser `timestep_input(t)`). Conditions that are several tensors (SDXL's pooled embedding and time ids,
+SD3's pooled projection) are packed into one row per candidate (`conditioning.CondPack`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -27,6 +32,9 @@ import torch
 from torch import nn
 
 from ..errors import DiffdiscError
+from .process import FlowProcess, VPProcess, noise_process
+
+NoiseProcess = VPProcess | FlowProcess
 
 
 @dataclass(frozen=True)
@@ -34,7 +42,7 @@ class BackboneInfo:
     """What a user (and a result file) needs to know about a loaded backbone."""
 
     name: str
-    family: str  # "sd" | "classcond" | "clip"
+    family: str  # "sd" | "classcond" | "clip" | "sdxl" | "sd3" | "flux" | "pixart"
     conditioning: str  # "text" | "class"
     prediction_type: str
     num_train_timesteps: int
@@ -80,40 +88,44 @@ def has_learned_variance(model_config, scheduler_config) -> bool:
     return twice
 
 
-def alphas_cumprod_from_scheduler(scheduler) -> torch.Tensor:
-    """ᾱ_t in float64 from any diffusers scheduler config (never a hard-coded beta schedule)."""
-    from diffusers import DDPMScheduler
-
-    cfg = dict(scheduler.config)
-    ddpm = DDPMScheduler.from_config(cfg)
-    return ddpm.alphas_cumprod.to(torch.float64)
-
-
-def diffusion_args(model_config, scheduler) -> tuple[torch.Tensor, str, bool]:
-    """`Backbone.__init__`'s (ᾱ_t, prediction_type, learned_variance), read from a model's and its scheduler's configs."""
-    return (alphas_cumprod_from_scheduler(scheduler), scheduler.config.get("prediction_type", "epsilon"),
-            has_learned_variance(model_config, scheduler.config))  # fmt: skip
+def diffusion_args(model_config, scheduler, *, mu: float | None = None) -> tuple[NoiseProcess, bool]:
+    """`Backbone.__init__`'s (process, learned_variance), read from a model's and its scheduler's configs."""
+    return noise_process(scheduler, mu=mu), has_learned_variance(model_config, scheduler.config)
 
 
 class Backbone(nn.Module):
     """Base class; subclasses implement `_encode`, `_condition_batch`, `null_condition` and `model_output`."""
 
     info: BackboneInfo
+    # Submodules that only encode conditions (a 4.7B T5 beside an SD3 transformer): kept on the CPU by `to`,
+    # moved to the backbone's device only while `conditions` encodes, so scoring holds denoiser + VAE only.
+    offloaded: tuple[str, ...] = ()
 
-    def __init__(self, alphas_cumprod: torch.Tensor, prediction_type: str, learned_variance: bool = False):
+    def __init__(self, process: NoiseProcess, learned_variance: bool = False):
         super().__init__()
-        if prediction_type not in {"epsilon", "v_prediction", "sample"}:
-            raise DiffdiscError(f"unsupported prediction_type {prediction_type!r} (epsilon, v_prediction, sample)")
-        self.prediction_type = prediction_type
+        self.process = process  # VP (ε / v / x0 prediction) or rectified flow: `process.py`
         self.learned_variance = learned_variance  # read from the configs (`has_learned_variance`)
-        self.register_buffer("alphas_cumprod", alphas_cumprod.to(torch.float64), persistent=False)
         self._cond_cache: dict = {}
+
+    @property
+    def prediction_type(self) -> str:
+        return self.process.prediction_type
+
+    @property
+    def is_flow(self) -> bool:
+        return self.process.kind == "flow"
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        if self.is_flow:
+            raise DiffdiscError(f"{self.info.name} is a flow-matching model: it has σ_t, not ᾱ_t")
+        return self.process.alphas_cumprod
 
     def _make_info(self, name: str, family: str, conditioning: str, root: Path | None, meta: dict, *, image_size: int,
                    image_channels: int, latent: bool, class_names=()) -> BackboneInfo:  # fmt: skip
         """The info every diffusion family fills alike: the schedule's facts from self, the identity from `root`."""
         return BackboneInfo(name=name, family=family, conditioning=conditioning, prediction_type=self.prediction_type,
-                            num_train_timesteps=len(self.alphas_cumprod), image_size=image_size,
+                            num_train_timesteps=len(self.process), image_size=image_size,
                             image_channels=image_channels, latent=latent,
                             fingerprint=fingerprint(root) if root else "in-memory", class_names=tuple(class_names),
                             metadata=meta)  # fmt: skip
@@ -121,11 +133,11 @@ class Backbone(nn.Module):
     # ------------------------------------------------------------------ properties
     @property
     def device(self) -> torch.device:
-        return self.alphas_cumprod.device
+        return self.process.table.device
 
     @property
     def num_train_timesteps(self) -> int:
-        return int(self.alphas_cumprod.shape[0])
+        return len(self.process)
 
     @property
     def clip_range(self) -> tuple[float, float] | None:
@@ -133,8 +145,11 @@ class Backbone(nn.Module):
         return None if self.info.latent else (-1.0, 1.0)
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
-        a = self.alphas_cumprod[t.to(self.alphas_cumprod.device)]
-        return a / (1 - a)
+        return self.process.snr(t.to(self.device))
+
+    def timestep_input(self, t: torch.Tensor) -> torch.Tensor:
+        """What the denoiser is given as its timestep: t for VP models, 1000·σ_t for flow models."""
+        return self.process.model_timestep(t)
 
     # ------------------------------------------------------------------ encoding
     @torch.inference_mode()
@@ -155,13 +170,40 @@ class Backbone(nn.Module):
         lat = x0 / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
         return vae.decode(lat.to(vae.dtype)).sample.float().clamp(-1, 1)
 
+    def to(self, *args, **kwargs):
+        """Moves everything but the `offloaded` encoders, which are never copied to the accelerator at all."""
+        held = {n: self._modules.pop(n) for n in self.offloaded if self._modules.get(n) is not None}
+        try:
+            return super().to(*args, **kwargs)
+        finally:
+            self._modules.update(held)
+
+    @contextlib.contextmanager
+    def encoders_on_device(self):
+        """The `offloaded` encoders on the backbone's device for the duration (then back on the CPU)."""
+        mods = [getattr(self, n) for n in self.offloaded if getattr(self, n, None) is not None]
+        moved = self.device.type != "cpu" and bool(mods)
+        if moved:
+            for m in mods:
+                m.to(self.device)
+        try:
+            yield
+        finally:
+            if moved:
+                for m in mods:
+                    m.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
     @torch.inference_mode()
     def conditions(self, candidates: list) -> torch.Tensor:
         """Conditions for candidates (prompts or class ids), stacked on dim 0 and cached per candidate."""
         missing = [c for c in dict.fromkeys(candidates) if c not in self._cond_cache]
         if missing:
-            for c, emb in zip(missing, self._condition_batch(missing), strict=True):
-                self._cond_cache[c] = emb
+            with self.encoders_on_device():
+                embs = self._condition_batch(missing)
+            for c, emb in zip(missing, embs, strict=True):
+                self._cond_cache[c] = emb.to(self.device)
         return torch.stack([self._cond_cache[c] for c in candidates])
 
     def _condition_batch(self, candidates: list) -> torch.Tensor:  # pragma: no cover - abstract
@@ -171,35 +213,31 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ diffusion
-    def _coef(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self.alphas_cumprod[t].to(like.dtype)
-        shape = (-1,) + (1,) * (like.ndim - 1)
-        return a.sqrt().view(shape), (1 - a).sqrt().view(shape)
-
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x_t = sqrt(ᾱ_t) x0 + sqrt(1-ᾱ_t) ε (VP form, same as DDPMScheduler.add_noise)."""
-        sa, sb = self._coef(t, x0)
-        return sa * x0 + sb * noise
+        """The forward process: VP (DDPMScheduler.add_noise) or flow (FlowMatchEulerDiscreteScheduler.scale_noise)."""
+        return self.process.add_noise(x0, noise, t)
 
     def model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """ε̂ whatever the model predicts; learned-variance channels (DiT) are dropped."""
+    def _output(self, x_t, t, cond) -> torch.Tensor:
         out = self.model_output(x_t, t, cond).float()
-        if self.learned_variance:  # [ε̂, variance] on the channel axis, as DiTPipeline splits it
+        if self.learned_variance:  # [prediction, variance] on the channel axis, as DiTPipeline splits it
             out = out[:, : x_t.shape[1]]
-        if self.prediction_type == "epsilon":
-            return out
-        x_t = x_t.float()
-        sa, sb = self._coef(t, x_t)
-        if self.prediction_type == "v_prediction":
-            return sa * out + sb * x_t
-        return (x_t - sa * out) / sb  # "sample": model predicts x0
+        return out
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """ε̂ whatever the model predicts; learned-variance channels (DiT, PixArt) are dropped."""
+        return self.process.eps(x_t.float(), t, self._output(x_t, t, cond))
+
+    def predict_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """v̂ of a flow model (its raw output), for the velocity weightings."""
+        if not self.is_flow:
+            raise DiffdiscError(f"{self.info.name} is not a flow-matching model: it predicts no velocity")
+        return self._output(x_t, t, cond)
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        sa, sb = self._coef(t, x_t)
-        return (x_t.float() - sb * eps) / sa
+        return self.process.x0(x_t.float(), t, eps)
 
 
 # ---------------------------------------------------------------------- loading helpers
@@ -263,6 +301,12 @@ def _shape_mismatch(cls, directory: Path) -> tuple[str, tuple, tuple] | None:
                 if k in want and got != want[k]:
                     return k, got, want[k]
     return None
+
+
+def refuse_options(options: dict, family: str) -> None:
+    """Loader options a family does not take (`--no-t5` on an SD 1.x model) are an error, not ignored."""
+    if options:
+        raise DiffdiscError(f"{family} models take no option {sorted(options)[0]!r}")
 
 
 def read_config(path: Path) -> dict:

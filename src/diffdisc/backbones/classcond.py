@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from ..errors import DiffdiscError
-from .base import Backbone, diffusion_args, load_model, read_config, read_metadata
-from .families import config_class, register_family
+from .base import Backbone, diffusion_args, load_model, read_config, read_metadata, refuse_options
+from .families import config_class, pipeline_class, register_family
+from .process import load_scheduler
 
 
 class ClassCondBackbone(Backbone):
@@ -37,8 +38,9 @@ class ClassCondBackbone(Backbone):
         )  # fmt: skip
 
     @classmethod
-    def from_pretrained(cls, root: str | Path, name: str | None = None) -> ClassCondBackbone:
-        from diffusers import AutoencoderKL, DDPMScheduler
+    def from_pretrained(cls, root: str | Path, name: str | None = None, **options) -> ClassCondBackbone:
+        refuse_options(options, "class-conditional")
+        from diffusers import AutoencoderKL
 
         root = Path(root)
         if (root / "transformer").is_dir():
@@ -52,7 +54,7 @@ class ClassCondBackbone(Backbone):
         sched_dir = root / "scheduler"
         if not (sched_dir / "scheduler_config.json").is_file():
             raise DiffdiscError(f"incomplete model directory: missing {sched_dir / 'scheduler_config.json'}")
-        scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
+        scheduler = load_scheduler(root)
         vae = None
         if (root / "vae").is_dir():
             vae = load_model(AutoencoderKL, root / "vae")
@@ -92,13 +94,20 @@ class ClassCondBackbone(Backbone):
 
     def model_output(self, x_t, t, cond):
         if self.is_dit:
-            return self.model(x_t, timestep=t, class_labels=cond).sample
-        return self.model(x_t, t, class_labels=cond).sample
+            return self.model(x_t, timestep=self.timestep_input(t), class_labels=cond).sample
+        return self.model(x_t, self.timestep_input(t), class_labels=cond).sample
+
+
+DIT_CLASSES = ("DiTTransformer2DModel", "Transformer2DModel")
 
 
 def _detect(root: Path) -> bool:
-    return (root / "transformer").is_dir() or config_class(root) == "UNet2DModel"
+    if (root / "transformer").is_dir():  # SD3 / FLUX / PixArt keep theirs in transformer/ too
+        cfg = root / "transformer" / "config.json"
+        own = read_config(cfg).get("_class_name", "") if cfg.is_file() else ""
+        return own in ("", *DIT_CLASSES) and pipeline_class(root) in ("", "DiTPipeline")
+    return config_class(root) == "UNet2DModel"
 
 
 register_family("classcond", _detect, ClassCondBackbone.from_pretrained, priority=10,
-                expects="unet/ or config.json of a UNet2DModel, transformer/ (DiT)")  # fmt: skip
+                expects="unet/ or config.json of a UNet2DModel, transformer/ (DiT)", pipelines=("DiTPipeline",))  # fmt: skip

@@ -22,16 +22,17 @@ class Family:
     load: Callable[..., object]  # (root, name=...) -> Backbone-like module
     priority: int = 0
     expects: str = ""  # the layout in words, for the "not a recognised model directory" message
+    pipelines: tuple[str, ...] = ()  # model_index.json `_class_name`s it loads, for the "unsupported pipeline" message
 
 
 _FAMILIES: dict[str, Family] = {}
 
 
 def register_family(name: str, detect: Callable[[Path], bool], load: Callable[..., object], *, priority: int = 0,
-                    expects: str = "") -> Family:  # fmt: skip
+                    expects: str = "", pipelines: tuple[str, ...] = ()) -> Family:  # fmt: skip
     """Add (or replace) a family; higher `priority` is asked first, ties in registration order."""
     _FAMILIES.pop(name, None)
-    fam = _FAMILIES[name] = Family(name, detect, load, priority, expects)
+    fam = _FAMILIES[name] = Family(name, detect, load, priority, expects, tuple(pipelines))
     return fam
 
 
@@ -46,7 +47,18 @@ def expected_layouts() -> str:
     return ", ".join(layouts[:-1]) + f", or {layouts[-1]}" if len(layouts) > 1 else "".join(layouts)
 
 
+def supported_pipelines() -> list[str]:
+    """Every pipeline class a registered family loads."""
+    return [p for f in _FAMILIES.values() for p in f.pipelines]
+
+
 def config_class(root: Path) -> str:
     """`_class_name` of unet/config.json (or config.json when there is no unet/); "" when there is none."""
     cfg = root / "unet" / "config.json" if (root / "unet").is_dir() else root / "config.json"
     return read_config(cfg).get("_class_name", "") if cfg.is_file() else ""
+
+
+def pipeline_class(root: Path) -> str:
+    """`_class_name` of model_index.json (the diffusers pipeline the directory was saved from); "" without one."""
+    mi = root / "model_index.json"
+    return str(read_config(mi).get("_class_name", "")) if mi.is_file() else ""

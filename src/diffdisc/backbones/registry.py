@@ -14,11 +14,11 @@ from pathlib import Path
 
 from ..errors import DiffdiscError
 from .base import Backbone
-from .families import Family, expected_layouts, families
+from .families import Family, expected_layouts, families, pipeline_class, supported_pipelines
 
 # Importing a family module registers it (`families.register_family`); this order is the order the
 # "not a recognised model directory" message lists their layouts in.
-for _module in ("sd", "classcond", "contrastive"):
+for _module in ("sd", "sdxl", "sd3", "flux", "pixart", "classcond", "contrastive"):
     import_module(f".{_module}", __package__)
 
 
@@ -83,19 +83,24 @@ def _claim(root: Path) -> Family:
     for fam in families():
         if fam.detect(root):
             return fam
+    pipe = pipeline_class(root)
+    if pipe:
+        raise DiffdiscError(f"{root} holds a {pipe}, which diffdisc does not score; supported pipelines: "
+                            f"{', '.join(supported_pipelines())}")  # fmt: skip
     hint = f"; did you mean {root / 'model'}?" if (root / "model").is_dir() else ""
     if not hint and (root / "train_config.json").is_file():
         hint = "; it is a training directory with no export yet (model/ appears at the first checkpoint)"
     raise DiffdiscError(f"{root} is not a recognised model directory (expected {expected_layouts()}){hint}")
 
 
-def create_backbone(name_or_path: str | os.PathLike, device: str | None = None) -> Backbone:
-    """Load a backbone by shipped name, local directory, or cached hub id."""
+def create_backbone(name_or_path: str | os.PathLike, device: str | None = None, **options) -> Backbone:
+    """Load a backbone by shipped name, local directory, or cached hub id; `options` go to the family's
+    loader (SD3's `no_t5`, FLUX's `guidance`), which refuses the ones it does not take."""
     root = resolve_model_dir(name_or_path)
     family = _claim(root)
     name = str(name_or_path) if (shipped_models_dir() / str(name_or_path)).is_dir() else root.name
     try:
-        bb = family.load(root, name=name)
+        bb = family.load(root, name=name, **options)
     except DiffdiscError:
         raise
     except (OSError, ValueError, KeyError) as e:

@@ -12,8 +12,11 @@ from pathlib import Path
 import torch
 
 from ..errors import DiffdiscError
-from .base import Backbone, diffusion_args, load_model, read_metadata, require_safetensors
-from .families import config_class, register_family
+from .base import Backbone, diffusion_args, load_model, read_metadata, refuse_options, require_safetensors
+from .families import config_class, pipeline_class, register_family
+from .process import load_scheduler
+
+SD_PIPELINES = ("StableDiffusionPipeline",)
 
 
 class SDBackbone(Backbone):
@@ -32,8 +35,9 @@ class SDBackbone(Backbone):
                                     class_names=meta.get("class_names", ()))  # fmt: skip
 
     @classmethod
-    def from_pretrained(cls, root: str | Path, name: str | None = None) -> SDBackbone:
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    def from_pretrained(cls, root: str | Path, name: str | None = None, **options) -> SDBackbone:
+        refuse_options(options, "Stable Diffusion 1.x/2.x")
+        from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import AutoTokenizer, CLIPTextModel
 
         root = Path(root)
@@ -46,7 +50,7 @@ class SDBackbone(Backbone):
         unet = load_model(UNet2DConditionModel, root / "unet")
         text_encoder = load_model(CLIPTextModel, root / "text_encoder")
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
-        scheduler = DDPMScheduler.from_pretrained(root, subfolder="scheduler")
+        scheduler = load_scheduler(root)
         vae = None
         if (root / "vae").is_dir():
             vae = load_model(AutoencoderKL, root / "vae")
@@ -88,14 +92,25 @@ class SDBackbone(Backbone):
         with torch.inference_mode():
             return self.text_encoder(ids["input_ids"].to(self.device))[0].float()[0]
 
+    def lora_pipeline(self):
+        """A StableDiffusionPipeline around this backbone's own modules (no copies), for `load_lora_weights`."""
+        from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+        return StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                       unet=self.unet, scheduler=DDPMScheduler.from_config(self.scheduler_config),
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
     def model_output(self, x_t, t, cond):
-        return self.unet(x_t, t, encoder_hidden_states=cond.to(x_t.dtype)).sample
+        return self.unet(x_t, self.timestep_input(t), encoder_hidden_states=cond.to(x_t.dtype)).sample
 
 
 def _detect(root: Path) -> bool:
     # A UNet2DConditionModel without text_encoder/ is SD only when it is not a DiT directory (transformer/).
+    if pipeline_class(root) not in ("", *SD_PIPELINES):  # SDXL has unet/ + text_encoder/ too
+        return False
     both = (root / "unet").is_dir() and (root / "text_encoder").is_dir()
     return both or (not (root / "transformer").is_dir() and config_class(root) == "UNet2DConditionModel")
 
 
-register_family("sd", _detect, SDBackbone.from_pretrained, priority=20, expects="unet/+text_encoder/ (Stable Diffusion)")
+register_family("sd", _detect, SDBackbone.from_pretrained, priority=20, expects="unet/+text_encoder/ (Stable Diffusion)",
+                pipelines=SD_PIPELINES)

@@ -8,9 +8,9 @@ import typer
 
 from ..errors import DiffdiscError
 from . import group
-from .options import Device, json_flag, load, quiet_flag
+from .options import Device, Guidance, ImageSize, NoT5, json_flag, load, model_options, quiet_flag
 
-attention_app = group("attention", "Discffusion cross-attention scoring: few-shot LoRA tuning and heat maps.")
+attention_app = group("attention", "Discffusion cross- and joint-attention scoring: few-shot LoRA tuning and heat maps.")
 TextModel = Annotated[str, typer.Option(help="Text-conditional diffusion model.")]
 
 
@@ -29,6 +29,9 @@ def attention_tune(
     epochs: Annotated[int, typer.Option(help="Passes over the K groups.")] = 1,
     no_bias: Annotated[bool, typer.Option("--no-bias", help="Attention score only (no denoising bias).")] = False,
     device: Device = None,
+    no_t5: NoT5 = False,
+    distilled_guidance: Guidance = None,
+    image_size: ImageSize = None,
     json_out: json_flag("Print {adapter, shots} as JSON only.") = False,
     quiet: quiet_flag("No per-step loss lines.") = False,
 ):
@@ -38,7 +41,7 @@ def attention_tune(
     from ..tasks.few_shot import few_shot_groups
 
     train = few_shot_groups(shots, groups, probe, seed)
-    bb = load(model, device)
+    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
     show = not (quiet or json_out)
     cfg = LoraConfig(rank=rank, margin=margin, lr=lr, epochs=epochs, bias=not no_bias, seed=seed)
     path = tune(bb, train, cfg, out=out,
@@ -55,7 +58,7 @@ def attention_heatmap(
     t: Annotated[int, typer.Option(help="Timestep.")] = 300,
     lora: Annotated[Path | None, typer.Option(help="LoRA adapter dir.")] = None,
 ):
-    """Per-token cross-attention heat maps over the image (last down/mid/up cross-attention layers averaged)."""
+    """Per-token cross-attention heat maps over the image (last down/mid/up cross-attention layers averaged; SD3 / FLUX: every joint-attention block)."""
     from ..tasks.attention import attention_heatmaps
 
     bb = load(model, None, lora)

@@ -9,11 +9,15 @@ import typer
 from . import app, state
 from .options import (
     Dtype,
+    Guidance,
+    ImageSize,
     Lora,
     NoiseSeed,
+    NoT5,
     UnetBatchSize,
     json_flag,
     load,
+    model_options,
     parse_classes,
     quiet_flag,
     timesteps_option,
@@ -31,13 +35,14 @@ def classify(
     strategy: Annotated[str, typer.Option(help="exhaustive | halving | ttest")] = "exhaustive",
     timesteps: timesteps_option("Timesteps per candidate (exhaustive):", count_only=True, then="Default 20: 89.0 % at 200 U-Net calls/image (10 classes, shipped fmnist-classcond, docs/results.md).") = 20,
     timestep_schedule: Annotated[str, typer.Option(help="even (official grid) | stratified")] = "even",
+    sigmas: Annotated[str, typer.Option(help="Flow models: where the timesteps fall on σ: scheduler (its own table, shift included) | uniform | logit_normal (SD3's training density).")] = "scheduler",
     stages: Annotated[str, typer.Option(help="Halving stages n_t:keep,... (last keep must be 1). Default: 0.5 points below exhaustive 20 t at 130 vs 200 calls/image (docs/results.md).")] = "10:3,20:1",
     min_scores: Annotated[int, typer.Option(help="t-test: scores before the first test.")] = 20,
     max_scores: Annotated[int, typer.Option(help="t-test: cap on scores per candidate.")] = 100,
     p_value: Annotated[float, typer.Option(help="t-test: drop a candidate below this p.")] = 2e-3,
     exit_z: Annotated[float, typer.Option(help="halving: stop an image after a stage when its leader beats the runner-up by this many standard errors (0 = off).")] = 0.0,
     loss: Annotated[str, typer.Option(help="l2 | l1 | huber")] = "l2",
-    weighting: Annotated[str, typer.Option(help="uniform | clark | min_snr")] = "uniform",
+    weighting: Annotated[str, typer.Option(help="uniform | clark | min_snr; flow models also velocity | sigma_sqrt | cosmap (uniform = the ε-equivalent (1-σ)²‖v̂-v‖²).")] = "uniform",
     batch_size: UnetBatchSize = 64,
     dtype: Dtype = "fp32",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser (GPU: worth it).")] = False,
@@ -52,6 +57,9 @@ def classify(
     limit_seed: Annotated[int, typer.Option(help="Seed of the --limit subset (separate from the noise --seed).")] = 0,
     chunk: Annotated[int, typer.Option(help="Images scored together (fills U-Net batches).")] = 16,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    no_t5: NoT5 = False,
+    distilled_guidance: Guidance = None,
+    image_size: ImageSize = None,
     temperature: Annotated[float | None, typer.Option(help="Softmax temperature for probabilities.")] = None,
     rank: Annotated[int, typer.Option(envvar="RANK", help="This process's shard (set by torchrun / accelerate launch).")] = 0,
     world_size: Annotated[int, typer.Option(envvar="WORLD_SIZE", help="Number of processes sharing the run.")] = 1,
@@ -70,8 +78,9 @@ def classify(
     score = ScoreConfig(loss=loss, weighting=weighting, batch_size=batch_size, dtype=dtype, seed=seed,
                         compile=compile, channels_last=channels_last, scorer=scorer)
     adaptive = AdaptiveConfig(strategy=strategy, n_timesteps=n_timesteps, timesteps=timestep_schedule, stages=parse_stages(stages),
-                              min_scores=min_scores, max_scores=max_scores, p_value=p_value, exit_z=exit_z)  # fmt: skip
-    bb = load(model, process_device(rank, world_size, device, state["threads"]), lora)
+                              min_scores=min_scores, max_scores=max_scores, p_value=p_value, exit_z=exit_z,
+                              sigmas=sigmas)  # fmt: skip
+    bb = load(model, process_device(rank, world_size, device, state["threads"]), lora, **model_options(no_t5, distilled_guidance, image_size))
     out = out or Path("runs") / f"classify-{bb.info.label.replace('/', '_')}-{strategy}"
     config = ClassifyConfig(classes=names, templates=templates or None, score=score, adaptive=adaptive, labels_csv=labels,
                             on_error=on_error, chunk_images=chunk, limit=limit, limit_seed=limit_seed,

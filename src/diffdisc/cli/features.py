@@ -17,15 +17,19 @@ from .options import (
     FeatureCache,
     FeatureModel,
     FeatureTrainData,
+    Guidance,
     Head,
     HeadSeed,
+    ImageSize,
     MaxTrain,
+    NoT5,
     Pooling,
     TrainLabels,
     ValFraction,
     WeightDecays,
     json_flag,
     load,
+    model_options,
     quiet_flag,
     split,
     timesteps_option,
@@ -67,13 +71,16 @@ def features_blocks(
     model: FeatureModel,
     detail: Annotated[bool, typer.Option("--detail", help="Also list each block's resnets and attentions.")] = False,
     device: Device = None,
+    no_t5: NoT5 = False,
+    distilled_guidance: Guidance = None,
+    image_size: ImageSize = None,
     json_out: json_flag("Print [{name, module, shape}] as JSON only.") = False,
     quiet: quiet_flag("Only the list (no warnings).") = False,
 ):
     """List the tappable blocks (stable names for --blocks) with their output shape [C, H, W]."""
     from ..features.taps import describe_blocks
 
-    found = describe_blocks(load(model, device), detail)
+    found = describe_blocks(load(model, device, **model_options(no_t5, distilled_guidance, image_size)), detail)
     if json_out:
         typer.echo(json.dumps([{"name": b.name, "module": b.module, "shape": list(b.shape)} for b in found]))
         return
@@ -95,6 +102,9 @@ def features_extract(
     dtype: Dtype = "fp32",
     cache: FeatureCache = FEATURE_CACHE,
     device: Device = None,
+    no_t5: NoT5 = False,
+    distilled_guidance: Guidance = None,
+    image_size: ImageSize = None,
     json_out: json_flag("Print the counts as JSON only.") = False,
     quiet: quiet_flag("No progress bar; only the summary line.") = False,
 ):
@@ -104,7 +114,7 @@ def features_extract(
     from ..features.taps import ExtractStats
     from ..progress import step_progress
 
-    bb = load(model, device)
+    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
     names, ts = _blocks_and_timesteps(bb, blocks, timesteps)
     imgs = LabelledImages.from_folder(data)
     x = imgs.tensors(bb.info.image_size, bb.info.image_channels)
@@ -143,6 +153,9 @@ def features_sweep(
     labels: TrainLabels = None,
     max_train: MaxTrain = None,
     device: Device = None,
+    no_t5: NoT5 = False,
+    distilled_guidance: Guidance = None,
+    image_size: ImageSize = None,
     json_out: json_flag("Print features_sweep.json only.") = False,
     quiet: quiet_flag("No progress bar or table: only the best-cell line.") = False,
 ):
@@ -150,7 +163,7 @@ def features_sweep(
     from ..progress import step_progress
     from ..tasks.features import FeatureConfig, SweepConfig, sweep
 
-    bb = load(model, device)
+    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
     train, test = _feature_data(data, test_data, labels, max_train, seed)
     names, ts = _blocks_and_timesteps(bb, blocks, timesteps)
     fcfg = FeatureConfig(pooling=pooling, condition=condition, seed=seed, batch_size=batch_size, dtype=dtype, val_fraction=val_fraction)
@@ -196,6 +209,9 @@ def features_probe(
     labels: TrainLabels = None,
     max_train: MaxTrain = None,
     device: Device = None,
+    no_t5: NoT5 = False,
+    distilled_guidance: Guidance = None,
+    image_size: ImageSize = None,
     json_out: json_flag("Print the result as JSON only.") = False,
     quiet: quiet_flag("No progress bar: only the result line.") = False,
 ):
@@ -203,7 +219,7 @@ def features_probe(
     from ..progress import step_progress
     from ..tasks.features import CellConfig, FeatureConfig, parse_cells, probe
 
-    bb = load(model, device)
+    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
     train, test = _feature_data(data, test_data, labels, max_train, seed)
     fcfg = FeatureConfig(pooling=pooling, condition=condition, seed=seed, batch_size=batch_size, val_fraction=val_fraction)
     config = CellConfig(parse_cells(cells), features=fcfg, head=_head_config(head, optimizer, weight_decays, seed))

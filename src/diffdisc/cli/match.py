@@ -9,7 +9,20 @@ import typer
 
 from ..scoring.scorers import is_contrastive
 from . import app
-from .options import Device, Lora, NoiseSeed, UnetBatchSize, json_flag, load, quiet_flag, timesteps_option
+from .options import (
+    Device,
+    Guidance,
+    ImageSize,
+    Lora,
+    NoiseSeed,
+    NoT5,
+    UnetBatchSize,
+    json_flag,
+    load,
+    model_options,
+    quiet_flag,
+    timesteps_option,
+)
 
 
 def _fmt(m: dict) -> str:
@@ -26,6 +39,9 @@ def match(
     dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16")] = "fp32",
     seed: NoiseSeed = 0,
     device: Device = None,
+    no_t5: NoT5 = False,
+    distilled_guidance: Guidance = None,
+    image_size: ImageSize = None,
     scorer: Annotated[str, typer.Option(help="denoise | attention (Discffusion)")] = "denoise",
     lora: Lora = None,
     json_out: json_flag("Print metrics as JSON.") = False,
@@ -41,7 +57,7 @@ def match(
 
     n_timesteps = timestep_count(timesteps, "match")
     gs = load_groups(groups)
-    bb = load(model, device, lora)
+    bb = load(model, device, lora, **model_options(no_t5, distilled_guidance, image_size))
     score = ScoreConfig(batch_size=batch_size, dtype=dtype, seed=seed, scorer=scorer)
     with classify_progress("match", enabled=not (json_out or quiet)) as cb:
         run(bb, gs, MatchConfig(n_timesteps=n_timesteps), score=score, out=out, progress=cb)
@@ -65,6 +81,9 @@ def probe(
     timesteps: timesteps_option("Timesteps per pair (diffusion):", count_only=True) = 20,
     out: Annotated[Path, typer.Option(help="Where runs go (resumable).")] = Path("runs/probes"),
     device: Device = None,
+    no_t5: NoT5 = False,
+    distilled_guidance: Guidance = None,
+    image_size: ImageSize = None,
     scorer: Annotated[str, typer.Option(help="denoise | attention (diffusion models)")] = "denoise",
     lora: Annotated[Path | None, typer.Option(help="LoRA adapter for the diffusion model(s).")] = None,
     json_out: json_flag("Print rows as JSON.") = False,
@@ -83,7 +102,7 @@ def probe(
 
     n_timesteps = timestep_count(timesteps, "probe")
     names_ = model or ["fmnist-scenes-text", "fmnist-scenes-clip"]
-    models = [load(m, device) for m in names_]
+    models = [load(m, device, **model_options(no_t5, distilled_guidance, image_size)) for m in names_]
     if lora:
         from ..tasks.attention import load_lora
 

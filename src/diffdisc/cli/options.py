@@ -30,7 +30,7 @@ def timesteps_option(help: str, count_only: bool = False, then: str = ""):
 
 
 Device = Annotated[str | None, typer.Option(help="cpu, cuda, ...")]
-Lora = Annotated[Path | None, typer.Option(help="LoRA adapter dir from `diffdisc attention tune`.")]
+Lora = Annotated[Path | None, typer.Option(help="LoRA: an adapter dir from `diffdisc attention tune`, or a diffusers-format LoRA fine-tune (pytorch_lora_weights.safetensors, or its folder).")]
 NoiseSeed = Annotated[int, typer.Option(help="Noise seed.")]
 Seed = Annotated[int, typer.Option(help="Seed.")]
 UnetBatchSize = Annotated[int, typer.Option(help="U-Net batch size (0 = auto-tune to memory and speed).")]
@@ -89,14 +89,25 @@ def parse_classes(s: str | None) -> list[str] | None:
     return names
 
 
-def load(model: str, device: str | None = None, lora: Path | None = None):
-    """A backbone by name or directory, with a LoRA adapter from `diffdisc attention tune` if given; the
+NoT5 = Annotated[bool, typer.Option("--no-t5", help="SD3: load without the T5 encoder (zeros for its part, as the pipeline does).")]
+Guidance = Annotated[float | None, typer.Option("--distilled-guidance", help="FLUX.1-dev: its guidance-embedding value (default 3.5, the pipeline's; not CFG).")]
+ImageSize = Annotated[int | None, typer.Option(help="Pipeline models (SDXL, SD3, FLUX, PixArt): image side to score at (default: the model's).")]
+
+
+def model_options(no_t5: bool = False, guidance: float | None = None, image_size: int | None = None) -> dict:
+    """The loader options given on the command line (`create_backbone` passes them to the model's family,
+    which refuses those it does not take)."""
+    return {k: v for k, v in {"no_t5": no_t5 or None, "guidance": guidance, "image_size": image_size}.items() if v is not None}
+
+
+def load(model: str, device: str | None = None, lora: Path | None = None, **options):
+    """A backbone by name or directory (`options`: `model_options`), with a LoRA adapter if given; the
     libraries' own progress bars and info logs are turned off first (diffdisc prints its own)."""
     from ..backbones.registry import create_backbone
     from ..runtime import quiet_libraries
 
     quiet_libraries()
-    bb = create_backbone(model, device=device)
+    bb = create_backbone(model, device=device, **options)
     if lora:
         from ..tasks.attention import load_lora
 

@@ -8,7 +8,7 @@ import typer
 from ..errors import DiffdiscError
 from ..scoring.scorers import is_contrastive
 from . import app
-from .options import Device, Scheduler, Seed, load, parse_classes
+from .options import Device, Guidance, ImageSize, NoT5, Scheduler, Seed, load, model_options, parse_classes
 
 
 @app.command(epilog="Examples: diffdisc sample fmnist-classcond --out samples.png\n\n"
@@ -24,12 +24,15 @@ def sample(
     scheduler: Scheduler = "ddim",
     seed: Seed = 0,
     device: Device = None,
+    no_t5: NoT5 = False,
+    distilled_guidance: Guidance = None,
+    image_size: ImageSize = None,
 ):
     """Draw a labelled grid of samples, to see what a diffusion model has learned before using it as a classifier."""
     from ..tasks.sample import SampleConfig, sample_grid
 
     keys = [c.strip() for c in captions.split(";")] if captions else parse_classes(classes)
-    bb = load(model, device)
+    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
     if is_contrastive(bb):
         raise DiffdiscError(f"{model} is a contrastive model: it cannot generate images")
     config = SampleConfig(per_key=per_row, guidance=guidance, steps=steps, scheduler=scheduler, seed=seed)

@@ -13,14 +13,18 @@ from .options import (
     ClassifierJson,
     Device,
     Epochs,
+    Guidance,
+    ImageSize,
     MaxMinutes,
     MixedPrecision,
+    NoT5,
     PeakLr,
     Scheduler,
     Seed,
     TimmModel,
     json_flag,
     load,
+    model_options,
     parse_classes,
     quiet_flag,
 )
@@ -43,6 +47,9 @@ def synth_generate(
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed (every image's prompt, guidance and noise derive from it).")] = 0,
     device: Device = None,
+    no_t5: NoT5 = False,
+    distilled_guidance: Guidance = None,
+    image_size: ImageSize = None,
     json_out: json_flag("Print {out, images, classes} as JSON only.") = False,
     quiet: quiet_flag("No progress lines.") = False,
 ):
@@ -57,7 +64,7 @@ def synth_generate(
     cfg = SynthConfig(per_class=per_class, tricks=tuple(t for t in tricks.split(",") if t), guidance=guidance,
                       guidance_range=(lo, hi), steps=steps, scheduler=scheduler, seed=seed, batch_size=batch_size)  # fmt: skip
     names = parse_classes(classes)
-    bb = load(model, device)
+    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
     names = names or list(bb.info.class_names)
     with step_progress("synth generate", enabled=not (quiet or json_out)) as cb:
         path = generate(bb, names, cfg, out=out, progress=cb)

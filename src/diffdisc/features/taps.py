@@ -6,7 +6,8 @@ blocks x T timesteps cost T forwards per image. When no requested block lies aft
 (e.g. only down/mid blocks), the forward is cut short there: the rest of the U-Net would be wasted work.
 
 Names: `down.i`, `mid`, `up.i` (diffusers' down_blocks[i] / mid_block / up_blocks[i]); with detail also
-their parts, `down.1.resnet.0`, `down.1.attn.0`, `mid.attn.0`, ...; DiT transformers: `block.i`.
+their parts, `down.1.resnet.0`, `down.1.attn.0`, `mid.attn.0`, ...; transformers (DiT, PixArt, SD3): `block.i`,
+FLUX also `single.i` (its single-stream blocks).
 The U-Net is always called through the backbone (`encode`, `add_noise`, `model_output`), so pixel,
 latent, class- and text-conditional models take the same path, and ε for (image, t) is the scoring
 engine's: seeded by (seed, image key, t), independent of batch size and order.
@@ -31,7 +32,7 @@ def denoiser(backbone) -> nn.Module:
     """The network whose blocks are tapped (SD: `unet`; class-conditional: `model`)."""
     if is_contrastive(backbone):
         raise DiffdiscError(f"{backbone.info.name} is a contrastive model: it has no U-Net blocks to tap")
-    net = getattr(backbone, "unet", None) or getattr(backbone, "model", None)
+    net = getattr(backbone, "unet", None) or getattr(backbone, "transformer", None) or getattr(backbone, "model", None)
     if net is None:
         raise DiffdiscError(f"{backbone.info.name}: no U-Net to tap")
     return net
@@ -56,9 +57,11 @@ def block_modules(net: nn.Module, detail: bool = False) -> dict[str, nn.Module]:
             add("mid", net.mid_block)
         for i, b in enumerate(net.up_blocks):
             add(f"up.{i}", b)
-    elif hasattr(net, "transformer_blocks"):
+    elif hasattr(net, "transformer_blocks"):  # DiT, PixArt, SD3 (joint blocks), FLUX (double, then single blocks)
         for i, b in enumerate(net.transformer_blocks):
             out[f"block.{i}"] = b
+        for i, b in enumerate(getattr(net, "single_transformer_blocks", None) or []):
+            out[f"single.{i}"] = b
     else:
         raise DiffdiscError(f"{type(net).__name__} has neither U-Net blocks nor transformer blocks to tap")
     return out
@@ -116,6 +119,17 @@ def condition_tensor(backbone, spec: str = "null") -> torch.Tensor:
     raise DiffdiscError(f"bad condition {spec!r}: null | class:NAME | caption:TEXT")
 
 
+# MM-DiT blocks return (encoder_hidden_states, hidden_states): the text stream first, the image tokens second.
+JOINT_BLOCKS = ("FluxTransformerBlock", "FluxSingleTransformerBlock", "JointTransformerBlock")
+
+
+def image_stream(module: nn.Module, out):
+    """A block's output as its image tokens: the second element for joint text-image blocks."""
+    if type(module).__name__ in JOINT_BLOCKS and isinstance(out, (tuple, list)):
+        return out[1]
+    return out
+
+
 class _Stop(Exception):
     """Raised by the last hook needed: the rest of the forward would compute nothing we keep."""
 
@@ -132,8 +146,8 @@ class FeatureTaps:
         self._handles: list = []
 
     def _hook(self, name: str):
-        def hook(_module, _inp, out):
-            fmap = to_map(out)
+        def hook(module, _inp, out):
+            fmap = to_map(image_stream(module, out))
             for p in self.poolings:
                 self.features[(name, p)] = pool(fmap, p, name)
             self._seen.add(name)

@@ -59,31 +59,53 @@ def sample(
     """
     if steps < 1:
         raise DiffdiscError(f"steps must be >= 1, got {steps}")
+    if backbone.is_flow and scheduler not in ("ddim", "euler"):
+        raise DiffdiscError(f"{backbone.info.name} is a flow-matching model: it samples with the Euler flow "
+                            f"solver (--scheduler euler), not {scheduler!r}")  # fmt: skip
     B = conds.shape[0]
     w = torch.as_tensor(guidance, dtype=torch.float32).expand(B).to(backbone.device)
-    sched = make_scheduler(backbone, scheduler)
-    sched.set_timesteps(steps, device=backbone.device)
     probe = backbone.encode(torch.zeros(1, backbone.info.image_channels, backbone.info.image_size, backbone.info.image_size))
     shape = (B, *probe.shape[1:])
     if init_noise is not None and tuple(init_noise.shape) != shape:
         raise DiffdiscError(f"init_noise has shape {tuple(init_noise.shape)}, expected {shape}")
     x0 = init_noise if init_noise is not None else torch.randn(shape, generator=generator)
-    x = x0.to(backbone.device) * sched.init_noise_sigma
     conds = conds.to(backbone.device)
     use_cfg = bool((w != 1).any())
+    null = None
     if use_cfg:
         null = backbone.null_condition().to(backbone.device)
         null = null.expand(B, *null.shape) if null.ndim else null.expand(B)
+
+    def guided(predict, xin, tt):
+        if not use_cfg:
+            return predict(xin, tt, conds)
+        e_c, e_u = predict(torch.cat([xin, xin]), torch.cat([tt, tt]), torch.cat([conds, null])).chunk(2)
+        return e_u + w.view(-1, *([1] * (xin.ndim - 1))) * (e_c - e_u)
+
+    if backbone.is_flow:
+        return backbone.decode(_flow_euler(backbone, x0.to(backbone.device), guided, steps, progress))
+    sched = make_scheduler(backbone, scheduler)
+    sched.set_timesteps(steps, device=backbone.device)
+    x = x0.to(backbone.device) * sched.init_noise_sigma
     for i, t in enumerate(sched.timesteps):
         xin = sched.scale_model_input(x, t)
         tt = torch.full((B,), int(t), device=backbone.device, dtype=torch.long)
-        if use_cfg:
-            eps = backbone.predict_eps(torch.cat([xin, xin]), torch.cat([tt, tt]), torch.cat([conds, null]))
-            e_c, e_u = eps.chunk(2)
-            eps = e_u + w.view(-1, *([1] * (x.ndim - 1))) * (e_c - e_u)
-        else:
-            eps = backbone.predict_eps(xin, tt, conds)
-        x = sched.step(eps, t, x, generator=generator).prev_sample
+        x = sched.step(guided(backbone.predict_eps, xin, tt), t, x, generator=generator).prev_sample
         if progress:
             progress(i + 1)
     return backbone.decode(x)
+
+
+def _flow_euler(backbone, x, guided, steps: int, progress) -> torch.Tensor:
+    """FlowMatchEulerDiscreteScheduler's step, x ← x + (σ_next - σ) v̂, on `steps` rows of the backbone's own σ
+    table from the noisiest to σ = 0 (guidance on v̂, as the SD3 pipeline guides its velocity)."""
+    T = backbone.num_train_timesteps
+    rows = torch.linspace(T - 1, 0, steps).round().long().tolist()
+    sig = backbone.process.sigmas
+    for i, r in enumerate(rows):
+        tt = torch.full((x.shape[0],), r, device=backbone.device, dtype=torch.long)
+        nxt = float(sig[rows[i + 1]]) if i + 1 < len(rows) else 0.0
+        x = x + (nxt - float(sig[r])) * guided(backbone.predict_velocity, x, tt)
+        if progress:
+            progress(i + 1)
+    return x

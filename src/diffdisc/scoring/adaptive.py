@@ -14,7 +14,7 @@ from scipy import stats
 
 from .config import AdaptiveConfig
 from .engine import ScoringEngine, Work, derive_seed
-from .schedule import dc_grid, stage_subset, stratified
+from .schedule import check_sigma_grid, dc_grid, sigma_rows, stage_subset, stratified
 
 
 @dataclass
@@ -124,6 +124,8 @@ def evaluate(
     conds, groups = engine.candidates(conds, groups)
     strategy = {"exhaustive": _exhaustive, "halving": _halving, "ttest": _ttest}[cfg.strategy]
     strategy = strategy if engine.needs_timesteps else _once
+    if engine.needs_timesteps:
+        check_sigma_grid(engine.backbone, cfg.sigmas)
     strategy(_Ctx(engine, x0, keys, conds, groups, candidates), cfg, results)
     return results
 
@@ -149,6 +151,12 @@ class _Ctx:
     def T(self) -> int:
         return self.engine.backbone.num_train_timesteps
 
+    def place(self, ts: list[int], cfg: AdaptiveConfig) -> list[int]:
+        """The grid's rows moved to where `cfg.sigmas` puts σ (flow models; the identity otherwise)."""
+        if cfg.sigmas == "scheduler":
+            return ts
+        return sigma_rows(self.engine.backbone.process.sigmas, ts, cfg.sigmas)
+
     def run(self, plan: list[tuple[int, int, int]], results: list[ImageScores]) -> None:
         """Evaluate (image, candidate, t) triples (each candidate = its group of conditions) and record them."""
         if not plan:
@@ -165,8 +173,8 @@ class _Ctx:
 
 def _timesteps_for(ctx: _Ctx, key: str, cfg: AdaptiveConfig, n: int) -> list[int]:
     if cfg.timesteps == "stratified":
-        return stratified(ctx.T, n, image_generator(ctx.engine.config.seed, key, "timesteps"))
-    return dc_grid(ctx.T, n)
+        return ctx.place(stratified(ctx.T, n, image_generator(ctx.engine.config.seed, key, "timesteps")), cfg)
+    return ctx.place(dc_grid(ctx.T, n), cfg)
 
 
 def _exhaustive(ctx: _Ctx, cfg, results):
@@ -214,7 +222,8 @@ def _decisive(r: ImageScores, ranked: list[int], z: float) -> bool:
 def _ttest(ctx: _Ctx, cfg, results):
     """Clark & Jaini Alg. 1 with shared (t, ε) samples; timesteps drawn without replacement per image."""
     seed = ctx.engine.config.seed
-    order = [torch.randperm(ctx.T, generator=image_generator(seed, k, "ttest"))[: cfg.max_scores].tolist() for k in ctx.keys]
+    order = [ctx.place(torch.randperm(ctx.T, generator=image_generator(seed, k, "ttest"))[: cfg.max_scores].tolist(), cfg)
+             for k in ctx.keys]  # fmt: skip
     alive = [ctx.alive(i) for i in range(len(ctx.keys))]
     n_done = 0
     while n_done < cfg.max_scores:

@@ -9,6 +9,8 @@ empty-prompt half, so all pairs of a batch share one number) we keep one value p
 conditional pass only.
 
 The processors only replace how attention is computed, so they compose with peft LoRA on to_q/to_k/to_v/to_out.
+SD3 and FLUX have no cross-attention: `joint_attention.py` reads the same score from their joint attention,
+and `make_capture` picks the capture a backbone needs.
 """
 
 from __future__ import annotations
@@ -114,7 +116,25 @@ class CrossAttentionCapture:
         return {k.split(":")[0]: v for k, v in self.sink.items() if k.endswith(":maps")}
 
 
-def attention_score(backbone, capture: CrossAttentionCapture, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,
+JOINT_FAMILIES = ("sd3", "flux")  # transformers whose text and image tokens attend jointly (`joint_attention.py`)
+
+
+def make_capture(backbone, keep_maps: bool = False):
+    """The attention capture of `backbone`: `CrossAttentionCapture` on a text-conditional U-Net, a
+    `JointAttentionCapture` on an SD3 / FLUX transformer (the same score read from its joint attention)."""
+    if getattr(backbone, "unet", None) is not None and backbone.info.conditioning == "text":
+        return CrossAttentionCapture(backbone.unet, keep_maps)
+    if backbone.info.family in JOINT_FAMILIES and getattr(backbone, "transformer", None) is not None:
+        from .joint_attention import JointAttentionCapture
+
+        return JointAttentionCapture(backbone.transformer, keep_maps)
+    if backbone.info.conditioning == "text" and getattr(backbone, "transformer", None) is not None:
+        raise DiffdiscError(f"the attention scorer needs a text-conditional U-Net or an SD3 / FLUX transformer; "
+                            f"{backbone.info.name} ({backbone.info.family}) is neither")  # fmt: skip
+    raise DiffdiscError(f"the attention scorer needs a text-conditional U-Net; {backbone.info.name} is not one")
+
+
+def attention_score(backbone, capture, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,
                     cond: torch.Tensor, bias: bool = True, predict=None) -> torch.Tensor:  # fmt: skip
     """Discffusion's per-pair score (higher = better match): LSE attention score, plus by default the
     denoising bias ||ε - ε̂(∅)|| - ||ε - ε̂(c)|| (how much the caption helps denoise; one extra U-Net pass).
@@ -133,16 +153,15 @@ def attention_score(backbone, capture: CrossAttentionCapture, x_t: torch.Tensor,
 
 class AttentionScorer(Scorer):
     """Discffusion through the scorer seam: the negated `attention_score` (higher attention = better match, and
-    every scorer's lower = better). 2 U-Net calls per item with the denoising bias, else 1."""
+    every scorer's lower = better). 2 denoiser calls per item with the denoising bias, else 1. U-Nets are read
+    at their cross-attention, SD3 / FLUX transformers at their joint attention (`make_capture`)."""
 
     name = "attention"
     kind = "diffusion attention"
 
     def __init__(self, backbone, config, predict=None):
-        if getattr(backbone, "unet", None) is None or backbone.info.conditioning != "text":
-            raise DiffdiscError(f"the attention scorer needs a text-conditional U-Net; {backbone.info.name} is not one")
+        self.capture = make_capture(backbone)  # may refuse
         super().__init__(backbone, config, predict)
-        self.capture = CrossAttentionCapture(backbone.unet)
         self.calls_per_item = 2 if config.attention_bias else 1
 
     def __call__(self, x0, noise, t, cond):

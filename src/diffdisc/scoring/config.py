@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 from ..config import ConfigMixin, check_choice
 from ..errors import DiffdiscError
+from .schedule import SIGMA_GRIDS
 
 LOSSES = ("l2", "l1", "huber")
-WEIGHTINGS = ("uniform", "clark", "min_snr")
+FLOW_WEIGHTINGS = ("velocity", "sigma_sqrt", "cosmap")
+WEIGHTINGS = ("uniform", "clark", "min_snr", *FLOW_WEIGHTINGS)
 DTYPES = ("fp32", "bf16", "fp16")
 STRATEGIES = ("exhaustive", "halving", "ttest")
 NOISE_SHARING = ("image", "global")
@@ -21,11 +23,13 @@ class ScoreConfig(ConfigMixin):
 
     loss: element-wise loss on ε (l2 = MSE, the papers' default; l1 as in the official CIFAR-10 runs).
     weighting: `uniform` (Li et al.: mean ε-error), `clark` (Clark & Jaini: exp(-7 t/T) on the x0-space
-    error of the clipped x̂0), `min_snr` (ε-error × min(SNR, 5) / SNR).
+    error of the clipped x̂0), `min_snr` (ε-error × min(SNR, 5) / SNR). Flow-matching models only: `velocity`
+    (‖v̂ - v‖², their training loss), `sigma_sqrt` (σ⁻²‖v̂ - v‖²) and `cosmap` (SD3's loss weights); `uniform`
+    on a flow model is the ε-equivalent (1 - σ)²‖v̂ - v‖².
     noise: `image` draws ε per (image, t) (shared by all candidates); `global` shares one bank across
     images, as the official Winoground and Discffusion code.
     scorer: `denoise` (the weighted ε-error above) or `attention` (Discffusion: cross-attention LogSumExp
-    score, plus the denoising bias when `attention_bias`; text-conditional U-Nets only; negated so that lower
+    score, plus the denoising bias when `attention_bias`; text-conditional U-Nets, or SD3 / FLUX transformers (their joint attention); negated so that lower
     is better for every scorer). A contrastive model has one scorer of its own and ignores it (`scorers.py`).
     batch_size: U-Net batch; 0 tunes it on the first batch of work (largest that fits memory and still
     speeds up per item; see scoring/autotune.py). Errors do not depend on it.
@@ -66,6 +70,8 @@ class AdaptiveConfig(ConfigMixin):
     ttest: Clark & Jaini Alg. 1; after `min_scores` shared (t, ε) samples a candidate is dropped when a
     one-sided paired t-test against the current best gives p < `p_value`; stop at one survivor or
     `max_scores`.
+    sigmas (flow models): where the grid's t fall on σ: `scheduler` (rows of the scheduler's own σ table,
+    its shift included), `uniform` (evenly spaced σ) or `logit_normal` (quantiles of SD3's training density).
     exit_z (halving, ours): after any stage, an image whose leader beats the runner-up by more than `exit_z`
     standard errors of their paired differences stops there (0 = off): easy images skip the later stages.
 
@@ -78,6 +84,7 @@ class AdaptiveConfig(ConfigMixin):
     """
 
     ignore_unknown = True  # run.json files written before a key was dropped still load
+    added = ("sigmas",)
 
     strategy: str = "exhaustive"
     n_timesteps: int = 20
@@ -87,9 +94,11 @@ class AdaptiveConfig(ConfigMixin):
     max_scores: int = 100
     p_value: float = 2e-3
     exit_z: float = 0.0
+    sigmas: str = "scheduler"
 
     def __post_init__(self):
         check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("sigmas", self.sigmas, SIGMA_GRIDS)
         check_choice("timesteps", self.timesteps, ("even", "stratified"))
         object.__setattr__(self, "stages", tuple((int(n), int(k)) for n, k in self.stages))
         if self.n_timesteps < 1:

@@ -64,12 +64,12 @@ class ScoringEngine:
         self._memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         # Every scorer calls the denoiser through _predict_eps (the attention capture sets its processors
         # outside the compiled call). Fixed batch shapes: the last, smaller batch compiles once more.
-        self.scorer: Scorer = make_scorer(backbone, self.config, predict=self._predict_eps)  # may refuse
+        self.scorer: Scorer = make_scorer(backbone, self.config, predict=self._predict)  # may refuse
         self._denoiser = None
-        if self.scorer.needs_noise:
-            self._denoiser = backbone.predict_eps
+        if self.scorer.needs_noise:  # ε̂, or v̂ for the flow weightings
+            self._denoiser = getattr(backbone, f"predict_{self.scorer.target}")
             if self.config.compile:
-                self._denoiser = torch.compile(backbone.predict_eps, dynamic=False)
+                self._denoiser = torch.compile(self._denoiser, dynamic=False)
         self._restore_format = None  # after every check that can refuse: a refused engine changes nothing
         if self.scorer.needs_noise and self.config.channels_last and not all(
             p.is_contiguous(memory_format=torch.channels_last) for p in backbone.parameters() if p.ndim == 4
@@ -168,8 +168,8 @@ class ScoringEngine:
         """Per-sample score (B,) of one batch - the number a diffusion classifier scores."""
         return self.scorer(x0, eps, t, cond)
 
-    def _predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The backbone's ε̂ with this run's speed options: channels_last input, autocast, torch.compile."""
+    def _predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The backbone's ε̂ (v̂) with this run's speed options: channels_last input, autocast, torch.compile."""
         if x_t.ndim == 4:
             x_t = x_t.contiguous(memory_format=self._memory_format)
         with self.autocast():

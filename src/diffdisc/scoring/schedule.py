@@ -35,8 +35,45 @@ def stratified(num_train_timesteps: int, n: int, generator: torch.Generator) -> 
     return [min(edges[i] + int(u[i] * (edges[i + 1] - edges[i])), num_train_timesteps - 1) for i in range(n)]
 
 
-def uniform_draws(num_train_timesteps: int, n: int, generator: torch.Generator) -> list[int]:
-    return torch.randint(0, num_train_timesteps, (n,), generator=generator).tolist()
+SIGMA_GRIDS = ("scheduler", "uniform", "logit_normal")
+
+
+def check_sigma_grid(backbone, grid: str) -> None:
+    """σ placements other than the scheduler's own exist for flow models only (an ε-model has no σ table)."""
+    if grid not in SIGMA_GRIDS:
+        raise DiffdiscError(f"unknown σ grid {grid!r} (known: {', '.join(SIGMA_GRIDS)})")
+    if grid != "scheduler" and not getattr(backbone, "is_flow", False):
+        raise DiffdiscError(f"--sigmas {grid} places σ for flow-matching models; {backbone.info.name} is a "
+                            "VP (ε/v) model: its timesteps follow its own schedule (leave --sigmas at scheduler)")  # fmt: skip
+
+
+def sigma_rows(sigmas: torch.Tensor, ts: list[int], grid: str, logit_mean: float = 0.0, logit_std: float = 1.0) -> list[int]:
+    """Timestep rows of a flow model's σ table placed by `grid`, keeping each t's quantile u = (t + ½) / T.
+
+    `scheduler`: the rows themselves (evenly spaced rows = the scheduler's own spacing, its shift included);
+    `uniform`: σ = u, evenly spaced σ; `logit_normal`: σ = sigmoid(m + s·Φ⁻¹(u)), the quantiles of SD3's
+    training density. Each σ goes to the nearest row (the table holds every σ the model was trained at), and
+    an increasing grid stays strictly increasing; order is kept, repeats dropped.
+    """
+    if grid == "scheduler":
+        return list(ts)
+    T = len(sigmas)
+    u = (torch.as_tensor(ts, dtype=torch.float64) + 0.5) / T
+    if grid == "uniform":
+        target = u
+    else:
+        target = torch.sigmoid(logit_mean + logit_std * math.sqrt(2) * torch.erfinv(2 * u - 1))
+    i = torch.searchsorted(sigmas.cpu(), target).clamp(1, T - 1)
+    lo, hi = sigmas.cpu()[i - 1], sigmas.cpu()[i]
+    rows = torch.where((target - lo) <= (hi - target), i - 1, i).tolist()
+    out: list[int] = []
+    increasing = list(ts) == sorted(ts)
+    for r in rows:
+        if increasing and out and r <= out[-1]:
+            r = out[-1] + 1
+        if r < T and r not in out:
+            out.append(r)
+    return out
 
 
 TIMESTEPS_HELP = "N: N evenly spaced timesteps (the official grid); T1,T2,...: exactly those (one timestep: T1,)"

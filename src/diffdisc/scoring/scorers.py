@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DiffdiscError
-from .config import ScoreConfig
+from .config import FLOW_WEIGHTINGS, ScoreConfig
 
 Predict = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t, cond) -> ε̂
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -44,11 +44,12 @@ class Scorer:
     kind = "diffusion"
     calls_per_item = 1
     needs_noise = True
+    target = "eps"  # what `predict` returns: "eps" (ε̂) or "velocity" (v̂, flow models)
 
     def __init__(self, backbone, config: ScoreConfig, predict: Predict | None = None):
         self.backbone, self.config = backbone, config
-        # the engine passes its own ε̂ (autocast, channels_last, compiled); alone, the backbone's, in fp32
-        self.predict = predict or getattr(backbone, "predict_eps", None)
+        # the engine passes its own prediction (autocast, channels_last, compiled); alone, the backbone's, in fp32
+        self.predict = predict or getattr(backbone, f"predict_{self.target}", None)
         self.autocast = autocast(backbone.device.type, config.dtype)
 
     def candidates(self, conds: torch.Tensor, groups: list[list[int]]) -> tuple[torch.Tensor, list[list[int]]]:
@@ -75,9 +76,21 @@ class DenoiseScorer(Scorer):
 
     name = "denoise"
 
+    def __init__(self, backbone, config: ScoreConfig, predict: Predict | None = None):
+        if config.weighting in FLOW_WEIGHTINGS:
+            if not getattr(backbone, "is_flow", False):
+                raise DiffdiscError(f"weighting {config.weighting!r} weights a flow-matching model's velocity error; "
+                                    f"{backbone.info.name} is a VP (ε/v) model (use uniform, clark or min_snr)")  # fmt: skip
+            self.target = "velocity"
+        super().__init__(backbone, config, predict)
+
     def __call__(self, x0, noise, t, cond):
         bb, cfg = self.backbone, self.config
         x_t = bb.add_noise(x0, noise, t)
+        if self.target == "velocity":  # w(σ) ‖v̂ - (ε - x0)‖², the flow-matching training loss and its weightings
+            v_hat = finite(self.predict(x_t, t, cond))
+            err = loss(v_hat, noise.float() - x0.float(), cfg.loss)
+            return err * bb.process.weight(t.to(bb.device), cfg.weighting).float().to(err.device)
         eps_hat = finite(self.predict(x_t, t, cond))
         if cfg.weighting == "clark":
             # Imagen-style clipped x̂0: unclipped x0-space error = ε-error/SNR explodes near t = T.

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 
+from ..backbones.lora import mark_lora
 from ..config import ConfigMixin
 from ..data.groups import Group
 from ..errors import DiffdiscError
 from ..runs.io import atomic_write
-from ..scoring.attention import CrossAttentionCapture, attention_score
+from ..scoring.attention import CrossAttentionCapture, attention_score, make_capture
 from .match import _image_tensor
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -79,12 +80,17 @@ def save_lora(backbone, out: str | Path, meta: dict | None = None) -> Path:
 
 
 def load_lora(backbone, path: str | Path) -> None:
-    """Put a saved adapter on `backbone` (refuses adapters made for another model)."""
+    """Put a saved adapter on `backbone` (refuses adapters made for another model): one of `tune`'s, or a
+    user's diffusers-format LoRA fine-tune (`backbones.lora`)."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not (path / WEIGHTS).is_file() or not (path / CONFIG).is_file():
+    if not (path / CONFIG).is_file():
+        from ..backbones.lora import load_pipeline_lora
+
+        return load_pipeline_lora(backbone, path)
+    if not (path / WEIGHTS).is_file():
         raise DiffdiscError(f"{path} is not a LoRA adapter directory (needs {WEIGHTS} and {CONFIG})")
     cfg = json.loads((path / CONFIG).read_text())
     made_for = cfg.get("diffdisc", {}).get("model_fingerprint")
@@ -93,12 +99,7 @@ def load_lora(backbone, path: str | Path) -> None:
     add_lora(backbone, int(cfg["r"]))
     set_peft_model_state_dict(backbone.unet, load_file(str(path / WEIGHTS)))
     backbone.unet.requires_grad_(False)
-    import dataclasses
-    import hashlib
-
-    h = hashlib.sha256((path / WEIGHTS).read_bytes()).hexdigest()[:8]
-    backbone.info = dataclasses.replace(backbone.info, fingerprint=f"{backbone.info.fingerprint}+lora{h}",
-                                        name=f"{backbone.info.name}+lora")  # results with and without stay apart
+    mark_lora(backbone, path / WEIGHTS)
 
 
 def group_loss(backbone, capture: CrossAttentionCapture, grp: Group, g: torch.Generator, margin: float = 0.1,
@@ -180,18 +181,21 @@ def tune(
 
 @torch.inference_mode()
 def attention_heatmaps(backbone, image, caption: str, out: str | Path, t: int = 300, seed: int = 0) -> Path:
-    """PNG: the image, then one panel per caption token with its cross-attention map (layers averaged)."""
+    """PNG: the image, then one panel per caption token with its cross-attention map (layers averaged).
+
+    SD3 / FLUX: the image tokens' joint attention over the text tokens (`make_capture`), on the token grid."""
     from ..plotting import pyplot, save_figure
 
     plt = pyplot()
     import torch.nn.functional as F
 
-    unet, info = _require_unet(backbone), backbone.info
+    info = backbone.info
+    capture = make_capture(backbone, keep_maps=True)  # refuses models without text attention
     x = _image_tensor(image, info.image_size, info.image_channels)
     x0 = backbone.encode(x[None])
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed)).to(x0.device)
     tt = torch.tensor([t], device=x0.device)
-    with CrossAttentionCapture(unet, keep_maps=True) as cap:
+    with capture as cap:
         backbone.predict_eps(backbone.add_noise(x0, eps, tt), tt, backbone.conditions([caption]))
         maps = cap.maps()
     size = info.image_size
@@ -201,9 +205,15 @@ def attention_heatmaps(backbone, image, caption: str, out: str | Path, t: int = 
         grid = m[0].T.reshape(-1, 1, side, side).float()
         acc = acc + F.interpolate(grid, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
     acc = acc / len(maps)
-    ids = backbone.tokenize([caption])[0].tolist()
-    toks = backbone.tokenizer.convert_ids_to_tokens(ids)
-    keep = [i for i, tok in enumerate(toks) if tok not in (backbone.tokenizer.pad_token, None)][: acc.shape[0]]
+    if isinstance(capture, CrossAttentionCapture):
+        ids = backbone.tokenize([caption])[0].tolist()
+        toks = backbone.tokenizer.convert_ids_to_tokens(ids)
+        toks = [None if tok == backbone.tokenizer.pad_token else tok for tok in toks]
+    else:
+        from ..scoring.joint_attention import text_token_labels
+
+        toks = text_token_labels(backbone, caption)
+    keep = [i for i, tok in enumerate(toks) if tok is not None][: acc.shape[0]]
     img = ((x.permute(1, 2, 0).cpu().numpy() + 1) / 2).clip(0, 1)
     fig, axes = plt.subplots(1, len(keep) + 1, figsize=(1.4 * (len(keep) + 1), 1.8), squeeze=False)
     axes[0][0].imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")

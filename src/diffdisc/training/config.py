@@ -1,6 +1,6 @@
 """The training config: what every run shares, one model config per kind, and the optimiser's settings.
 
-A run saves it flat (train_config.json, and `config` in a model's diffdisc.json): the 33 keys below in the
+A run saves it flat (train_config.json, and `config` in a model's diffdisc.json): the keys below in the
 order the first shipped runs wrote them, with the other kinds' model keys at their defaults. Resumes
 compare that dict with the new config's, so the flat form never moves; the split is for the code that
 reads it (the loop reads `optimizer`, an objective reads `model`).
@@ -42,6 +42,13 @@ class UNetConfig(ConfigMixin):
     layers_per_block: int = 1
     attention_levels: tuple[bool, ...] = (False, True, True)  # AttnDown/UpBlock2D where True
     beta_schedule: str = "squaredcos_cap_v2"
+    # epsilon: VP noising at uniform t, ε-MSE (DDPMScheduler). flow: rectified flow as diffusers' SD3 training
+    # example (σ = the FlowMatchEulerDiscreteScheduler row at u ~ logit-normal(0, 1), x = (1-σ)x0 + σε,
+    # v-MSE against ε - x0, timestep 1000σ); beta_schedule is then unused
+    objective: str = "epsilon"
+
+    def __post_init__(self):
+        check_choice("objective", self.objective, ("epsilon", "flow"))
 
 
 @dataclass(frozen=True)
@@ -81,8 +88,9 @@ SAVED_KEYS = (
     "attention_levels", "steps", "batch_size", "lr", "warmup_steps", "weight_decay", "ema_decay", "ema_warmup",
     "cond_dropout", "beta_schedule", "checkpoint_every", "seed", "init_from", "scenes", "pair_fraction",
     "class_only_p", "colour_correlation", "max_length", "text_width", "text_layers", "text_heads", "vision_width",
-    "vision_layers", "patch_size", "embed_dim",
+    "vision_layers", "patch_size", "embed_dim", "objective",
 )  # fmt: skip
+ADDED_KEYS = {"objective": "epsilon"}
 
 
 def _defaults(cls) -> dict[str, Any]:
@@ -151,7 +159,8 @@ class TrainConfig(ConfigMixin):
         """The flat form with values as held (tuples stay tuples): `SAVED_KEYS` in order."""
         own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("model", "optimizer")}
         flat = {**MODEL_DEFAULTS, **vars(self.model), **vars(self.optimizer), **own}
-        return {k: flat[k] for k in SAVED_KEYS}
+        # keys added since runs were first saved, left out at their default: older runs' files stay identical
+        return {k: flat[k] for k in SAVED_KEYS if not (k in ADDED_KEYS and flat[k] == ADDED_KEYS[k])}
 
     def to_dict(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in self.options().items()}

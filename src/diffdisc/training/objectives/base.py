@@ -98,20 +98,34 @@ def load_init(model: nn.Module, state: dict, src: Path) -> None:
 
 
 def make_scheduler(cfg: TrainConfig):
-    from diffusers import DDPMScheduler
+    """The scheduler saved with the model: it tells the loader which noise process the model was trained with."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
+    if cfg.model.objective == "flow":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule=cfg.model.beta_schedule, prediction_type="epsilon")
 
 
 class DiffusionObjective:
-    """Shared by the two diffusion objectives: noising a batch at uniform t, epsilon-prediction MSE."""
+    """Shared by the two diffusion objectives: a noised batch and the regression target of `cfg.model.objective`."""
 
     @functools.cached_property
-    def alphas_cumprod(self) -> torch.Tensor:
-        return make_scheduler(self.cfg).alphas_cumprod
+    def scheduler(self):
+        return make_scheduler(self.cfg)
 
     def _noised(self, x0: torch.Tensor, g: torch.Generator):
-        ac = self.alphas_cumprod
+        """(x_t, the denoiser's timestep input, target): ε-models at uniform t against ε; flow models as the SD3
+        training example (logit-normal u -> a row of the scheduler's σ table) against v = ε - x0."""
+        sched = self.scheduler
+        if self.cfg.model.objective == "flow":
+            from diffusers.training_utils import compute_density_for_timestep_sampling
+
+            u = compute_density_for_timestep_sampling("logit_normal", len(x0), logit_mean=0.0, logit_std=1.0, generator=g)
+            idx = (u * sched.config.num_train_timesteps).long().clamp(max=sched.config.num_train_timesteps - 1)
+            noise = torch.randn(x0.shape, generator=g)
+            sigma = sched.sigmas[idx].view(-1, 1, 1, 1)
+            return (1 - sigma) * x0 + sigma * noise, sched.timesteps[idx], noise - x0
+        ac = sched.alphas_cumprod
         t = torch.randint(0, len(ac), (len(x0),), generator=g)
         noise = torch.randn(x0.shape, generator=g)
         a = ac[t].view(-1, 1, 1, 1)

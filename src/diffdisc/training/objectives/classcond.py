@@ -76,9 +76,9 @@ class ClassCondObjective(DiffusionObjective):
         x0 = self.images[idx].float() / 127.5 - 1
         labels = self.labels[idx].clone()
         labels[torch.rand(cfg.batch_size, generator=g) < cfg.cond_dropout] = len(self.names)
-        x_t, t, noise = self._noised(x0, g)
+        x_t, t, target = self._noised(x0, g)
         pred = model(x_t.to(dev), t.to(dev), class_labels=labels.to(dev)).sample
-        return F.mse_loss(pred.float(), noise.to(dev))
+        return F.mse_loss(pred.float(), target.to(dev))
 
     def save(self, model, dest: Path) -> dict:
         model.save_pretrained(dest / "unet", safe_serialization=True)

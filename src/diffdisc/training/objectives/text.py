@@ -64,9 +64,9 @@ class TextObjective(Captioned, DiffusionObjective):
     def loss(self, model, g: torch.Generator, dev) -> torch.Tensor:
         idx, ids = self._batch(g)
         x0 = self.images[idx].float() / 127.5 - 1
-        x_t, t, noise = self._noised(x0, g)
+        x_t, t, target = self._noised(x0, g)
         pred = model(x_t.to(dev), t.to(dev), ids.to(dev))
-        return F.mse_loss(pred.float(), noise.to(dev))
+        return F.mse_loss(pred.float(), target.to(dev))
 
     def save(self, model, dest: Path) -> dict:
         model.unet.save_pretrained(dest / "unet", safe_serialization=True)
