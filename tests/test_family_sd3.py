@@ -70,10 +70,8 @@ def test_loads_as_the_sd3_family(bb, sd3_dir):
 
 # ---------------------------------------------------------------------- 2. conditions
 def test_conditions_are_the_pipelines_encode_prompt(bb, pipe, monkeypatch):
-    import diffdisc.backbones.sd3 as sd3
-
     calls, encode = [], bb.pipe.encode_prompt
-    monkeypatch.setattr(sd3, "PROMPT_BATCH", 2)
+    monkeypatch.setattr(bb, "prompt_batch", 2)
     monkeypatch.setattr(bb.pipe, "encode_prompt", lambda **kw: calls.append(len(kw["prompt"])) or encode(**kw))
     prompts = [f"{p} on the left" for p in PROMPTS]  # not cached by another test
     got = bb.cond_pack.unpack(bb.conditions(prompts))

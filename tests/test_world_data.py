@@ -180,3 +180,20 @@ def test_export_shipped_test(tmp_path):
         with Image.open(f) as im:
             assert im.mode == "L" and im.size == (28, 28)
             np.testing.assert_array_equal(np.asarray(im), images[k])
+
+
+def test_coloured_label_space_is_80_way_stratified_with_a_two_level_tree(tmp_path):
+    from collections import Counter
+
+    from diffdisc.data.folders import open_image_dataset
+    from diffdisc.datasets.export import coloured_classes, coloured_tree, export_coloured_test
+
+    classes = coloured_classes()
+    assert len(classes) == len(set(classes)) == 80
+    leaves = [leaf for node in coloured_tree()["children"] for leaf in node["children"]]
+    assert sorted(leaves) == sorted(classes)
+    ds = open_image_dataset(export_coloured_test(tmp_path / "c", n=160, seed=0))
+    counts = Counter(ds.label_index(classes))
+    assert len(ds) == 160 and len(counts) == 80 and set(counts.values()) == {2}
+    small = open_image_dataset(export_coloured_test(tmp_path / "s", n=80, seed=0))
+    assert {it.image_id for it in small.items} <= {it.image_id for it in ds.items}  # a larger n keeps a smaller n's

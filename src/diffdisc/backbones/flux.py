@@ -100,23 +100,11 @@ class FluxBackbone(PipelineBackbone):
         return {"mu": resolution_shift(pipe, size), "guidance": resolve_guidance(pipe, options.get("guidance"))}
 
     # ------------------------------------------------------------------ conditions
-    def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        rows = []
-        for i in range(0, len(prompts), 64):
-            embeds, pooled, _text_ids = self.pipe.encode_prompt(
-                prompt=prompts[i : i + 64], prompt_2=None, device=self.device,
-                max_sequence_length=self.max_sequence_length,
-            )  # fmt: skip
-            rows.append(self.cond_pack.pack(prompt_embeds=embeds, pooled_prompt_embeds=pooled))
-        return torch.cat(rows)
-
-    def _condition_batch(self, candidates: list) -> torch.Tensor:
-        return self._encode_prompts(self.check_prompts(candidates))
-
-    @torch.inference_mode()
-    def null_condition(self) -> torch.Tensor:
-        with self.encoders_on_device():
-            return self._encode_prompts([""])[0].to(self.device)
+    def encode_rows(self, prompts: list[str], null: bool = False) -> torch.Tensor:
+        """FLUX has no negative prompt: the null condition is "" encoded like any prompt."""
+        embeds, pooled, _text_ids = self.pipe.encode_prompt(prompt=prompts, prompt_2=None, device=self.device,
+                                                             max_sequence_length=self.max_sequence_length)  # fmt: skip
+        return self.cond_pack.pack(prompt_embeds=embeds, pooled_prompt_embeds=pooled)
 
     # ------------------------------------------------------------------ denoiser
     def model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,8 @@ candidate, packed into one row by `CondPack`), `load_lora_weights` puts a user's
 calls it. The backbone registers the same modules (no copies): `transformer` (or `unet`), `vae` and the text
 encoders, which stay on the CPU except while conditions are encoded (`Backbone.offloaded`).
 
-A family module subclasses `PipelineBackbone` with its pipeline class name, its components and the three
-methods that differ: `_condition_batch`, `null_condition` and `model_output`.
+A family module subclasses `PipelineBackbone` with its pipeline class name, its components and the two
+methods that differ: `encode_rows` (conditions) and `model_output`.
 """
 
 from __future__ import annotations
@@ -159,12 +159,25 @@ class PipelineBackbone(Backbone):
         lat = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mean
         return (lat - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor
 
-    @staticmethod
-    def check_prompts(prompts: list) -> list[str]:
-        out = [str(p) for p in prompts]
-        if any(not p.strip() for p in out):
+    # ------------------------------------------------------------------ conditions
+    prompt_batch = 32  # prompts per encode_prompt call
+
+    def encode_rows(self, prompts: list[str], null: bool = False) -> torch.Tensor:  # pragma: no cover - abstract
+        """Packed condition rows (N, width) of `prompts`, from the pipeline's `encode_prompt` without guidance;
+        `null`: the pipeline's negative for an empty negative prompt (what its CFG uses as ∅)."""
+        raise NotImplementedError
+
+    def _condition_batch(self, candidates: list) -> torch.Tensor:
+        prompts = [str(p) for p in candidates]
+        if any(not p.strip() for p in prompts):
             raise DiffdiscError("empty caption/prompt")
-        return out
+        return torch.cat([self.encode_rows(prompts[i : i + self.prompt_batch])
+                          for i in range(0, len(prompts), self.prompt_batch)])  # fmt: skip
+
+    @torch.inference_mode()
+    def null_condition(self) -> torch.Tensor:
+        with self.encoders_on_device():
+            return self.encode_rows([""], null=True)[0].to(self.device)
 
 
 def register_pipeline_family(cls: type[PipelineBackbone], expects: str) -> None:

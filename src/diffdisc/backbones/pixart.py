@@ -40,24 +40,15 @@ class PixArtBackbone(PipelineBackbone):
     def patch(self) -> int:
         return int(self.transformer.config.patch_size)
 
-    def _encode_prompts(self, prompts: list[str], negative: bool = False) -> torch.Tensor:
+    def encode_rows(self, prompts: list[str], null: bool = False) -> torch.Tensor:
+        """Sequence and attention mask; the null condition is the pipeline's negative for its default ""."""
         embeds, mask, neg_embeds, neg_mask = self.pipe.encode_prompt(
-            prompts, do_classifier_free_guidance=negative, negative_prompt="", device=self.device,
+            prompts, do_classifier_free_guidance=null, negative_prompt="", device=self.device,
             clean_caption=False, max_sequence_length=self.max_sequence_length,
         )  # fmt: skip
-        if negative:
+        if null:
             embeds, mask = neg_embeds, neg_mask
         return self.pack.pack(prompt_embeds=embeds, mask=mask)
-
-    def _condition_batch(self, candidates: list) -> torch.Tensor:
-        prompts = self.check_prompts(candidates)
-        return torch.cat([self._encode_prompts(prompts[i : i + 64]) for i in range(0, len(prompts), 64)])
-
-    @torch.inference_mode()
-    def null_condition(self) -> torch.Tensor:
-        """The pipeline's negative for its default negative prompt "" (sequence and mask)."""
-        with self.encoders_on_device():
-            return self._encode_prompts([""], negative=True)[0]
 
     def added_cond_kwargs(self, batch: int, dtype: torch.dtype) -> dict:
         """`added_cond_kwargs` as `PixArtAlphaPipeline.__call__` builds them for a square image of the scoring size."""

@@ -23,7 +23,6 @@ from .pipeline import PipelineBackbone, register_pipeline_family
 
 T5_COMPONENTS = ("text_encoder_3", "tokenizer_3")
 MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default T5 length
-PROMPT_BATCH = 32  # prompts per encode_prompt call
 
 
 class SD3Backbone(PipelineBackbone):
@@ -78,25 +77,13 @@ class SD3Backbone(PipelineBackbone):
         return min(MAX_SEQUENCE_LENGTH, int(self.pipe.tokenizer_3.model_max_length))
 
     # ------------------------------------------------------------------ conditions
-    def _encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """encode_prompt without guidance, the same prompt to all three encoders; (N, width) packed rows."""
-        rows = []
-        for i in range(0, len(prompts), PROMPT_BATCH):
-            embeds, _, pooled, _ = self.pipe.encode_prompt(
-                prompt=prompts[i : i + PROMPT_BATCH], prompt_2=None, prompt_3=None, device=self.device,
-                do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
-            )  # fmt: skip
-            rows.append(self.cond_pack.pack(prompt_embeds=embeds, pooled=pooled))
-        return torch.cat(rows)
-
-    def _condition_batch(self, candidates: list) -> torch.Tensor:
-        return self._encode_prompts(self.check_prompts(candidates))
-
-    @torch.inference_mode()
-    def null_condition(self) -> torch.Tensor:
-        """The empty prompt's condition (what the pipeline's negative prompt defaults to), one row (width,)."""
-        with self.encoders_on_device():
-            return self._encode_prompts([""])[0]
+    def encode_rows(self, prompts: list[str], null: bool = False) -> torch.Tensor:
+        """The same prompt to all three encoders; the null condition is "" (the pipeline's default negative)."""
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, device=self.device, do_classifier_free_guidance=False,
+            max_sequence_length=self.max_sequence_length,
+        )  # fmt: skip
+        return self.cond_pack.pack(prompt_embeds=embeds, pooled=pooled)
 
     # ------------------------------------------------------------------ denoiser
     def model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

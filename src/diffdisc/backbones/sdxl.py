@@ -47,27 +47,15 @@ class SDXLBackbone(PipelineBackbone):
         self.pack = CondPack(prompt_embeds=(pipe.tokenizer_2.model_max_length, sum(e.config.hidden_size for e in encoders)),
                              pooled=(pipe.text_encoder_2.config.projection_dim,), time_ids=tuple(time_ids.shape[1:]))  # fmt: skip
 
-    def _pack(self, prompt_embeds: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        time_ids = self.add_time_ids.to(prompt_embeds.device).expand(prompt_embeds.shape[0], -1)
-        return self.pack.pack(prompt_embeds=prompt_embeds, pooled=pooled, time_ids=time_ids)
-
-    def _condition_batch(self, candidates: list) -> torch.Tensor:
-        prompts = self.check_prompts(candidates)
-        out = []
-        for i in range(0, len(prompts), 64):
-            embeds, _, pooled, _ = self.pipe.encode_prompt(prompts[i : i + 64], device=self.device, num_images_per_prompt=1,
-                                                           do_classifier_free_guidance=False)  # fmt: skip
-            out.append(self._pack(embeds, pooled))
-        return torch.cat(out)
-
-    @torch.inference_mode()
-    def null_condition(self) -> torch.Tensor:
-        """What the pipeline uses as the negative of an empty negative prompt: zeros when the pipeline's
+    def encode_rows(self, prompts: list[str], null: bool = False) -> torch.Tensor:
+        """The null condition is the pipeline's negative of an empty negative prompt: zeros when its
         `force_zeros_for_empty_prompt` says so (SDXL base), else the encoded empty prompt."""
-        with self.encoders_on_device():
-            _, embeds, _, pooled = self.pipe.encode_prompt("", device=self.device, num_images_per_prompt=1,
-                                                           do_classifier_free_guidance=True)  # fmt: skip
-        return self._pack(embeds, pooled)[0]
+        embeds, neg, pooled, neg_pooled = self.pipe.encode_prompt(prompts, device=self.device, num_images_per_prompt=1,
+                                                                  do_classifier_free_guidance=null)  # fmt: skip
+        if null:
+            embeds, pooled = neg, neg_pooled
+        time_ids = self.add_time_ids.to(embeds.device).expand(embeds.shape[0], -1)
+        return self.pack.pack(prompt_embeds=embeds, pooled=pooled, time_ids=time_ids)
 
     def model_output(self, x_t, t, cond):
         c = self.pack.unpack(cond, dtype=x_t.dtype)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import DiffdiscError
 from . import app, state
 from .options import (
     Dtype,
@@ -29,18 +30,31 @@ MetricsJson = json_flag("Print metrics as JSON only.")
 @app.command(epilog="Example: diffdisc classify --model fmnist-classcond --data imgs/ --strategy halving --out runs/x")
 def classify(
     model: Annotated[str, typer.Option(help="Shipped model name, diffusers directory or cached hub id.")],
-    data: Annotated[Path, typer.Option(help="ImageFolder (class subfolders) or a flat folder of images.")],
+    data: Annotated[Path | None, typer.Option(help="ImageFolder (class subfolders) or a flat folder of images (or --dataset).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="A standard benchmark by name (cifar10, cifar100, stl10, pets, flowers, food101, fgvc_aircraft, imagenet1k, imagenetv2, objectnet, ...) at --root, with clip_benchmark's class names and templates; also writes clip_benchmark's result JSON.")] = None,
+    root: Annotated[Path | None, typer.Option(help="--dataset: the folder holding it (nothing is downloaded).")] = None,
+    split: Annotated[str, typer.Option(help="--dataset: its split (test = ImageNet's val, as clip_benchmark).")] = "test",
+    template_set: Annotated[str | None, typer.Option(help="--dataset: clip_benchmark (its zero-shot templates, the default) | li (Li et al.'s one prompt per dataset).")] = None,
     classes: Annotated[str | None, typer.Option(help="Comma-separated class names, or @FILE (one per line; default: the data's or model's).")] = None,
     templates: Annotated[list[str] | None, typer.Option("--template", help="Prompt template(s) or set name (text models).")] = None,
     strategy: Annotated[str, typer.Option(help="exhaustive | halving | ttest")] = "exhaustive",
     timesteps: timesteps_option("Timesteps per candidate (exhaustive):", count_only=True, then="Default 20: 89.0 % at 200 U-Net calls/image (10 classes, shipped fmnist-classcond, docs/results.md).") = 20,
     timestep_schedule: Annotated[str, typer.Option(help="even (official grid) | stratified")] = "even",
+    timestep_weights: Annotated[Path | None, typer.Option(help="Learned timestep weights from `diffdisc timesteps fit` (fitted on training images): every strategy evaluates the informative t first and weights the errors; --timesteps N = the top N.")] = None,
+    tree: Annotated[str | None, typer.Option(help="Hierarchical search (HDC): auto (clusters of the candidates' conditions) | wordnet (ImageNet ids; needs nltk's WordNet) | FILE.json; scores the coarse nodes first and expands the best --beam per level.")] = None,
+    beam: Annotated[int, typer.Option(help="--tree: branches kept per level.")] = 1,
+    tree_branching: Annotated[int, typer.Option(help="--tree auto: children per node.")] = 4,
+    tree_top: Annotated[int | None, typer.Option(help="--tree auto: top-level clusters (default: --tree-branching).")] = None,
+    tree_prompt: Annotated[str | None, typer.Option(help="--tree: template for the coarse nodes' prompts, e.g. 'a photo of a {}.' (default: the mean of their leaves' conditions).")] = None,
     sigmas: Annotated[str, typer.Option(help="Flow models: where the timesteps fall on σ: scheduler (its own table, shift included) | uniform | logit_normal (SD3's training density).")] = "scheduler",
     stages: Annotated[str, typer.Option(help="Halving stages n_t:keep,... (last keep must be 1). Default: 0.5 points below exhaustive 20 t at 130 vs 200 calls/image (docs/results.md).")] = "10:3,20:1",
     min_scores: Annotated[int, typer.Option(help="t-test: scores before the first test.")] = 20,
     max_scores: Annotated[int, typer.Option(help="t-test: cap on scores per candidate.")] = 100,
     p_value: Annotated[float, typer.Option(help="t-test: drop a candidate below this p.")] = 2e-3,
     exit_z: Annotated[float, typer.Option(help="halving: stop an image after a stage when its leader beats the runner-up by this many standard errors (0 = off).")] = 0.0,
+    shortlist: Annotated[int | None, typer.Option(help="Cascade: a cheap scorer keeps each image's top K candidates; --strategy decides among them.")] = None,
+    shortlist_model: Annotated[str | None, typer.Option(help="The cheap scorer: self (this model at --shortlist-timesteps t; default), a contrastive (open_clip) model, another diffusion model, or a `features sweep` output dir (its fitted head).")] = None,
+    shortlist_timesteps: Annotated[int, typer.Option(help="Timesteps per candidate of a diffusion cheap scorer.")] = 2,
     loss: Annotated[str, typer.Option(help="l2 | l1 | huber")] = "l2",
     weighting: Annotated[str, typer.Option(help="uniform | clark | min_snr; flow models also velocity | sigma_sqrt | cosmap (uniform = the ε-equivalent (1-σ)²‖v̂-v‖²).")] = "uniform",
     batch_size: UnetBatchSize = 64,
@@ -79,23 +93,68 @@ def classify(
                         compile=compile, channels_last=channels_last, scorer=scorer)
     adaptive = AdaptiveConfig(strategy=strategy, n_timesteps=n_timesteps, timesteps=timestep_schedule, stages=parse_stages(stages),
                               min_scores=min_scores, max_scores=max_scores, p_value=p_value, exit_z=exit_z,
-                              sigmas=sigmas)  # fmt: skip
-    bb = load(model, process_device(rank, world_size, device, state["threads"]), lora, **model_options(no_t5, distilled_guidance, image_size))
-    out = out or Path("runs") / f"classify-{bb.info.label.replace('/', '_')}-{strategy}"
+                              sigmas=sigmas, timestep_weights=str(timestep_weights) if timestep_weights else None)  # fmt: skip
+    bench = None
+    if (data is None) == (dataset is None):
+        raise DiffdiscError("give exactly one of --data (a folder) and --dataset (a benchmark by name, with --root)")
+    if dataset is not None:
+        from ..data.benchmarks import open_benchmark
+
+        if root is None:
+            raise DiffdiscError(f"--dataset {dataset} needs --root, the folder that holds it (nothing is downloaded)")
+        data, names_, tpl = open_benchmark(dataset, root, split, templates=template_set)
+        names, templates, bench = names or names_, templates or list(tpl), data
+    if shortlist_model is not None and shortlist is None:
+        raise DiffdiscError("--shortlist-model needs --shortlist K (how many candidates it keeps per image)")
     config = ClassifyConfig(classes=names, templates=templates or None, score=score, adaptive=adaptive, labels_csv=labels,
                             on_error=on_error, chunk_images=chunk, limit=limit, limit_seed=limit_seed,
-                            temperature=temperature)  # fmt: skip
+                            temperature=temperature, shortlist=shortlist, shortlist_timesteps=shortlist_timesteps,
+                            tree=tree, beam=beam, tree_branching=tree_branching, tree_top=tree_top,
+                            tree_prompt=tree_prompt)  # fmt: skip
+    dev = process_device(rank, world_size, device, state["threads"])
+    bb = load(model, dev, lora, **model_options(no_t5, distilled_guidance, image_size))
+    cheap = _shortlist_model(shortlist_model, dev) if shortlist is not None else None
+    out = out or Path("runs") / f"classify-{bb.info.label.replace('/', '_')}-{strategy}"
     with classify_progress("classify", enabled=not (quiet or json_out)) as cb:
-        result = run(bb, data, config, out=out, progress=cb, rank=rank, world_size=world_size)
+        result = run(bb, data, config, out=out, progress=cb, rank=rank, world_size=world_size, shortlist_model=cheap)
     if not (out / "metrics.json").is_file():
         typer.echo(f"shard {rank}/{world_size} done; other shards still running: run `diffdisc merge {out}` when all finish")
         return
     metrics = json.loads((out / "metrics.json").read_text())
+    if bench is not None:  # a diffusion row beside CLIP rows in one clip_benchmark table
+        from ..results.clip_benchmark import write_clip_benchmark_json
+
+        write_clip_benchmark_json(out, bench.name, bb.info.label, metrics, classnames=list(names), templates=list(config.templates or ()),
+                                  extra={"unet_calls_per_image": metrics.get("unet_calls_per_image"),
+                                         "n_images": metrics.get("n_images")})  # fmt: skip
     for image_id, why in getattr(result, "skipped", []):
         typer.echo(f"skipped {image_id}: {why}", err=True)
     for note in getattr(result, "notes", []):
         typer.echo(f"note: {note}", err=True)
     print_metrics(metrics, out, json_out)
+
+
+def _shortlist_model(spec: str | None, device):
+    """--shortlist-model: None / "self" (the deciding model), a features sweep directory (its head), else a model."""
+    if spec is None or spec == "self":
+        return None
+    from ..scoring.cascade import FeatureHead
+
+    return FeatureHead.from_dir(spec) if FeatureHead.is_dir(spec) else load(spec, device)
+
+
+def shortlist_line(metrics: dict) -> str | None:
+    """One line on a cascade's cost: the cheap stage's U-Net calls (in the total) and contrastive forwards."""
+    if "shortlist_keep" not in metrics:
+        return None
+    by = metrics["shortlist_scorer"] + ("" if metrics["shortlist_scorer"] == "self" else f" ({metrics['shortlist_model']})")
+    line = (f"shortlist: top {metrics['shortlist_keep']} by {by}: "
+            f"{metrics['unet_calls_per_image']:.1f} U-Net calls/image = {metrics['shortlist_calls_per_image']:.1f} shortlist "
+            f"+ {metrics['decider_calls_per_image']:.1f} decider; "
+            f"{metrics['contrastive_forwards_per_image']:.1f} contrastive forwards/image")  # fmt: skip
+    if "shortlist_recall" in metrics:
+        line += f"; true class kept for {metrics['shortlist_recall']:.1%} of labelled images"
+    return line
 
 
 def print_metrics(metrics: dict, out: Path, as_json: bool) -> None:
@@ -128,6 +187,8 @@ def print_metrics(metrics: dict, out: Path, as_json: bool) -> None:
     if "temperature" in metrics:
         t.add_row("temperature", f"{metrics['temperature']:.4g}", metrics.get("temperature_source", ""))
     Console().print(t)
+    if line := shortlist_line(metrics):
+        typer.echo(line)
 
 
 @app.command(epilog="Example: diffdisc calibrate runs/val --apply-to runs/test  (fit T on a labelled run, use it on another)")

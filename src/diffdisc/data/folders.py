@@ -40,6 +40,12 @@ class ImageDataset:
     def __len__(self) -> int:
         return len(self.items)
 
+    def open(self, item: Item):
+        """The item's image (PIL); a benchmark held in memory (CIFAR, STL-10) overrides this."""
+        from .images import open_image
+
+        return open_image(item.path)
+
     def label_index(self, classes: list[str]) -> list[int | None]:
         """Labels as indices into `classes` (None where unlabelled); labels outside `classes` are an error."""
         lookup = {normalise_name(c): i for i, c in enumerate(classes)}

@@ -93,3 +93,39 @@ def export_shipped_test(out_dir: str | Path, per_class: int | None = None, seed:
 
         images = single_scenes(images, labels, seed=SCENE_COLOUR_SEED).images
     return export_imagefolder(images, labels, CLASS_NAMES, out_dir, ids=indices)
+
+
+def coloured_classes() -> list[str]:
+    """The 80 labels of the coloured single-item task, "{colour} {item}", item-major (item i, colour j at
+    i * 8 + j): the text model's prompts are "a {colour} {item}" (its "{a} {}" template)."""
+    from .fashion_mnist import CLASS_NAMES
+    from .scenes import COLOURS
+
+    return [f"{colour} {item}" for item in CLASS_NAMES for colour in COLOURS]
+
+
+def coloured_tree() -> dict:
+    """The natural two-level label tree of `coloured_classes`: the item first ("a sneaker"), then its colour."""
+    from .fashion_mnist import CLASS_NAMES
+    from .scenes import COLOURS
+
+    return {"name": "all", "children": [
+        {"name": item, "prompt": f"a {item}", "children": [f"{colour} {item}" for colour in COLOURS]}
+        for item in CLASS_NAMES
+    ]}  # fmt: skip
+
+
+def export_coloured_test(out_dir: str | Path, n: int | None = 200, seed: int = 0) -> Path:
+    """The large label space of the embedded world: real shipped Fashion-MNIST test items, each a one-item scene
+    in a seeded palette colour (the colours `export_shipped_test(scenes=True)` gives them), labelled among all
+    80 "{colour} {item}" classes; `n` images, a seeded subset stratified over the 80 (`stratified_subset`: a
+    larger n keeps a smaller n's images). ids = indices into the test split."""
+    from ..data.folders import stratified_subset
+    from .fashion_mnist import load_shipped_subset
+    from .scenes import COLOURS, single_scenes
+
+    images, labels, indices = load_shipped_subset("test")
+    scenes = single_scenes(images, labels, seed=SCENE_COLOUR_SEED)
+    y = np.array([int(s.items[0].class_id) * len(COLOURS) + COLOURS.index(s.items[0].colour) for s in scenes.scenes])
+    keep = sorted(stratified_subset(y.tolist(), n, seed))
+    return export_imagefolder(scenes.images[keep], y[keep], coloured_classes(), out_dir, ids=indices[keep])

@@ -61,7 +61,7 @@ def temperature(c: Classification) -> tuple[float | None, str]:
 def summarise(c: Classification, T: float | None) -> Summary:
     lab = c.labels >= 0
     n_lab = int(lab.sum())
-    calls = float(c.n_calls.sum(1).mean()) if len(c) else 0.0
+    calls = float(c.calls.mean()) if len(c) else 0.0  # every call: a tree's coarse nodes and a head shortlist too
     crossfit = (c.stored_metrics or {}).get("ece_temperature_scaled")
     if not n_lab or T is None:
         return Summary(len(c), n_lab, None, None, None, None, None, crossfit, T, "", calls)

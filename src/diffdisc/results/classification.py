@@ -158,6 +158,7 @@ class ClassificationResult(ShardedResult):
         T, source = self.temperature(temperature)
         out = {"n_images": len(self), "unet_calls_per_image": float(self.calls.mean()) if len(self) else 0.0,
                "temperature": T or 1.0, "temperature_source": source}  # fmt: skip
+        out.update(self.shortlist_metrics())
         lab = self.labels >= 0
         if lab.any():
             sc, y, rk = self.scores[lab], self.labels[lab], self.rankings[lab]
@@ -170,6 +171,29 @@ class ClassificationResult(ShardedResult):
             else:
                 out["ece_source"] = f"at T = {T:.4g} ({source})"
             out["n_labelled"] = int(lab.sum())
+        return out
+
+    @property
+    def shortlisted(self) -> bool:
+        """Whether a cheap scorer shortlisted each image's candidates (a cascade run, `--shortlist K`)."""
+        return bool(self.settings.get("shortlist")) and len(self) > 0
+
+    def shortlist_metrics(self) -> dict:
+        """A cascade's cost and loss: the cheap stage's U-Net calls and other (contrastive) forwards per image,
+        both included in `unet_calls_per_image` where they are U-Net calls, and `shortlist_recall`, the share
+        of labelled images whose true class the cheap stage kept (the rest count as errors in the accuracy)."""
+        if not self.shortlisted:
+            return {}
+        sl = self.settings["shortlist"]
+        cheap = np.array([int(r.get("shortlist_calls", 0)) for r in self.records], dtype=np.float64)
+        fwd = np.array([int(r.get("contrastive_forwards", 0)) for r in self.records], dtype=np.float64)
+        out = {"shortlist_keep": sl.get("keep"), "shortlist_scorer": sl.get("scorer"),
+               "shortlist_model": (sl.get("model") or {}).get("name"), "shortlist_calls_per_image": float(cheap.mean()),
+               "decider_calls_per_image": float(self.calls.mean() - cheap.mean()),
+               "contrastive_forwards_per_image": float(fwd.mean())}  # fmt: skip
+        lab = [r for r in self.records if r.get("label") is not None and isinstance(r.get("shortlist"), list)]
+        if lab:
+            out["shortlist_recall"] = float(np.mean([int(r["label"]) in r["shortlist"] for r in lab]))
         return out
 
     def rows(self) -> Iterator[dict]:

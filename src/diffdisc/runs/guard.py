@@ -15,7 +15,8 @@ from ..errors import DiffdiscError
 # The keys a user changes on purpose, named first when a resume is refused (then the rest, alphabetically).
 MEANINGFUL_KEYS = ("model.name", "model.fingerprint", "data", "labels", "adaptive.strategy", "adaptive.n_timesteps",
                    "adaptive.stages", "score.scorer", "score.loss", "score.weighting", "score.seed", "score.dtype",
-                   "classes", "prompts", "temperature", "model", "fingerprint", "recipe", "seed")  # fmt: skip
+                   "classes", "prompts", "shortlist.keep", "shortlist.model.fingerprint", "tree", "timestep_weights",
+                   "benchmark", "temperature", "model", "fingerprint", "recipe", "seed")  # fmt: skip
 
 
 def setting_diffs(a, b, runtime_keys: Collection[str] = (), prefix: str = "") -> list[tuple[str, object, object]]:

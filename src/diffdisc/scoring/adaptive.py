@@ -12,9 +12,11 @@ import numpy as np
 import torch
 from scipy import stats
 
+from ..errors import DiffdiscError
 from .config import AdaptiveConfig
 from .engine import ScoringEngine, Work, derive_seed
 from .schedule import check_sigma_grid, dc_grid, sigma_rows, stage_subset, stratified
+from .timestep_weights import TimestepWeights, ordered_grid, weighted_mean
 
 
 @dataclass
@@ -27,6 +29,7 @@ class ImageScores:
     errors: dict[int, dict[int, float]] = field(default_factory=dict)  # candidate -> t -> error
     level: list[int] = field(default_factory=list)
     n_calls: list[int] = field(default_factory=list)
+    weights: TimestepWeights | None = field(default=None, repr=False, compare=False)  # learned t weights, if any
 
     def __post_init__(self):
         self.level = self.level or [0] * self.n_candidates
@@ -43,9 +46,8 @@ class ImageScores:
         return sum(self.n_calls)
 
     def mean(self, c: int, ts: list[int] | None = None) -> float:
-        row = self.errors.get(c, {})
-        vals = [row[t] for t in (ts if ts is not None else row) if t in row]
-        return float(np.mean(vals)) if vals else float("inf")
+        """Mean error over `ts` (default: its own timesteps), weighted by the learned weights if any."""
+        return weighted_mean(self.errors.get(c, {}), ts, self.weights)
 
     @property
     def means(self) -> list[float]:
@@ -60,7 +62,7 @@ class ImageScores:
     @property
     def scores(self) -> list[float]:
         """One comparable score per candidate, ordered as the strategy's ranking (see `ranked_scores`)."""
-        return ranked_scores(self.errors, self.ranking())
+        return ranked_scores(self.errors, self.ranking(), self.weights)
 
     @property
     def prediction(self) -> int:
@@ -71,18 +73,20 @@ class ImageScores:
         return [[self.errors.get(c, {}).get(t) for t in self.timesteps] for c in range(self.n_candidates)]
 
 
-def ranked_scores(errors: dict[int, dict[int, float]], ranking: list[int]) -> list[float]:
+def ranked_scores(errors: dict[int, dict[int, float]], ranking: list[int],
+                  weights: TimestepWeights | None = None) -> list[float]:  # fmt: skip
     """Scores that agree with the strategy's ranking, so probabilities and top-k follow its decision.
 
     Adaptive strategies score pruned candidates on fewer timesteps, and errors grow with t, so raw means
     over different timestep sets are not comparable. Each candidate is instead compared with the leader on
     the timesteps both were scored at: score(c) = mean(leader) + mean_t∈shared(e_c(t) − e_leader(t)) (the
-    leader's own mean for the leader; the plain mean error for exhaustive runs, where all share every t).
+    leader's own mean for the leader; the plain mean error for exhaustive runs, where all share every t; with
+    learned timestep weights every mean is their weighted mean).
     A running maximum along the ranking then keeps a pruned candidate from scoring better than one that
     outlived it. Candidates never scored get inf.
     """
     lead = errors.get(ranking[0], {})
-    base = float(np.mean(list(lead.values()))) if lead else float("inf")
+    base = weighted_mean(lead, None, weights)
     out, floor = {}, -float("inf")
     for c in ranking:
         row = errors.get(c, {})
@@ -90,7 +94,7 @@ def ranked_scores(errors: dict[int, dict[int, float]], ranking: list[int]) -> li
         if c == ranking[0]:
             s = base
         elif shared:
-            s = base + float(np.mean([row[t] - lead[t] for t in shared]))
+            s = base + weighted_mean({t: row[t] - lead[t] for t in shared}, None, weights)
         else:
             s = float("inf")
         floor = max(floor, s)
@@ -110,6 +114,7 @@ def evaluate(
     cfg: AdaptiveConfig,
     groups: list[list[int]] | None = None,
     candidates: list[list[int]] | None = None,
+    weights: TimestepWeights | None = None,
 ) -> list[ImageScores]:
     """Score a chunk of images (x0 [N, ...], one key each) against candidates.
 
@@ -117,16 +122,22 @@ def evaluate(
     prompt templates of one class): its error at (image, t) is their mean, under the same noise (how a
     scorer combines them is its own: `engine.candidates`). `candidates[i]`, when given, are the only
     candidates image i competes with (a cascade's shortlist); the rest are never scored. A scorer without
-    timesteps (contrastive) scores each candidate once, at 'timestep' 0, whatever the strategy.
+    timesteps (contrastive) scores each candidate once, at 'timestep' 0, whatever the strategy. `weights` (`diffdisc timesteps fit`, checked against the engine's model and
+    score): every strategy evaluates the most informative timesteps first (exhaustive N = the top N; halving's
+    stage n = the top n; the t-test takes them in that order) and averages errors with the learned weights.
     """
     groups = groups or [[p] for p in range(conds.shape[0])]
-    results = [ImageScores(k, len(groups)) for k in keys]
+    results = [ImageScores(k, len(groups), weights=weights) for k in keys]
     conds, groups = engine.candidates(conds, groups)
     strategy = {"exhaustive": _exhaustive, "halving": _halving, "ttest": _ttest}[cfg.strategy]
     strategy = strategy if engine.needs_timesteps else _once
     if engine.needs_timesteps:
         check_sigma_grid(engine.backbone, cfg.sigmas)
-    strategy(_Ctx(engine, x0, keys, conds, groups, candidates), cfg, results)
+        if weights is not None:
+            if cfg.timesteps == "stratified":
+                raise DiffdiscError("learned timestep weights fix the timesteps: they do not combine with stratified ones")
+            weights.check(engine.backbone, engine.config, cfg.sigmas)
+    strategy(_Ctx(engine, x0, keys, conds, groups, candidates, weights), cfg, results)
     return results
 
 
@@ -138,6 +149,7 @@ class _Ctx:
     conds: torch.Tensor
     groups: list[list[int]]
     allowed: list[list[int]] | None = None
+    weights: TimestepWeights | None = None
 
     @property
     def M(self) -> int:
@@ -172,6 +184,8 @@ class _Ctx:
 
 
 def _timesteps_for(ctx: _Ctx, key: str, cfg: AdaptiveConfig, n: int) -> list[int]:
+    if ctx.weights is not None:  # already placed on σ when they were fitted
+        return ordered_grid(ctx.weights, n)
     if cfg.timesteps == "stratified":
         return ctx.place(stratified(ctx.T, n, image_generator(ctx.engine.config.seed, key, "timesteps")), cfg)
     return ctx.place(dc_grid(ctx.T, n), cfg)
@@ -196,7 +210,8 @@ def _halving(ctx: _Ctx, cfg, results):
     for level, (n, keep) in enumerate(cfg.stages, start=1):
         plan = []
         for i, r in enumerate(results):
-            new = [t for t in stage_subset(grids[i], n) if t not in r.timesteps]
+            stage = ordered_grid(ctx.weights, n) if ctx.weights is not None else stage_subset(grids[i], n)
+            new = [t for t in stage if t not in r.timesteps]
             plan += [(i, c, t) for c in alive[i] for t in new]
         ctx.run(plan, results)
         for i, r in enumerate(results):
@@ -215,6 +230,8 @@ def _decisive(r: ImageScores, ranked: list[int], z: float) -> bool:
     if len(shared) < 3:
         return False
     d = np.array([b[t] - a[t] for t in shared])
+    if r.weights is not None:
+        d = d * r.weights.factors(shared)
     se = d.std(ddof=1) / np.sqrt(len(d))
     return bool(d.mean() > z * se) if se > 0 else bool(d.mean() > 0)
 
@@ -222,8 +239,11 @@ def _decisive(r: ImageScores, ranked: list[int], z: float) -> bool:
 def _ttest(ctx: _Ctx, cfg, results):
     """Clark & Jaini Alg. 1 with shared (t, ε) samples; timesteps drawn without replacement per image."""
     seed = ctx.engine.config.seed
-    order = [ctx.place(torch.randperm(ctx.T, generator=image_generator(seed, k, "ttest"))[: cfg.max_scores].tolist(), cfg)
-             for k in ctx.keys]  # fmt: skip
+    if ctx.weights is not None:
+        order = [ordered_grid(ctx.weights, min(cfg.max_scores, len(ctx.weights.order)))] * len(ctx.keys)
+    else:
+        order = [ctx.place(torch.randperm(ctx.T, generator=image_generator(seed, k, "ttest"))[: cfg.max_scores].tolist(), cfg)
+                 for k in ctx.keys]  # fmt: skip
     alive = [ctx.alive(i) for i in range(len(ctx.keys))]
     n_done = 0
     while n_done < cfg.max_scores:
@@ -237,6 +257,8 @@ def _ttest(ctx: _Ctx, cfg, results):
         for i in active:
             r, ts = results[i], order[i][:n_done]
             e = np.array([[r.errors[c][t] for t in ts] for c in alive[i]])
+            if ctx.weights is not None:
+                e = e * ctx.weights.factors(ts)
             best = int(np.argmin(e.mean(1)))
             keep = [c for j, c in enumerate(alive[i]) if j == best or paired_p(e[j], e[best]) >= cfg.p_value]
             for c in keep:

@@ -72,6 +72,8 @@ class AdaptiveConfig(ConfigMixin):
     `max_scores`.
     sigmas (flow models): where the grid's t fall on σ: `scheduler` (rows of the scheduler's own σ table,
     its shift included), `uniform` (evenly spaced σ) or `logit_normal` (quantiles of SD3's training density).
+    timestep_weights: learned from labelled training images (`diffdisc timesteps fit`): every strategy
+    evaluates the most informative t first and averages errors with the learned weights (`adaptive.evaluate`).
     exit_z (halving, ours): after any stage, an image whose leader beats the runner-up by more than `exit_z`
     standard errors of their paired differences stops there (0 = off): easy images skip the later stages.
 
@@ -84,7 +86,7 @@ class AdaptiveConfig(ConfigMixin):
     """
 
     ignore_unknown = True  # run.json files written before a key was dropped still load
-    added = ("sigmas",)
+    added = ("sigmas", "timestep_weights")
 
     strategy: str = "exhaustive"
     n_timesteps: int = 20
@@ -95,10 +97,13 @@ class AdaptiveConfig(ConfigMixin):
     p_value: float = 2e-3
     exit_z: float = 0.0
     sigmas: str = "scheduler"
+    timestep_weights: str | None = None  # a `diffdisc timesteps fit` file; the run guards its content hash
 
     def __post_init__(self):
         check_choice("strategy", self.strategy, STRATEGIES)
         check_choice("sigmas", self.sigmas, SIGMA_GRIDS)
+        if self.timestep_weights and self.timesteps == "stratified":
+            raise DiffdiscError("learned timestep weights fix the timesteps: they do not combine with stratified ones")
         check_choice("timesteps", self.timesteps, ("even", "stratified"))
         object.__setattr__(self, "stages", tuple((int(n), int(k)) for n, k in self.stages))
         if self.n_timesteps < 1:
