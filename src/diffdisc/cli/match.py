@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import DiffdiscError
 from ..scoring.scorers import is_contrastive
 from . import app
 from .options import (
@@ -29,10 +30,13 @@ def _fmt(m: dict) -> str:
     return f"{m['mean']:.1%} [{m['ci95'][0]:.1%}, {m['ci95'][1]:.1%}]"
 
 
-@app.command(epilog="Example: diffdisc match --model fmnist-scenes-text --groups groups.jsonl --out runs/match")
+@app.command(epilog="Example: diffdisc match --model fmnist-scenes-text --groups groups.jsonl --out runs/match\n\n"
+                     "diffdisc match --model MODEL_DIR --dataset winoground --root ~/data/winoground --out runs/wino")
 def match(
     model: Annotated[str, typer.Option(help="Shipped name or model directory (diffusion or open_clip).")],
-    groups: Annotated[Path, typer.Option(help="groups.jsonl / .csv (images + captions), or a Winoground dir.")],
+    groups: Annotated[Path | None, typer.Option(help="groups.jsonl / .csv (images + captions), or a Winoground dir (or --dataset).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="A matching benchmark by name at --root: winoground (as Hugging Face ships it) | sugar_crepe/<task> (add_att, swap_obj, ...; as clip_benchmark reads it); also writes clip_benchmark's result JSON.")] = None,
+    root: Annotated[Path | None, typer.Option(help="--dataset: the folder holding it (nothing is downloaded).")] = None,
     out: Annotated[Path, typer.Option(help="Run directory (resumable).")] = Path("runs/match"),
     timesteps: timesteps_option("Timesteps per pair:", count_only=True) = 20,
     batch_size: UnetBatchSize = 64,
@@ -47,8 +51,7 @@ def match(
     json_out: json_flag("Print metrics as JSON.") = False,
     quiet: quiet_flag("No progress bar.") = False,
 ):
-    """Score every (image, caption) pair of each group: Winoground text/image/group scores, R@1/R@5."""
-    from ..data.groups import load_groups
+    """Score every (image, caption) pair of each group: Winoground text/image/group scores (per tag too), R@1/R@5."""
     from ..progress import classify_progress
     from ..scoring.config import ScoreConfig
     from ..scoring.schedule import timestep_count
@@ -56,19 +59,51 @@ def match(
     from ..tasks.match import match as run
 
     n_timesteps = timestep_count(timesteps, "match")
-    gs = load_groups(groups)
+    gs, bench = _groups(groups, dataset, root)
     bb = load(model, device, lora, **model_options(no_t5, distilled_guidance, image_size))
     score = ScoreConfig(batch_size=batch_size, dtype=dtype, seed=seed, scorer=scorer)
     with classify_progress("match", enabled=not (json_out or quiet)) as cb:
-        run(bb, gs, MatchConfig(n_timesteps=n_timesteps), score=score, out=out, progress=cb)
+        recs = run(bb, gs, MatchConfig(n_timesteps=n_timesteps), score=score, out=out, progress=cb, benchmark=bench)
     m = json.loads((out / "metrics.json").read_text())
+    cb_file = None
+    if bench is not None:  # a diffusion row beside CLIP rows in one clip_benchmark table
+        from ..results.clip_benchmark import write_clip_benchmark_json
+
+        calls = [r.get("calls", 0) for r in recs]
+        cb_file = write_clip_benchmark_json(out, bench["name"], bb.info.label, m,
+                                            extra={"unet_calls_per_group": sum(calls) / len(calls), "n_groups": m["n_groups"]})  # fmt: skip
     if json_out:
         typer.echo(json.dumps(m, indent=2))
         return
     for k, v in m.items():
         if isinstance(v, dict) and "mean" in v:
             typer.echo(f"{k:10s} {_fmt(v)}")
+    for tag, t in m.get("by_tag", {}).items():
+        scores = "  ".join(f"{k} {_fmt(t[k])}" for k in ("text", "image", "group") if k in t)
+        typer.echo(f"{tag:10s} n={t['n_groups']:<5d} {scores}")
+    if cb_file is not None:
+        typer.echo(f"clip_benchmark: {cb_file}")
     typer.echo(f"results: {out}")
+
+
+def _groups(groups: Path | None, dataset: str | None, root: Path | None):
+    """--groups or --dataset (with --root) -> (groups, the benchmark the run's settings record: None for --groups)."""
+    from ..data.groups import load_groups
+    from ..data.winoground import MATCH_BENCHMARKS, open_match_benchmark
+
+    if (groups is None) == (dataset is None):
+        raise DiffdiscError("give exactly one of --groups (a groups file or folder) and --dataset (a benchmark by name, with --root)")
+    if groups is not None:
+        if root is not None:
+            raise DiffdiscError("--root goes with --dataset (the folder holding the benchmark); --groups is a path itself")
+        return load_groups(groups), None
+    name = dataset.strip().lower()
+    if name not in MATCH_BENCHMARKS:
+        raise DiffdiscError(f"unknown matching benchmark {dataset!r}; known: {', '.join(MATCH_BENCHMARKS)}")
+    if root is None:
+        raise DiffdiscError(f"--dataset {dataset} needs --root, the folder that holds it (nothing is downloaded)")
+    gs = open_match_benchmark(name, root)  # a missing root or a wrong layout: the reader says what goes there
+    return gs, {"name": name, "root": str(root.expanduser().resolve())}
 
 
 @app.command(epilog="Example: diffdisc probe binding spatial --model fmnist-scenes-text --model fmnist-scenes-clip")

@@ -1,4 +1,4 @@
-"""Image-caption groups for matching: our JSONL/CSV layout and Winoground's own.
+"""Image-caption groups for matching: our JSONL/CSV layout, and Winoground's through `data.winoground`.
 
 A group holds images and captions where image i matches caption i (a Winoground example is a 2x2 group;
 a retrieval set is one N x N group). Images are paths or uint8 arrays (generated probes never touch disk).
@@ -35,15 +35,20 @@ def _abs(root: Path, p: str) -> Path:
 
 def load_groups(path: str | Path) -> list[Group]:
     """JSONL rows {"id", "images": [...], "captions": [...]}, a CSV with image_0.. / caption_0.. columns,
-    or a Winoground directory (examples.jsonl + images/<name>.png)."""
+    or a Winoground folder as Hugging Face ships it (data/examples.jsonl + data/images.zip or images/; the
+    data/ folder itself too), read by `open_winoground`."""
     path = Path(path)
     if path.is_dir():
-        if (path / "examples.jsonl").is_file():
-            return _winoground(path)
+        if any((d / "examples.jsonl").is_file() for d in (path, path / "data")):
+            from .winoground import open_winoground  # it imports Group from here
+
+            groups = open_winoground(path)
+            _check_unique(groups, path)
+            return groups
         cand = [path / "groups.jsonl", path / "groups.csv"]
         path = next((c for c in cand if c.is_file()), None)
         if path is None:
-            raise DiffdiscError(f"{cand[0].parent}: no groups.jsonl, groups.csv or examples.jsonl (Winoground)")
+            raise DiffdiscError(f"{cand[0].parent}: no groups.jsonl, groups.csv or Winoground's data/examples.jsonl")
     if not path.is_file():
         raise DiffdiscError(f"groups file not found: {path}")
     root = path.parent
@@ -65,24 +70,6 @@ def load_groups(path: str | Path) -> list[Group]:
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise DiffdiscError(f"{path}:{n}: need a JSON object with 'images' and 'captions' ({e})") from None
     _check_unique(groups, path)
-    return groups
-
-
-def _winoground(root: Path) -> list[Group]:
-    """Winoground's layout (facebook/winoground): examples.jsonl rows with image_0/1 names, caption_0/1."""
-    groups = []
-    for line in (root / "examples.jsonl").read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            imgs = []
-            for k in ("image_0", "image_1"):
-                p = next((root / "images" / f"{r[k]}{ext}" for ext in (".png", ".jpg", "") if (root / "images" / f"{r[k]}{ext}").is_file()), None)
-                if p is None:
-                    raise DiffdiscError(f"Winoground image {r[k]!r} not found in {root / 'images'}")
-                imgs.append(p)
-            tags = tuple(str(r[k]) for k in ("tag", "collapsed_tag") if k in r)
-            groups.append(Group(str(r["id"]), tuple(imgs), (r["caption_0"], r["caption_1"]), tags))
-    _check_unique(groups, root)
     return groups
 
 

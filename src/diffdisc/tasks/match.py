@@ -22,6 +22,7 @@ import torch
 from ..config import ConfigMixin
 from ..data.groups import Group
 from ..data.images import array_to_tensor, open_image, to_tensor
+from ..data.winoground import tag_breakdown
 from ..errors import DiffdiscError
 from ..runs.io import atomic_write_text
 from ..runs.store import RunStore, read_records
@@ -105,10 +106,14 @@ def match(
     score: ScoreConfig | None = None,
     out: str | Path | None = None,
     progress: Callable[[dict], None] | None = None,
+    benchmark: dict | None = None,
     **overrides,
 ) -> list[dict]:
     """Score every group (resuming from `out`); returns records {id, scores, tags, calls} in group order.
 
+    `benchmark` ({"name", "root"} of a benchmark read by name) goes into the run's settings, so a resume with
+    another benchmark is refused even where group ids repeat. Groups tagged Object / Relation / Both
+    (Winoground) add their per-tag scores to metrics.json as "by_tag".
     `overrides` (n_timesteps=, chunk_groups=) replace fields of `config`: the keyword calls made before
     `MatchConfig` existed still work."""
     cfg = replace(config or MatchConfig(), **overrides)
@@ -123,6 +128,8 @@ def match(
     settings = {"task": "match", "model": {"name": backbone.info.name, "fingerprint": backbone.info.fingerprint,
                                   "label": backbone.info.label},
                 "groups": [g.id for g in groups], "score": score.to_dict(), "timesteps": ts}  # fmt: skip
+    if benchmark:  # only then: a run without one has the settings it always had
+        settings["benchmark"] = benchmark
     store = RunStore(out, "match", settings)
     done = store.done()
     todo = [g for g in groups if g.id not in done]
@@ -148,5 +155,8 @@ def match(
     by_id = {r["image_id"]: r for r in read_records(out / "shards")}
     records = [by_id[g.id] for g in groups]
     metrics = match_metrics([np.array(r["scores"]) for r in records])
+    by_tag = {k: v for k, v in tag_breakdown(records).items() if k != "all"}  # "all" is `metrics` itself
+    if by_tag:
+        metrics["by_tag"] = by_tag
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return records
