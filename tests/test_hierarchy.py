@@ -11,7 +11,8 @@ from diffdisc.errors import DiffdiscError
 from diffdisc.scoring.adaptive import evaluate
 from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig
 from diffdisc.scoring.engine import ScoringEngine
-from diffdisc.scoring.hierarchy import LabelTree, TreeStage, condition_features, load_tree, tree_search
+from diffdisc.scoring.hierarchy import TreeStage, tree_search
+from diffdisc.scoring.label_tree import LabelTree, condition_features, load_tree
 from test_scoring import TemplateBackbone
 
 NAMES = ["a0", "a1", "b0", "b1", "c0", "c1"]  # three clusters of two

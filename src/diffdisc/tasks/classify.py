@@ -53,7 +53,7 @@ class ClassifyConfig(ConfigMixin):
     images) and the softmax `temperature` of the metrics. `shortlist` (K): a cheap scorer (`classify`'s
     `shortlist_model`) keeps each image's top K candidates for the strategy to decide among; a diffusion cheap
     scorer scores every candidate at `shortlist_timesteps` evenly spaced t. `tree` (HDC: `auto`, `wordnet` or a
-    JSON file, `scoring.hierarchy.load_tree`): score the label tree's coarse nodes first and expand the best
+    JSON file, `scoring.label_tree.load_tree`): score the label tree's coarse nodes first and expand the best
     `beam` per level (auto trees: `tree_branching` children, `tree_top` top-level clusters; `tree_prompt`: a
     template for the coarse nodes' prompts, else the mean of their leaves' conditions).
 
@@ -236,7 +236,7 @@ def _tree(backbone: Backbone, cand: Candidates, cfg: ClassifyConfig):
     """The run's label tree (None: flat), built once per run (an auto tree from the candidates' conditions)."""
     if not cfg.tree:
         return None
-    from ..scoring.hierarchy import load_tree
+    from ..scoring.label_tree import load_tree
 
     conds = backbone.conditions(cand.keys)
     tree = load_tree(cfg.tree, cand.classes, backbone, conds, cand.groups, branching=cfg.tree_branching, top=cfg.tree_top)
