@@ -168,3 +168,16 @@ def test_flow_objective_is_the_sd3_training_example():
     torch.testing.assert_close(x_t, (1 - sigma) * x0 + sigma * noise)
     torch.testing.assert_close(timestep, sched.timesteps[idx])
     torch.testing.assert_close(target, noise - x0)
+
+
+def test_the_command_line_default_weighting_is_cosmap_for_flow_models(monkeypatch, capsys, flow_dir, classcond_dir,
+                                                                         tmp_path):  # fmt: skip
+    from conftest import make_noise_folder, run_main
+
+    data = make_noise_folder(tmp_path / "d", per_class=1, size=16)
+    for model, want in ((flow_dir, "cosmap"), (classcond_dir, "uniform")):
+        out = tmp_path / want
+        code, _, err = run_main(monkeypatch, capsys, "classify", "--model", model, "--data", data, "--timesteps", "2",
+                                "--out", out, "--quiet")  # fmt: skip
+        assert code == 0, err
+        assert json.loads((out / "run.json").read_text())["score"]["weighting"] == want

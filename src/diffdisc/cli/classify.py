@@ -56,7 +56,7 @@ def classify(
     shortlist_model: Annotated[str | None, typer.Option(help="The cheap scorer: self (this model at --shortlist-timesteps t; default), a contrastive (open_clip) model, another diffusion model, or a `features sweep` output dir (its fitted head).")] = None,
     shortlist_timesteps: Annotated[int, typer.Option(help="Timesteps per candidate of a diffusion cheap scorer.")] = 2,
     loss: Annotated[str, typer.Option(help="l2 | l1 | huber")] = "l2",
-    weighting: Annotated[str, typer.Option(help="uniform | clark | min_snr; flow models also velocity | sigma_sqrt | cosmap (uniform = the ε-equivalent (1-σ)²‖v̂-v‖²).")] = "uniform",
+    weighting: Annotated[str | None, typer.Option(help="uniform | clark | min_snr; flow models also velocity | sigma_sqrt | cosmap (uniform = the ε-equivalent (1-σ)²‖v̂-v‖²). Default: uniform; cosmap for flow models (measured, docs/results.md).")] = None,
     batch_size: UnetBatchSize = 64,
     dtype: Dtype = "fp32",
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the denoiser (GPU: worth it).")] = False,
@@ -83,14 +83,12 @@ def classify(
     """Zero-shot classify images with a diffusion model (Li et al. / Clark & Jaini)."""
     from ..progress import classify_progress
     from ..runtime import process_device
-    from ..scoring.config import AdaptiveConfig, ScoreConfig, parse_stages
+    from ..scoring.config import AdaptiveConfig, ScoreConfig, default_weighting, parse_stages
     from ..scoring.schedule import timestep_count
     from ..tasks.classify import ClassifyConfig
     from ..tasks.classify import classify as run
 
     names, n_timesteps = parse_classes(classes), timestep_count(timesteps, "classify")
-    score = ScoreConfig(loss=loss, weighting=weighting, batch_size=batch_size, dtype=dtype, seed=seed,
-                        compile=compile, channels_last=channels_last, scorer=scorer)
     adaptive = AdaptiveConfig(strategy=strategy, n_timesteps=n_timesteps, timesteps=timestep_schedule, stages=parse_stages(stages),
                               min_scores=min_scores, max_scores=max_scores, p_value=p_value, exit_z=exit_z,
                               sigmas=sigmas, timestep_weights=str(timestep_weights) if timestep_weights else None)  # fmt: skip
@@ -106,13 +104,15 @@ def classify(
         names, templates, bench = names or names_, templates or list(tpl), data
     if shortlist_model is not None and shortlist is None:
         raise DiffdiscError("--shortlist-model needs --shortlist K (how many candidates it keeps per image)")
+    dev = process_device(rank, world_size, device, state["threads"])
+    bb = load(model, dev, lora, **model_options(no_t5, distilled_guidance, image_size))
+    score = ScoreConfig(loss=loss, weighting=weighting or default_weighting(bb), batch_size=batch_size, dtype=dtype,
+                        seed=seed, compile=compile, channels_last=channels_last, scorer=scorer)  # fmt: skip
     config = ClassifyConfig(classes=names, templates=templates or None, score=score, adaptive=adaptive, labels_csv=labels,
                             on_error=on_error, chunk_images=chunk, limit=limit, limit_seed=limit_seed,
                             temperature=temperature, shortlist=shortlist, shortlist_timesteps=shortlist_timesteps,
                             tree=tree, beam=beam, tree_branching=tree_branching, tree_top=tree_top,
                             tree_prompt=tree_prompt)  # fmt: skip
-    dev = process_device(rank, world_size, device, state["threads"])
-    bb = load(model, dev, lora, **model_options(no_t5, distilled_guidance, image_size))
     cheap = _shortlist_model(shortlist_model, dev) if shortlist is not None else None
     out = out or Path("runs") / f"classify-{bb.info.label.replace('/', '_')}-{strategy}"
     with classify_progress("classify", enabled=not (quiet or json_out)) as cb:

@@ -38,7 +38,7 @@ def timesteps_fit(
     labels: Annotated[Path | None, typer.Option(help="CSV image,label for a flat folder.")] = None,
     folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds over the calibration images (chooses the L2 penalty, measures the gain).")] = 3,
     loss: Annotated[str, typer.Option(help="l2 | l1 | huber (as classify will use).")] = "l2",
-    weighting: Annotated[str, typer.Option(help="As classify will use: uniform | clark | min_snr | velocity | sigma_sqrt | cosmap.")] = "uniform",
+    weighting: Annotated[str | None, typer.Option(help="As classify will use: uniform | clark | min_snr | velocity | sigma_sqrt | cosmap. Default: uniform; cosmap for flow models (measured, docs/results.md).")] = None,
     scorer: Annotated[str, typer.Option(help="denoise | attention (as classify will use)")] = "denoise",
     sigmas: Annotated[str, typer.Option(help="Flow models: scheduler | uniform | logit_normal (as classify will use).")] = "scheduler",
     batch_size: UnetBatchSize = 64,
@@ -60,7 +60,7 @@ def timesteps_fit(
     accuracy of the fitted weighting beside the even grid's at each budget of timesteps."""
     from ..backbones.registry import resolve_model_dir
     from ..progress import classify_progress
-    from ..scoring.config import ScoreConfig
+    from ..scoring.config import ScoreConfig, default_weighting
     from ..scoring.timestep_weights import FILENAME
     from ..tasks.timestep_fit import TimestepFitConfig, fit_timesteps
 
@@ -69,11 +69,12 @@ def timesteps_fit(
     if target.resolve().is_relative_to(root):
         raise DiffdiscError(f"--out {out} is inside the model directory {root}: a file there changes the model's "
                             "fingerprint (its runs and these weights would no longer match it); write it elsewhere")  # fmt: skip
-    score = ScoreConfig(loss=loss, weighting=weighting, batch_size=batch_size, dtype=dtype, seed=seed, scorer=scorer)
+    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
+    score = ScoreConfig(loss=loss, weighting=weighting or default_weighting(bb), batch_size=batch_size, dtype=dtype,
+                        seed=seed, scorer=scorer)  # fmt: skip
     cfg = TimestepFitConfig(grid=grid, max_images=max_images, seed=seed, folds=folds, score=score, sigmas=sigmas,
                             classes=parse_classes(classes), templates=templates or None, labels_csv=labels,
                             chunk_images=chunk)  # fmt: skip
-    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
     run = run or target.parent / f"{target.stem}-calibration-grid{grid}"
     with classify_progress("calibration", enabled=not (quiet or json_out)) as cb:
         weights = fit_timesteps(bb, data, cfg, out=target, run_dir=run, progress=cb)
