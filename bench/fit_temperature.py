@@ -4,7 +4,7 @@
 
 Images: a seeded stratified subset of the shipped 1,000 training images (scenes for text and contrastive
 models, as their test inputs). They were seen in training, but they are never test images, so the
-temperature is chosen without looking at the test set. Scores: the default scorer (l2, uniform), exhaustive
+temperature is chosen without looking at the test set. Scores: the default scorer (l2, uniform; cosmap for flow models), exhaustive
 over `--timesteps` evenly spaced t. `--write` stores {value, fitted_on, n} under the score kind's key in the
 model's diffdisc.json, where `classify` finds it (`temperature_source` in metrics.json names it).
 """
@@ -22,7 +22,7 @@ from diffdisc.backbones.registry import create_backbone, shipped_models_dir
 from diffdisc.datasets.export import export_shipped_test
 from diffdisc.runs.io import atomic_write_text
 from diffdisc.scoring.calibrate import fit_temperature, temperature_key
-from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig
+from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig, default_weighting
 from diffdisc.tasks.classify import ClassifyConfig, classify
 
 
@@ -39,7 +39,7 @@ def main() -> None:
     scenes = contrastive or bb.info.conditioning == "text"
     out = Path(args.out) / args.model
     data = export_shipped_test(out / "data", args.per_class, seed=0, scenes=scenes, split="train")
-    score = ScoreConfig()
+    score = ScoreConfig(weighting=default_weighting(bb))  # what `classify` scores this model with by default
     res = classify(bb, data, ClassifyConfig(score=score, adaptive=AdaptiveConfig(n_timesteps=args.timesteps)), out=out / "run")
     T = fit_temperature(res.scores, res.labels)
     what = "contrastive scores" if contrastive else f"exhaustive {args.timesteps} t"

@@ -107,8 +107,10 @@ def test_shipped_models_carry_a_fitted_temperature():
     from diffdisc.backbones.registry import list_backbones, shipped_models_dir
 
     for name in list_backbones():
-        t = read_metadata(shipped_models_dir() / name).get("temperature") or {}
-        key = "contrastive" if "clip" in name else "denoise l2 uniform"
+        meta = read_metadata(shipped_models_dir() / name)
+        t = meta.get("temperature") or {}
+        flow = (meta.get("config") or {}).get("objective") == "flow"  # scored with cosmap by default
+        key = "contrastive" if "clip" in name else "denoise l2 cosmap" if flow else "denoise l2 uniform"
         assert t.get(key, {}).get("value", 0) > 0, name
         assert "train" in t[key]["fitted_on"], name
 
