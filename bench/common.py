@@ -72,43 +72,14 @@ class MemoEngine(ScoringEngine):
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
         self.memo: dict[tuple[str, int, int], float] = {}
+        self.forwards = 0  # U-Net calls actually made
+
+    def _cond_keys(self, conds: torch.Tensor, rows: list[int]) -> dict[int, int]:
+        """The memo's key of each condition row: the row itself."""
+        return {c: c for c in rows}
 
     def run(self, x0, keys, conds, work):
-        key = [(keys[i], c, t) for i, c, t in zip(work.image.tolist(), work.candidate.tolist(), work.t.tolist(), strict=True)]
-        first: dict = {}
-        for j, k in enumerate(key):
-            if k not in self.memo:
-                first.setdefault(k, j)
-        if first:
-            sel = torch.tensor(list(first.values()))
-            errs = super().run(x0, keys, conds, Work(work.image[sel], work.candidate[sel], work.t[sel]))
-            self.memo.update(zip(first, errs.tolist(), strict=True))
-        return torch.tensor([self.memo[k] for k in key])
-
-
-class SharedMemoEngine(ScoringEngine):
-    """As `MemoEngine`, keyed by each condition's content rather than its row: runs that pass other condition
-    tensors (a subset of the candidates, a label tree's node conditions appended after the leaves') share
-    the forwards of the conditions they have in common. `forwards` counts the U-Net calls actually made;
-    `save` / `load` keep the memo between runs of a bench (an npz, no pickle)."""
-
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.memo: dict[tuple[str, int, int], float] = {}
-        self.cond_ids: dict[str, int] = {}  # condition digest -> small id used in the memo's keys
-        self.forwards = 0
-
-    def _ids(self, conds: torch.Tensor, rows: list[int]) -> dict[int, int]:
-        import hashlib
-
-        out = {}
-        for c in rows:
-            d = hashlib.blake2b(conds[c].detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
-            out[c] = self.cond_ids.setdefault(d, len(self.cond_ids))
-        return out
-
-    def run(self, x0, keys, conds, work):
-        ids = self._ids(conds, sorted(set(work.candidate.tolist())))
+        ids = self._cond_keys(conds, sorted(set(work.candidate.tolist())))
         key = [(keys[i], ids[c], t) for i, c, t in zip(work.image.tolist(), work.candidate.tolist(), work.t.tolist(), strict=True)]
         first: dict = {}
         for j, k in enumerate(key):
@@ -120,6 +91,26 @@ class SharedMemoEngine(ScoringEngine):
             self.memo.update(zip(first, errs.tolist(), strict=True))
             self.forwards += len(first) * self.calls_per_item
         return torch.tensor([self.memo[k] for k in key])
+
+
+class SharedMemoEngine(MemoEngine):
+    """As `MemoEngine`, keyed by each condition's content rather than its row: runs that pass other condition
+    tensors (a subset of the candidates, a label tree's node conditions appended after the leaves') share
+    the forwards of the conditions they have in common. `save` / `load` keep the memo between runs of a bench
+    (an npz, no pickle)."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.cond_ids: dict[str, int] = {}  # condition digest -> small id used in the memo's keys
+
+    def _cond_keys(self, conds: torch.Tensor, rows: list[int]) -> dict[int, int]:
+        import hashlib
+
+        out = {}
+        for c in rows:
+            d = hashlib.blake2b(conds[c].detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+            out[c] = self.cond_ids.setdefault(d, len(self.cond_ids))
+        return out
 
     def save(self, path: Path, meta: dict) -> None:
         """The memo and `meta` (what its numbers depend on: model, score, device) to `path` (.npz)."""
