@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import tempfile
 import time
 from collections import Counter
@@ -40,7 +39,6 @@ from ..scoring.scorers import is_contrastive
 from .candidates import Candidates, build_candidates  # noqa: F401 (Candidates: part of this module's API)
 from .shortlist import make_shortlist
 
-log = logging.getLogger("diffdisc")
 
 
 @dataclass(frozen=True)
