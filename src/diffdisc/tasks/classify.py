@@ -40,7 +40,6 @@ from .candidates import Candidates, build_candidates  # noqa: F401 (Candidates: 
 from .shortlist import make_shortlist
 
 
-
 @dataclass(frozen=True)
 class ClassifyConfig(ConfigMixin):
     """What `classify` does: the `classes` (None: the data's folder names for text models, else the model's) and
