@@ -21,16 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.scoring.config import ScoreConfig
-from diffdisc.tasks.attention import CONFIG, WEIGHTS, load_lora, tune, tuning_groups
+from diffdisc.tasks.attention import LoraConfig, tuning_groups
+from diffdisc.tasks.claims.attention_lora import ensure_adapter, lora_backbone
 from diffdisc.tasks.probe import ProbeConfig, run_probes
-
-
-def _trained_on(adapter: Path) -> list[str] | None:
-    """The group ids a saved adapter was tuned on (None when there is no adapter)."""
-    cfg = adapter / CONFIG
-    if not (adapter / WEIGHTS).is_file() or not cfg.is_file():
-        return None
-    return json.loads(cfg.read_text())["diffdisc"].get("train_groups")
 
 
 def main() -> None:
@@ -62,15 +55,11 @@ def main() -> None:
     evaluate(bb, "denoise", 0)
     evaluate(bb, "attention", 0)
     for k in [int(s) for s in args.shots.split(",") if int(s) > 0]:
-        train = tuning_groups(probes, k)
-        adapter = out / f"lora-{k}"
-        if _trained_on(adapter) != [g.id for g in train]:  # none yet, or tuned on other groups: (re)train
-            t0 = time.time()
-            tune(create_backbone(args.model), train, out=adapter)
-            print(f"K={k}: tuned in {time.time() - t0:.0f}s", flush=True)
-        tuned = create_backbone(args.model)
-        load_lora(tuned, adapter)
-        evaluate(tuned, "attention", k)
+        t0 = time.time()  # reuses an adapter tuned on the same groups with the same settings, else tunes one
+        adapter = ensure_adapter(args.model, tuning_groups(probes, k), LoraConfig(), out / f"lora-{k}",
+                                 fingerprint=bb.info.fingerprint, log=lambda msg: print(msg, flush=True))  # fmt: skip
+        print(f"K={k}: adapter ready in {time.time() - t0:.0f}s", flush=True)
+        evaluate(lora_backbone(args.model, adapter), "attention", k)
 
 
 if __name__ == "__main__":

@@ -38,136 +38,33 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from diffdisc.datasets.shifts import CLEAN, SHIFTS, export_shifted, parse_shift  # noqa: E402
-from diffdisc.errors import DiffdiscError  # noqa: E402
-from diffdisc.scoring.match_metrics import bootstrap_ci  # noqa: E402
+from diffdisc.datasets.shifts import CLEAN, SHIFTS, parse_shift  # noqa: E402
+from diffdisc.tasks import robustness as R  # noqa: E402
+from diffdisc.tasks.robustness import FIT_ROLES, add_effective_robustness, fit_lines, predicted, rows_of  # noqa: E402
 
 DEFAULT_MODELS = "fmnist-classcond,fmnist-scenes-text,fmnist-scenes-clip"
 KIND_LABEL = {"classcond": "grey items (28×28)", "scenes": "coloured scenes (32×32)"}
 
 
-def _summary(correct: np.ndarray) -> dict:
-    lo, hi = bootstrap_ci(correct)
-    return {"accuracy": float(correct.mean()), "ci95": [lo, hi], "n": int(len(correct))}
-
-
-def export_sets(kind: str, shifts: list[str], out: Path, per_class: int, seed: int) -> dict[str, Path]:
-    """clean + every one of `shifts` that applies to `kind` (grey items have no colour to shift), as
-    ImageFolders under OUT/data/KIND/SHIFT."""
-    names = [CLEAN] + [s for s in shifts if kind == "scenes" or s != "unseen_colour"]
-    return {s: export_shifted(kind, s, out / "data" / kind / s.replace("@", "-"), per_class, seed) for s in names}
+def _log(msg: str) -> None:
+    print(msg, flush=True)
 
 
 def diffusion_correct(bb, name: str, sets: dict[str, Path], out: Path, args) -> tuple[dict, dict]:
     """{shift: {image_id: 0/1}} of one diffusion or contrastive model, via classify (resumable)."""
     from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig
-    from diffdisc.tasks.classify import ClassifyConfig, classify
+    from diffdisc.tasks.classify import ClassifyConfig
 
     cfg = ClassifyConfig(adaptive=AdaptiveConfig(n_timesteps=args.timesteps),
                          score=ScoreConfig(batch_size=args.batch, seed=args.noise_seed))  # fmt: skip
     tag = Path(name).name
-    res, secs = {}, {}
-    for shift, data in sets.items():
-        t0 = time.time()
-        r = classify(bb, data, cfg, out=out / "runs" / tag / shift.replace("@", "-"))
-        res[shift] = {str(i): int(p == y) for i, p, y in zip(r.image_ids, r.preds.tolist(), r.labels.tolist(), strict=True)}
-        secs[shift] = time.time() - t0
-        print(f"{tag:24s} {shift:20s} acc {np.mean(list(res[shift].values())):.3f} ({secs[shift]:.0f} s)", flush=True)
-    return res, secs
-
-
-def train_set(kind: str, per_class: int, out: Path, seed: int) -> Path:
-    """`per_class` real train images per class of `kind` (grey items or coloured scenes), as an ImageFolder:
-    the whole train split when the Debian dataset is installed, else the shipped 1,000."""
-    from diffdisc.datasets.export import export_shipped_test
-
-    where = out / "data" / f"train-{kind}-{per_class}"
-    try:
-        return export_shipped_test(where, per_class, seed, scenes=kind == "scenes", full=True, split="train")
-    except DiffdiscError as e:
-        if per_class > 100:
-            raise DiffdiscError(f"{e} (the shipped train subset has 100 per class; pass --baseline-per-class <= 100)") from None
-        print(f"({e}: training on the shipped train subset)", flush=True)
-        return export_shipped_test(where, per_class, seed, scenes=kind == "scenes", split="train")
+    return R.diffusion_correct(bb, sets, out / "runs" / tag, cfg, name=tag, log=_log)
 
 
 def baseline_correct(kind: str, per_class: int, sets: dict[str, Path], out: Path, args) -> tuple[dict, dict]:
     """Train (or reuse) one CNN on real train images of `kind`, then its per-image correctness on every set."""
-    from diffdisc.data.folders import open_image_dataset
-    from diffdisc.tasks.baseline import ClassifierConfig, evaluate_classifier, train_classifier
-
-    cfg = ClassifierConfig(model=args.baseline_model, epochs=args.baseline_epochs, seed=args.seed)
-    model_dir = out / "baselines" / f"{kind}-{per_class}-{args.baseline_model}-{args.baseline_epochs}ep"
-    state = model_dir / "checkpoints" / "last" / "state.json"
-    done = state.is_file() and json.loads(state.read_text()).get("epoch", 0) >= cfg.epochs
-    if not done:
-        t0 = time.time()
-        train_classifier(train_set(kind, per_class, out, args.seed), cfg, out=model_dir,
-                         log=lambda m: print(f"[cnn {kind} {per_class}/class] {m}", flush=True))  # fmt: skip
-        print(f"[cnn {kind} {per_class}/class] trained in {time.time() - t0:.0f} s", flush=True)
-    res, secs = {}, {}
-    for shift, data in sets.items():
-        t0 = time.time()
-        ids = [str(it.image_id) for it in open_image_dataset(data).items]  # evaluate_classifier's order
-        res[shift] = dict(zip(ids, evaluate_classifier(model_dir, data, per_image=True)["correct"], strict=True))
-        secs[shift] = time.time() - t0
-    print(f"cnn-{kind}-{per_class:<13d} clean acc {np.mean(list(res[CLEAN].values())):.3f}", flush=True)
-    return res, secs
-
-
-def _probit(p: np.ndarray, n: int) -> np.ndarray:
-    from scipy.stats import norm
-
-    return norm.ppf(np.clip(p, 0.5 / n, 1 - 0.5 / n))  # a 0 or 100 % point stays finite
-
-
-FIT_ROLES = {"baselines": ("cnn", "contrastive"), "cnn": ("cnn",)}
-
-
-def fit_lines(rows: list[dict], roles: tuple[str, ...]) -> dict:
-    """Per (kind, shift): slope and intercept of probit(shifted) ~ probit(clean) over the points of `roles`."""
-    fits = {}
-    for key in {(r["kind"], r["shift"]) for r in rows if r["shift"] != CLEAN}:
-        pts = [r for r in rows if (r["kind"], r["shift"]) == key and r["role"] in roles]
-        if len({p["clean"] for p in pts}) < 2:
-            continue
-        n = max(p["n"] for p in pts)
-        x, y = _probit(np.array([p["clean"] for p in pts]), n), _probit(np.array([p["accuracy"] for p in pts]), n)
-        slope, intercept = np.polyfit(x, y, 1)
-        fits[f"{key[0]}/{key[1]}"] = {"slope": float(slope), "intercept": float(intercept), "n_points": len(pts), "n": n}
-    return fits
-
-
-def predicted(fit: dict, clean: float, n: int | None = None) -> float:
-    """The fit's shifted accuracy at `clean` (clipped as the fitted points were, unless `n` says otherwise)."""
-    from scipy.stats import norm
-
-    return float(norm.cdf(fit["slope"] * _probit(np.array([clean]), n or fit["n"])[0] + fit["intercept"]))
-
-
-def rows_of(model: str, kind: str, correct: dict, role: str) -> list[dict]:
-    """One row per shift: accuracy and the paired drop from clean, each with its bootstrap interval over images;
-    the clean row also holds the drop averaged over the shifts (per image first, then bootstrapped)."""
-    clean = correct[CLEAN]
-    ids = sorted(clean)
-    rows, drops = [], []
-    for shift, c in correct.items():
-        if sorted(c) != ids:
-            raise DiffdiscError(f"{model}: the {shift} set holds other images than the clean one")
-        v = np.array([c[i] for i in ids], np.float64)
-        row = {"model": model, "kind": kind, "shift": shift, "role": role, **_summary(v),
-               "clean": float(np.mean(list(clean.values())))}  # fmt: skip
-        if shift != CLEAN:
-            diff = np.array([clean[i] - c[i] for i in ids], np.float64)
-            lo, hi = bootstrap_ci(diff)
-            row.update(drop=float(diff.mean()), drop_ci95=[lo, hi])
-            drops.append(diff)
-        rows.append(row)
-    if drops:
-        per_image = np.mean(drops, axis=0)
-        lo, hi = bootstrap_ci(per_image)
-        rows[0].update(mean_drop=float(per_image.mean()), mean_drop_ci95=[lo, hi])
-    return rows
+    cfg = R.ClassifierConfig(model=args.baseline_model, epochs=args.baseline_epochs, seed=args.seed)
+    return R.baseline_correct(kind, per_class, sets, cfg, models=out / "baselines", data=out / "data", log=_log)
 
 
 def _cell(r: dict) -> str:
@@ -258,7 +155,7 @@ def main() -> None:
     backbones = {name: create_backbone(name, device=args.device) for name in args.models.split(",") if name}
     kinds_of = {name: "classcond" if bb.info.image_channels == 1 else "scenes" for name, bb in backbones.items()}
     kinds = list(dict.fromkeys(kinds_of.values()))
-    sets = {k: export_sets(k, shifts, args.out, args.per_class, args.seed) for k in kinds}
+    sets = {k: R.export_sets(k, shifts, args.out / "data", args.per_class, args.seed) for k in kinds}
     rows, seconds = [], {}
     for name, kind in kinds_of.items():
         contrastive = is_contrastive(backbones[name])
@@ -273,10 +170,7 @@ def main() -> None:
             rows += rows_of(label, kind, correct, "cnn")
             seconds[f"{label} {kind}"] = secs
     fits = fit_lines(rows, FIT_ROLES[args.fit])
-    for r in rows:
-        fit = fits.get(f"{r['kind']}/{r['shift']}")
-        if fit and r["shift"] != CLEAN:
-            r["effective_robustness"] = r["accuracy"] - predicted(fit, r["clean"])
+    add_effective_robustness(rows, fits)
     table = tables(rows, shifts, fits)
     wall = time.time() - t_start
     summary = {"command": " ".join([Path(sys.executable).name, *sys.argv]),

@@ -14,20 +14,15 @@ Prints a markdown table (mean ± sd over seeds, and the bootstrap 95 % interval 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.datasets.export import export_shipped_test
-from diffdisc.scoring.match_metrics import bootstrap_ci
-from diffdisc.tasks.synth import SynthConfig, generate
-from diffdisc.tasks.synth_train import ClassifierConfig, evaluate_classifier, train_classifier
-
-SETS = {"none": (), "template": ("template",), "domain": ("domain",), "guidance": ("guidance",),
-        "all": ("template", "domain", "guidance")}  # fmt: skip
+from diffdisc.tasks.claims.diversity import SETS, set_summary, synth_config, trained_and_tested
+from diffdisc.tasks.synth import generate
+from diffdisc.tasks.synth_train import ClassifierConfig
 
 
 def real_train_scenes(out: Path, per_class: int) -> None:
@@ -67,28 +62,22 @@ def main():
     for name in names:
         data = args.out / "sets" / name.split()[0]
         if name in SETS:
-            cfg = SynthConfig(per_class=args.per_class, tricks=SETS[name], steps=args.steps, scheduler=args.scheduler)
+            cfg = synth_config(name, args.per_class, args.steps, args.scheduler)
             generate(bb, classes, cfg, out=data, progress=lambda d, n, name=name: print(f"[{name}] {d}/{n} images", flush=True))
         elif not (data / "bag").is_dir():
             real_train_scenes(data, args.per_class)
         for seed in map(int, args.seeds.split(",")):
             run = args.out / "clf" / f"{name.split()[0]}-s{seed}"
-            done = run / "test.json"
-            if not done.is_file():
-                ccfg = ClassifierConfig(model=args.classifier, epochs=args.epochs, seed=seed)
-                train_classifier(data, ccfg, out=run, log=lambda m, name=name, seed=seed: print(f"[{name} s{seed}] {m}", flush=True))
-                done.write_text(json.dumps(evaluate_classifier(run, test, per_image=True)))
-            results.setdefault(name, []).append(json.loads(done.read_text()))
+            ccfg = ClassifierConfig(model=args.classifier, epochs=args.epochs, seed=seed)
+            log = lambda m, name=name, seed=seed: print(f"[{name} s{seed}] {m}", flush=True)  # noqa: E731
+            results.setdefault(name, []).append((trained_and_tested(data, test, run, ccfg, log=log), run))
     print(f"\n{args.classifier} from scratch on {args.per_class}/class synthetic images ({args.model}, "
           f"{args.scheduler} {args.steps} steps), tested on 1,000 real images; seeds {args.seeds}\n")  # fmt: skip
     print("| tricks | real test top-1, mean ± sd | pooled bootstrap 95 % | val acc (synthetic) |\n|---|---|---|---|")
-    for name, rows in results.items():
-        accs = np.array([r["accuracy"] for r in rows])
-        correct = np.concatenate([np.array(r["correct"], dtype=float) for r in rows])
-        lo, hi = bootstrap_ci(correct)
-        val = np.mean([json.loads((args.out / "clf" / f"{name.split()[0]}-s{s}" / "classifier.json").read_text())["val_acc_synthetic"]
-                       for s in map(int, args.seeds.split(","))])  # fmt: skip
-        print(f"| {name} | {accs.mean():.1%} ± {accs.std():.1%} | [{lo:.1%}, {hi:.1%}] | {val:.1%} |")  # fmt: skip
+    for name, done in results.items():
+        r = set_summary([e for e, _ in done], [run for _, run in done])  # points
+        lo, hi = r["ci95"]
+        print(f"| {name} | {r['accuracy']:.1f}% ± {r['sd']:.1f}% | [{lo:.1f}%, {hi:.1f}%] | {r['val_acc_synthetic']:.1f}% |")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ def __getattr__(name):  # lazy: importing diffdisc must not import torch/diffuse
         from .tasks import classify
 
         return getattr(classify, name)
+    if name in {"run_claims", "ClaimsConfig"}:
+        from .tasks import claims
+
+        return getattr(claims, name)
     if name == "write_report":
         from .report.html import write_report
 
@@ -32,4 +36,5 @@ def __getattr__(name):  # lazy: importing diffdisc must not import torch/diffuse
     raise AttributeError(name)
 
 
-__all__ = ["DiffdiscError", "create_backbone", "list_backbones", "ScoreConfig", "AdaptiveConfig", "ClassifyConfig", "classify", "write_report"]
+__all__ = ["DiffdiscError", "create_backbone", "list_backbones", "ScoreConfig", "AdaptiveConfig", "ClassifyConfig", "classify", "run_claims", "ClaimsConfig",
+           "write_report"]

@@ -270,3 +270,29 @@ def sweep_png(blocks: list[str], timesteps: list[int], val_acc: np.ndarray, best
     fig.colorbar(im, ax=ax, label="val accuracy")
     ax.set_title(_txt(title, TITLE_CHARS), fontsize=9)
     return fig_png(fig)
+
+
+def robustness_png(points: list[dict], title: str = "effective robustness") -> str:
+    """Clean accuracy (x) vs shifted accuracy (y), one marker per model and shift, y = x dashed: points far below
+    the line lose much under shift; effective robustness is the height above the baselines' fit, not above y = x."""
+    fig = _figure(4.6, 3.6)
+    ax = fig.add_subplot()
+    models = sorted({str(p.get("model")) for p in points})
+    shifts = sorted({str(p.get("shift")) for p in points})
+    marks = "os^vD<>pXh*"
+    for mi, m in enumerate(models):
+        ps = [p for p in points if str(p.get("model")) == m]
+        for p in ps:
+            ax.scatter(p["clean"] * 100, p["shifted"] * 100, color=f"C{mi % 10}",
+                       marker=marks[shifts.index(str(p.get("shift"))) % len(marks)], s=28)  # fmt: skip
+        ax.scatter([], [], color=f"C{mi % 10}", label=_txt(m, 28))
+    for si, s in enumerate(shifts):
+        ax.scatter([], [], color="grey", marker=marks[si % len(marks)], label=_txt(s, 28))
+    ax.plot([0, 100], [0, 100], "k--", lw=0.8)
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel("shifted accuracy (%)")
+    ax.legend(fontsize=6, loc="upper left")
+    ax.set_title(_txt(title, TITLE_CHARS), fontsize=9)
+    return fig_png(fig)

@@ -247,6 +247,21 @@ def _baseline_rows(run: Run) -> list[dict]:
     return rows
 
 
+def _claims(run: Run) -> dict | None:
+    """The claims table of a `diffdisc claims` directory, and its effective-robustness plot."""
+    from ..results.claims import fmt_value
+
+    c = run.claims
+    if c is None:
+        return None
+    rows = [{"id": r.get("id"), "claim": r.get("claim", ""), "source": r.get("source", ""), "paper": r.get("paper", ""),
+             "metric": r.get("metric", ""), "ours": fmt_value(r), "n": r.get("n", ""), "verdict": r.get("verdict"),
+             "note": r.get("note", "")} for r in c.rows]  # fmt: skip
+    points = c.robustness_points()
+    return {"size": c.size, "rows": rows, "path": str(c.path),
+            "plot": figures.robustness_png(points, "clean vs shifted accuracy") if points else None}
+
+
 def _glyph_note(runs: list[Run]) -> str | None:
     """Said once on the page when figures must draw some class names' characters as boxes (no installed font
     has them; the tables, drawn by the browser, show them)."""
@@ -276,6 +291,7 @@ def build_context(runs: list[Run], title: str, generated: str | None = None) -> 
         "attention": [[{"img": figures.png_b64(o.png), "caption": o.caption, "file": o.path.name} for o in r.overlays] or None
                       for r in runs],
         "synth": [_synth(r) or None for r in runs],
+        "claims": [_claims(r) for r in runs],
     }  # fmt: skip
     if not any(d and d.get("pruning") for d in per_run):
         cols["pruning"] = [None] * len(runs)  # only exhaustive runs: nothing to trace
@@ -289,6 +305,7 @@ def build_context(runs: list[Run], title: str, generated: str | None = None) -> 
         ("sweeps", "Feature sweeps"),
         ("attention", "Cross-attention overlays"),
         ("synth", "Synthetic samples"),
+        ("claims", "The papers' claims, tested"),
     ]
     present = [(k, t) for k, t in sections if any(v is not None for v in cols[k])]
     return {

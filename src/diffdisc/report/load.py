@@ -16,7 +16,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DiffdiscError
-from ..results import BaselineResult, ClassificationResult, MatchResult, Result, SweepResult, SynthResult
+from ..results import (
+    BaselineResult,
+    ClaimsResult,
+    ClassificationResult,
+    MatchResult,
+    Result,
+    SweepResult,
+    SynthResult,
+)
 from ..runs.store import RUN_JSON, run_task
 
 MAX_PNG_BYTES = 8 << 20  # an overlay larger than this is not embedded (the page must stay loadable)
@@ -61,6 +69,7 @@ class Run:
     overlays: list[Overlay] = field(default_factory=list)
     synth: list[SynthResult] = field(default_factory=list)
     baselines: list[BaselineResult] = field(default_factory=list)
+    claims: ClaimsResult | None = None  # a `diffdisc claims` directory's table
     problems: list[str] = field(default_factory=list)  # partial or unreadable data, said plainly
 
     @property
@@ -81,7 +90,8 @@ class Run:
 
     @property
     def empty(self) -> bool:
-        return not (self.classification or self.matchings or self.sweeps or self.overlays or self.synth or self.baselines)
+        return not (self.classification or self.matchings or self.sweeps or self.overlays or self.synth or self.baselines
+                    or self.claims)
 
 
 def load_runs(paths: list[str | Path]) -> list[Run]:
@@ -114,6 +124,8 @@ def _found(path: Path, kind: type[Result], exclude: set[Path]) -> list[Path]:
 def load_run(path: Path, name: str | None = None, exclude: set[Path] = frozenset()) -> Run:
     """Everything under `path` (files inside the `exclude` directories belong to other runs)."""
     run = Run(name or path.resolve().name or str(path), path)
+    if ClaimsResult.claims(path):
+        run.claims = ClaimsResult.read(path, run.problems)
     if ClassificationResult.claims(path):
         run.classification = ClassificationResult.read(path, run.problems)
     for d in _found(path, MatchResult, exclude):

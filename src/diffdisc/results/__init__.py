@@ -6,6 +6,7 @@ exist, each `claims(dir)` whether a directory is one of its kind). Each has `loa
 
 from .base import Result, model_label
 from .baseline import BaselineEval, BaselineResult
+from .claims import ClaimsResult
 from .classification import ClassificationResult
 from .match import MatchResult
 from .sweep import SweepResult, plot_sweep
@@ -14,9 +15,10 @@ from .training import TrainResult
 
 # The kinds a report shows. TrainResult (a `diffdisc train` directory) is not one: a report never showed training
 # runs, it shows what their model/ scored.
-RESULTS: tuple[type[Result], ...] = (ClassificationResult, MatchResult, SweepResult, SynthResult, BaselineResult)
+RESULTS: tuple[type[Result], ...] = (ClassificationResult, MatchResult, SweepResult, SynthResult, BaselineResult,
+                                     ClaimsResult)
 
 __all__ = [
-    "RESULTS", "BaselineEval", "BaselineResult", "ClassificationResult", "MatchResult", "Result", "SweepResult",
+    "RESULTS", "BaselineEval", "BaselineResult", "ClaimsResult", "ClassificationResult", "MatchResult", "Result", "SweepResult",
     "SynthResult", "SynthSample", "TrainResult", "model_label", "plot_sweep",
 ]  # fmt: skip
