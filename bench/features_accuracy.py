@@ -34,14 +34,16 @@ from diffdisc.datasets.fashion_mnist import CLASS_NAMES, load_fashion_mnist, str
 from diffdisc.features.cache import FeatureCache, cached_features
 from diffdisc.features.heads import HeadConfig
 from diffdisc.features.taps import ExtractStats
-from diffdisc.tasks.features import CellConfig, FeatureConfig, SweepConfig, compare, probe, score_test, sweep
-
-
-def clip_view(images: LabelledImages) -> LabelledImages:
-    """What the contrastive model was trained on: the 28x28 item centred on a black 32x32 RGB canvas
-    (a white-tinted one-item scene, `datasets/scenes.render`), same order and labels."""
-    px = [np.repeat(np.pad(a, 2)[..., None], 3, axis=2) for a in images.pixels]
-    return LabelledImages(px, images.labels, images.keys, images.class_names, images.source + ":clip")
+from diffdisc.tasks.features import (
+    CellConfig,
+    FeatureConfig,
+    SweepConfig,
+    compare,
+    contrastive_view,
+    probe,
+    score_test,
+    sweep,
+)
 
 
 def log(msg: str) -> None:
@@ -143,7 +145,7 @@ def main():
     if clip is not None:
         t1 = time.perf_counter()
         rows = compare(bb, train, CellConfig([cell], features=replace(fcfg, pooling=best_p), head=linear), test=test,
-                       contrastive=clip, contrastive_train=clip_view(train), contrastive_test=clip_view(test), cache=cache)  # fmt: skip
+                       contrastive=clip, contrastive_train=contrastive_view(train), contrastive_test=contrastive_view(test), cache=cache)  # fmt: skip
         summary["compare_fmnist"] = [r.to_dict() for r in rows]
         for r in rows:
             log(f"fmnist {r.representation}: dims {r.dims} val {r.val_acc:.2%} test {r.test_acc:.2%}")
@@ -171,8 +173,8 @@ def main():
         summary["mnist"] = mr.to_json()
         if clip is not None:
             mcells = CellConfig([(mr.best["block"], mr.best["t"])], features=replace(fcfg, pooling=best_p), head=linear)
-            rows = compare(bb, mtrain, mcells, test=mtest, contrastive=clip, contrastive_train=clip_view(mtrain),
-                           contrastive_test=clip_view(mtest), cache=cache)  # fmt: skip
+            rows = compare(bb, mtrain, mcells, test=mtest, contrastive=clip, contrastive_train=contrastive_view(mtrain),
+                           contrastive_test=contrastive_view(mtest), cache=cache)  # fmt: skip
             summary["compare_mnist"] = [r.to_dict() for r in rows]
             for r in rows:
                 log(f"mnist {r.representation}: dims {r.dims} val {r.val_acc:.2%} test {r.test_acc:.2%}")

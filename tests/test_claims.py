@@ -54,6 +54,7 @@ def test_runner_writes_table_reuses_and_overrides(tmp_path, fakes):
     t2 = C.run_claims(C.ClaimsConfig(size="tiny", stages=("fake_b",), knobs={"two": {"n": 6}}), out=tmp_path)
     assert fakes["two"][-1] == {"n": 6} and len(fakes["one"]) == 1  # only the named stage, with the new knob
     assert [r["id"] for r in t2["claims"]] == ["fake_a", "fake_b", "fake_c"]  # the other stage's rows stay
+    assert t2["knobs"] == {"two": {"n": 6}} and "two {\"n\": 6}" in ClaimsResult(t2, tmp_path).markdown()
     assert t2["stages"]["two"]["reused"] is False and t2["stages"]["one"]["reused"] is True
 
 

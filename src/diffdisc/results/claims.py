@@ -3,6 +3,7 @@ verdict), as the report shows it and as docs/results.md prints it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..errors import DiffdiscError
@@ -64,7 +65,8 @@ class ClaimsResult(Result):
         lines = [f"Size `{self.size}`, seed {self.table.get('seed', 0)}, generated {self.table.get('generated', '?')}; "
                  "models: " + ", ".join(f"{k} `{v.get('name')}` ({str(v.get('fingerprint', ''))[:8]})"
                                         for k, v in models.items()) + ".",  # fmt: skip
-                 "",
+                 *(["Knobs changed from the size's: " + "; ".join(f"{st} {json.dumps(k)}" for st, k in self.table["knobs"].items())
+                    + ".", ""] if self.table.get("knobs") else [""]),  # fmt: skip
                  "| claim | source | paper's figure | ours: metric | ours: difference [95 % CI] | n | verdict |",
                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in self.rows:

@@ -153,7 +153,9 @@ def tune(
     if not groups:
         raise DiffdiscError("no training groups (shots = 0 needs no tuning)")
     unet = _require_unet(backbone)
-    add_lora(backbone, rank)
+    with torch.random.fork_rng():  # peft draws A's init from the global generator: seeded, one adapter per config
+        torch.manual_seed(seed)
+        add_lora(backbone, rank)
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)

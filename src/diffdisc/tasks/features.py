@@ -323,6 +323,13 @@ def pixel_features(images: LabelledImages, size: int, channels: int) -> torch.Te
 
 
 @torch.inference_mode()
+def contrastive_view(images: LabelledImages) -> LabelledImages:
+    """The images as the contrastive model was trained on them: the 28x28 item on a black 32x32 RGB canvas
+    (a white one-item scene, `datasets.scenes.render`), same order and labels."""
+    px = [np.repeat(np.pad(a, 2)[..., None], 3, axis=2) for a in images.pixels]
+    return LabelledImages(px, images.labels, images.keys, images.class_names, images.source + ":clip")
+
+
 def contrastive_features(model, images: LabelledImages, batch: int = 256) -> torch.Tensor:
     """A contrastive model's L2-normalised image embeddings (the CLIP baseline)."""
     x = images.tensors(model.info.image_size, model.info.image_channels)

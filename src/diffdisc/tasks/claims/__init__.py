@@ -99,10 +99,11 @@ def run_claims(config: ClaimsConfig | None = None, *, out: str | Path, device: s
     models = _model_identity(ctx)
     stages = cfg.selected()
     prior = _read_table(out / TABLE)
-    rows, done = {}, {}
+    rows, done, used = {}, {}, {}
     for i, s in enumerate(stages, 1):
-        knobs = cfg.stage_knobs(s)
-        settings = {"stage": s, "size": cfg.size, "knobs": knobs, "seed": cfg.seed, "models": models}
+        knobs = used[s] = cfg.stage_knobs(s)
+        settings = {"stage": s, "size": cfg.size, "knobs": knobs, "seed": cfg.seed, "models": models,
+                    "revision": getattr(stage_module(s), "REVISION", 0)}  # a stage's test changed: its rows are stale
         file = out / s / STAGE_FILE
         stored = _read_table(file)
         if stored and stored.get("settings") == settings:
@@ -124,11 +125,19 @@ def run_claims(config: ClaimsConfig | None = None, *, out: str | Path, device: s
             and prior.get("models") == models}  # fmt: skip
     by_stage = {s: (rows.get(s) or kept.get(s)) for s in STAGES if s in rows or s in kept}
     table = {"version": __version__, "size": cfg.size, "seed": cfg.seed, "models": models,
+             "knobs": {s: d for s in by_stage if (d := _changed(s, cfg.size, used.get(s)) if s in used
+                                                   else (prior or {}).get("knobs", {}).get(s))},  # fmt: skip
              "claims": [r for s in by_stage for r in by_stage[s]], "by_stage": by_stage,
              "stages": {s: done.get(s) or (prior or {}).get("stages", {}).get(s) for s in by_stage},
              "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
     atomic_write_text(out / TABLE, json.dumps(table, indent=1))
     return table
+
+
+def _changed(stage: str, size: str, knobs: dict) -> dict:
+    """The knobs that differ from the size's own (what the table must say was changed)."""
+    default = stage_module(stage).SIZES[size]
+    return {k: v for k, v in knobs.items() if default.get(k) != v}
 
 
 def _read_table(path: Path) -> dict | None:

@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ...datasets.probes import PROBE_VERSIONS, ProbeGroup, make_probe
 from ...errors import DiffdiscError
@@ -97,9 +96,7 @@ def ensure_adapter(model: str, groups: list, config: LoraConfig, out: str | Path
     bb = create_backbone(model, device)
     if bb.info.fingerprint != fingerprint:
         raise DiffdiscError(f"{model} loads as model {bb.info.fingerprint}, not {fingerprint}")
-    with torch.random.fork_rng():
-        torch.manual_seed(config.seed)
-        tune(bb, groups, config, out=out)
+    tune(bb, groups, config, out=out)
     del bb
     return out
 

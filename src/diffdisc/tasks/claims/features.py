@@ -35,6 +35,7 @@ from ..features import (
     FeatureConfig,
     SweepConfig,
     contrastive_features,
+    contrastive_view,
     diffusion_features,
     pixel_features,
     probe_features,
@@ -72,13 +73,6 @@ def fmnist_images(split: str, n: int, seed: int = 0) -> LabelledImages:
         raise DiffdiscError(f"{source} has {np.bincount(labels).min()} images per class, fewer than {per_class}")
     i = stratified_indices(labels, per_class, seed)
     return LabelledImages.from_arrays(images[i], labels[i], CLASS_NAMES, [f"{split}{j}" for j in index[i]], source)
-
-
-def contrastive_view(images: LabelledImages) -> LabelledImages:
-    """The images as the contrastive model was trained on them: the 28x28 item on a black 32x32 RGB canvas
-    (a white one-item scene, `datasets.scenes.render`), same order and labels."""
-    px = [np.repeat(np.pad(a, 2)[..., None], 3, axis=2) for a in images.pixels]
-    return LabelledImages(px, images.labels, images.keys, images.class_names, images.source + ":clip")
 
 
 def _digest(keys) -> str:
