@@ -114,5 +114,8 @@ def test_cli_runs_real_stages_tiny_and_resumes(tmp_path):
     again = json.loads(CliRunner().invoke(app, args).output.strip().splitlines()[-1])
     assert all(s["reused"] for s in again["stages"].values()) and again["claims"] == table["claims"]
     assert "zero_shot" in write_report([tmp_path / "c"], tmp_path / "r.html").read_text()
+    small = ["claims", "--size", "tiny", "--stages", "zero_shot", "--batch-size", "3", "--out", str(tmp_path / "b3"), "--json"]
+    other = json.loads(CliRunner().invoke(app, small).output.strip().splitlines()[-1])  # the U-Net batch is speed only
+    assert {k: other["claims"][0][k] for k in ("value", "ci", "n")} == {k: table["claims"][0][k] for k in ("value", "ci", "n")}
     bad = CliRunner().invoke(app, ["claims", "--stages", "nope", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "unknown claim or stage" in str(bad.exception)

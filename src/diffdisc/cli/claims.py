@@ -8,7 +8,7 @@ import typer
 
 from ..errors import DiffdiscError
 from . import app
-from .options import json_flag, quiet_flag, split
+from .options import UnetBatchSize, json_flag, quiet_flag, split
 
 
 def _knobs(specs: list[str] | None) -> dict:
@@ -41,6 +41,7 @@ def claims(
     classcond_model: Annotated[str, typer.Option(help="Class-conditional diffusion model (features claim).")] = "fmnist-classcond",
     seed: Annotated[int, typer.Option(help="Noise, subset and probe seed.")] = 0,
     markdown: Annotated[Path | None, typer.Option(help="Also write the table as Markdown to this file.")] = None,
+    batch_size: UnetBatchSize = 64,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     json_out: json_flag("Print the claims table as JSON only.") = False,
     quiet: quiet_flag("No progress bars.") = False,
@@ -65,7 +66,7 @@ def claims(
                        knobs=_knobs(knob))  # fmt: skip
     cfg.selected()  # unknown stage names fail before any model loads
     show = not (quiet or json_out)
-    table = run_claims(cfg, out=out, device=device, progress=(lambda d: classify_progress(d)) if show else None,
+    table = run_claims(cfg, out=out, device=device, batch_size=batch_size, progress=(lambda d: classify_progress(d)) if show else None,
                        log=(lambda m: typer.echo(m, err=True)) if show else None)  # fmt: skip
     result = ClaimsResult(table, out)
     if markdown:

@@ -82,12 +82,13 @@ def _model_identity(ctx: ClaimContext) -> dict:
             for k in ("text", "clip", "classcond")}  # fmt: skip
 
 
-def run_claims(config: ClaimsConfig | None = None, *, out: str | Path, device: str | None = None,
+def run_claims(config: ClaimsConfig | None = None, *, out: str | Path, device: str | None = None, batch_size: int = 64,
                progress: Callable | None = None, log: Callable[[str], None] | None = None) -> dict:  # fmt: skip
     """Run the selected stages into `out` and write the claims table (also returned as a dict).
 
     `progress(description)`: a context manager yielding a classify/match progress callback (the CLI passes
-    `classify_progress`); `log(line)`: one line per stage."""
+    `classify_progress`); `log(line)`: one line per stage. `batch_size`: the U-Net batch of every score (0:
+    auto-tune; speed only, errors do not depend on it)."""
     from ... import __version__
 
     cfg = config or ClaimsConfig()
@@ -95,7 +96,7 @@ def run_claims(config: ClaimsConfig | None = None, *, out: str | Path, device: s
     out.mkdir(parents=True, exist_ok=True)
     log = log or (lambda msg: None)
     ctx = ClaimContext(out, ModelSpec(cfg.text_model, cfg.clip_model, cfg.classcond_model), device, cfg.seed,
-                       progress, log)  # fmt: skip
+                       batch_size, progress, log)  # fmt: skip
     models = _model_identity(ctx)
     stages = cfg.selected()
     prior = _read_table(out / TABLE)

@@ -152,8 +152,8 @@ def run(ctx: ClaimContext, knobs: dict) -> list[Claim]:
     test_dir = ctx.sub(f"test-t{nt}")  # run_probes names each run by probe, seed, n, model (not t)
     val_dir = ctx.sub(f"val/{'+'.join(f'{p}-{PROBE_VERSIONS[p]}' for p in PROBES)}-train-s{VAL_SEED + ctx.seed}"
                       f"-n{n_val}-t{nt}")  # fmt: skip
-    denoise = ScoreConfig(seed=ctx.seed)
-    attention = ScoreConfig(seed=ctx.seed, scorer="attention")  # attention_bias on: the default
+    denoise = ctx.score()
+    attention = ctx.score(scorer="attention")  # attention_bias on: the default
 
     val_k0 = _val_correct(ctx, text, val, attention, val_dir, nt, "validation / attention, no LoRA")
     grid = []

@@ -84,6 +84,7 @@ class ClaimContext:
     models: ModelSpec = field(default_factory=ModelSpec)
     device: str | None = None
     seed: int = 0
+    batch_size: int = 64  # U-Net batch (0: auto-tune); speed only, so not part of a stage's settings
     progress: Callable[[str], contextlib.AbstractContextManager] | None = None
     log: Callable[[str], None] = lambda msg: None
     _loaded: dict = field(default_factory=dict, repr=False)
@@ -96,6 +97,12 @@ class ClaimContext:
         if key not in self._loaded:
             self._loaded[key] = create_backbone(key, self.device)
         return self._loaded[key]
+
+    def score(self, **fields):
+        """The stages' ScoreConfig: the protocol's defaults, this run's noise seed and U-Net batch."""
+        from ...scoring.config import ScoreConfig
+
+        return ScoreConfig(seed=self.seed, batch_size=self.batch_size, **fields)
 
     def sub(self, name: str) -> Path:
         p = self.out / name

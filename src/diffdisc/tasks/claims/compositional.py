@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from ...runs.store import read_records
-from ...scoring.config import ScoreConfig
 from ...scoring.match_metrics import winoground_scores
 from ..probe import ProbeConfig, run_probes
 from .base import Claim, ClaimContext, paired, verdict
@@ -54,7 +53,7 @@ def _points(row: dict) -> dict:
 def probe_sides(ctx: ClaimContext, models: dict, names: list[str], n: int, n_t: int, sub: str = "probes") -> dict:
     """{probe: {side: {"row", "correct", "run"}}} for loaded `models` {side: backbone}, every run resumable
     below ctx.sub(f"{sub}-t{n_t}") (the probe's own run name does not say t)."""
-    cfg = ProbeConfig(n=n, seed=ctx.seed, n_timesteps=n_t, score=ScoreConfig(seed=ctx.seed))
+    cfg = ProbeConfig(n=n, seed=ctx.seed, n_timesteps=n_t, score=ctx.score())
     out = ctx.sub(f"{sub}-t{n_t}")
     found: dict = {name: {} for name in names}
     for kind, bb in models.items():

@@ -18,7 +18,7 @@ import numpy as np
 
 from ...datasets.shifts import CLEAN, parse_shift
 from ...errors import DiffdiscError
-from ...scoring.config import AdaptiveConfig, ScoreConfig
+from ...scoring.config import AdaptiveConfig
 from ..baseline import ClassifierConfig
 from ..classify import ClassifyConfig
 from ..robustness import (
@@ -87,7 +87,7 @@ def run(ctx: ClaimContext, knobs: dict) -> list[Claim]:
         raise DiffdiscError("the robustness stage needs at least one shift and one CNN size")
     sets = export_sets(KIND, shifts, ctx.sub(f"data/test-{per_class}-s{seed}"), per_class, seed)
     correct, roles, dirs = {}, {}, {}
-    score = ScoreConfig(seed=seed)
+    score = ctx.score()
     zero_shot = {"diffusion": ("text", AdaptiveConfig(n_timesteps=n_t), f"t{n_t}"),  # exhaustive over the 10 classes
                  "contrastive": ("clip", AdaptiveConfig(), "once")}  # one pass: no timesteps  # fmt: skip
     for role, (which, adaptive, tag) in zero_shot.items():

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...datasets.export import export_shipped_test
-from ...scoring.config import AdaptiveConfig, ScoreConfig
+from ...scoring.config import AdaptiveConfig
 from ..classify import ClassifyConfig, classify
 from .base import Claim, ClaimContext, own_score, paired, verdict
 
@@ -29,7 +29,7 @@ def side(result) -> dict:
 def run(ctx: ClaimContext, knobs: dict) -> list[Claim]:
     per_class, n_t, seed = int(knobs["per_class"]), int(knobs["timesteps"]), ctx.seed
     data = export_shipped_test(ctx.sub(f"data/test-{per_class}-s{seed}-scenes"), per_class, seed, scenes=True)
-    score = ScoreConfig(seed=seed)
+    score = ctx.score()
     runs = {"diffusion": ("text", AdaptiveConfig(n_timesteps=n_t), f"t{n_t}"),  # exhaustive over the 10 classes
             "contrastive": ("clip", AdaptiveConfig(), "once")}  # one pass: no timesteps  # fmt: skip
     sides, dirs = {}, {}
