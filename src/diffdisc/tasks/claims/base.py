@@ -104,6 +104,17 @@ class ClaimContext:
 
         return ScoreConfig(seed=self.seed, batch_size=self.batch_size, **fields)
 
+    def zero_shot_runs(self, per_class: int, n_timesteps: int):
+        """The two zero-shot classifiers the comparisons share, as (role, which, backbone, adaptive, run dir):
+        the text diffusion model exhaustive at `n_timesteps` evenly spaced t, the contrastive model in one pass.
+        The run dir names model, items, seed and t, so every stage that classifies the same way resumes alike."""
+        from ...scoring.config import AdaptiveConfig
+
+        for role, which, adaptive, tag in (("diffusion", "text", AdaptiveConfig(n_timesteps=n_timesteps), f"t{n_timesteps}"),
+                                           ("contrastive", "clip", AdaptiveConfig(), "once")):  # fmt: skip
+            bb = self.load(which)
+            yield role, which, bb, adaptive, self.sub(f"classify/{which}-{bb.info.fingerprint[:8]}-{per_class}-s{self.seed}-{tag}")
+
     def sub(self, name: str) -> Path:
         p = self.out / name
         p.mkdir(parents=True, exist_ok=True)

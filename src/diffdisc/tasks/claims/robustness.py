@@ -18,7 +18,6 @@ import numpy as np
 
 from ...datasets.shifts import CLEAN, parse_shift
 from ...errors import DiffdiscError
-from ...scoring.config import AdaptiveConfig
 from ..baseline import ClassifierConfig
 from ..classify import ClassifyConfig
 from ..robustness import (
@@ -88,12 +87,8 @@ def run(ctx: ClaimContext, knobs: dict) -> list[Claim]:
     sets = export_sets(KIND, shifts, ctx.sub(f"data/test-{per_class}-s{seed}"), per_class, seed)
     correct, roles, dirs = {}, {}, {}
     score = ctx.score()
-    zero_shot = {"diffusion": ("text", AdaptiveConfig(n_timesteps=n_t), f"t{n_t}"),  # exhaustive over the 10 classes
-                 "contrastive": ("clip", AdaptiveConfig(), "once")}  # one pass: no timesteps  # fmt: skip
-    for role, (which, adaptive, tag) in zero_shot.items():
-        bb = ctx.load(which)
+    for role, which, bb, adaptive, out in ctx.zero_shot_runs(per_class, n_t):
         label = Path(getattr(ctx.models, which)).name + (" (contrastive)" if role == "contrastive" else "")
-        out = ctx.sub(f"classify/{which}-{bb.info.fingerprint[:8]}-{per_class}-s{seed}-{tag}")
         correct[label], _ = diffusion_correct(bb, sets, out, ClassifyConfig(score=score, adaptive=adaptive), name=which,
                                               progress=lambda s, w=which: ctx.track(f"robustness / {w} / {s}"), log=ctx.log)  # fmt: skip
         roles[label], dirs[label] = role, str(out.relative_to(ctx.out))

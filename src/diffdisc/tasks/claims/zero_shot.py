@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 
 from ...datasets.export import export_shipped_test
-from ...scoring.config import AdaptiveConfig
 from ..classify import ClassifyConfig, classify
 from .base import Claim, ClaimContext, own_score, paired, verdict
 
@@ -30,12 +29,8 @@ def run(ctx: ClaimContext, knobs: dict) -> list[Claim]:
     per_class, n_t, seed = int(knobs["per_class"]), int(knobs["timesteps"]), ctx.seed
     data = export_shipped_test(ctx.sub(f"data/test-{per_class}-s{seed}-scenes"), per_class, seed, scenes=True)
     score = ctx.score()
-    runs = {"diffusion": ("text", AdaptiveConfig(n_timesteps=n_t), f"t{n_t}"),  # exhaustive over the 10 classes
-            "contrastive": ("clip", AdaptiveConfig(), "once")}  # one pass: no timesteps  # fmt: skip
     sides, dirs = {}, {}
-    for kind, (which, adaptive, tag) in runs.items():
-        bb = ctx.load(which)
-        out = ctx.sub(f"classify/{which}-{bb.info.fingerprint[:8]}-{per_class}-s{seed}-{tag}")
+    for kind, which, bb, adaptive, out in ctx.zero_shot_runs(per_class, n_t):
         with ctx.track(f"zero-shot / {which}") as cb:
             res = classify(bb, data, ClassifyConfig(score=score, adaptive=adaptive), out=out, progress=cb)
         sides[kind], dirs[kind] = side(res), str(out.relative_to(ctx.out))
