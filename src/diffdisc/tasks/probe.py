@@ -32,6 +32,13 @@ class ProbeConfig(ConfigMixin):
         object.__setattr__(self, "score", self.score or ScoreConfig())  # None: the defaults, as before
 
 
+def model_tag(bb) -> str:
+    """A run's name part for its model: the fingerprint's head, and the adapter's when a LoRA is applied
+    ("<model>+lora<adapter>": both parts name the run)."""
+    fp = bb.info.fingerprint
+    return fp[:8] + (f"-lora{fp.split('+lora', 1)[1][:8]}" if "+lora" in fp else "")
+
+
 def run_probes(models: list, names: list[str] | None = None, config: ProbeConfig | None = None, *,
                out: str | Path = "runs/probes", progress_factory=None, **overrides) -> list[dict]:  # fmt: skip
     """One row per (probe, model): text/image/group score with bootstrap 95% intervals and chance levels.
@@ -57,9 +64,7 @@ def run_probes(models: list, names: list[str] | None = None, config: ProbeConfig
         for bb in models:
             scorer = scorer_class(bb, score)
             how = "-attention" if scorer.name == "attention" else ""  # the default scorers leave the run name as it was
-            fp = bb.info.fingerprint  # "<model>" or "<model>+lora<adapter>": both parts name the run
-            tag = fp[:8] + (f"-lora{fp.split('+lora', 1)[1][:8]}" if "+lora" in fp else "")
-            run_dir = Path(out) / f"{name}-{version}-s{seed}-n{n}" / f"{label(bb)}-{tag}{how}"
+            run_dir = Path(out) / f"{name}-{version}-s{seed}-n{n}" / f"{label(bb)}-{model_tag(bb)}{how}"
             ctx = progress_factory(f"{name} / {label(bb)}") if progress_factory else None
             cb = ctx.__enter__() if ctx else None
             try:

@@ -22,7 +22,7 @@ from ...errors import DiffdiscError
 from ...scoring.config import ScoreConfig
 from ..attention import CONFIG, WEIGHTS, LoraConfig, load_lora, tune, tuning_groups
 from ..match import MatchConfig, match
-from ..probe import ProbeConfig, run_probes
+from ..probe import ProbeConfig, model_tag, run_probes
 from .base import Claim, ClaimContext, own_score, paired, verdict
 from .compositional import text_correct
 
@@ -113,9 +113,7 @@ def lora_backbone(model: str, adapter: str | Path, device: str | None = None):
 # ---------------------------------------------------------------------- scoring
 def _run_name(bb, score: ScoreConfig) -> str:
     """As `run_probes` names a model's run: fingerprint, adapter hash, scorer."""
-    fp = bb.info.fingerprint
-    tag = fp[:8] + (f"-lora{fp.split('+lora', 1)[1][:8]}" if "+lora" in fp else "")
-    return f"{score.scorer}-{tag}"
+    return f"{score.scorer}-{model_tag(bb)}"
 
 
 def _val_correct(ctx: ClaimContext, bb, groups, score: ScoreConfig, where: Path, n_t: int, what: str) -> np.ndarray:
