@@ -24,6 +24,7 @@ FILES = {
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 _DTYPES = {0x08: np.uint8}
+SHIPPED = 1000  # images per split shipped in the package (100 per class)
 INSTALL_HINT = "install it with `apt-get install dataset-fashion-mnist` (Debian) or set DIFFDISC_FMNIST_DIR"
 
 
@@ -82,3 +83,24 @@ def stratified_indices(labels: np.ndarray, per_class: int, seed: int = 0) -> np.
     rng = np.random.default_rng(seed)
     out = [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in np.unique(labels)]
     return np.sort(np.concatenate(out))
+
+
+def fmnist_subset(split: str, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """A stratified seeded `n` (n // 10 per class) of `split`: (images, labels, indices into the split, source).
+
+    Drawn from the shipped 1,000 when that is enough, so small runs need no system dataset; from the full
+    Debian set otherwise (a one-line DiffdiscError with the install hint when it is absent).
+    """
+    per_class = n // len(CLASS_NAMES)
+    if per_class < 1:
+        raise DiffdiscError(f"need at least {len(CLASS_NAMES)} {split} images (one per class), got {n}")
+    if n <= SHIPPED:
+        images, labels, index = load_shipped_subset(split)
+        source = f"fmnist-{split}-shipped"
+    else:
+        images, labels = load_fashion_mnist(split)
+        index, source = np.arange(len(labels)), f"fmnist-{split}"
+    if per_class > np.bincount(labels).min():
+        raise DiffdiscError(f"{source} has {np.bincount(labels).min()} images per class, fewer than {per_class}")
+    i = stratified_indices(labels, per_class, seed)
+    return images[i], labels[i], index[i], source

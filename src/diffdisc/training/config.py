@@ -88,9 +88,9 @@ SAVED_KEYS = (
     "attention_levels", "steps", "batch_size", "lr", "warmup_steps", "weight_decay", "ema_decay", "ema_warmup",
     "cond_dropout", "beta_schedule", "checkpoint_every", "seed", "init_from", "scenes", "pair_fraction",
     "class_only_p", "colour_correlation", "max_length", "text_width", "text_layers", "text_heads", "vision_width",
-    "vision_layers", "patch_size", "embed_dim", "objective",
+    "vision_layers", "patch_size", "embed_dim", "objective", "fmnist_images",
 )  # fmt: skip
-ADDED_KEYS = {"objective": "epsilon"}
+ADDED_KEYS = {"objective": "epsilon", "fmnist_images": 0}
 
 
 def _defaults(cls) -> dict[str, Any]:
@@ -135,6 +135,9 @@ class TrainConfig(ConfigMixin):
     init_from: str | None = None
     # text / clip without `data`: scenes drawn from the Fashion-MNIST train split
     scenes: int = 0
+    # without `data`: 0 = the whole Fashion-MNIST train split (Debian); N = a stratified seeded N of it, from the
+    # shipped 1,000 train images when N <= 1,000 (so small runs need no system dataset)
+    fmnist_images: int = 0
     pair_fraction: float = 0.5  # share of two-item scenes
     class_only_p: float = 0.0  # captions without colour words ("a sneaker"): class-name prompts in-distribution
     # P(item takes its class colour `scenes.class_colour`), else uniform: colour becomes a class cue that the
@@ -152,6 +155,8 @@ class TrainConfig(ConfigMixin):
                                 f"got {type(self.model).__name__}")  # fmt: skip
         if not 0.0 <= self.colour_correlation <= 1.0:
             raise DiffdiscError(f"colour_correlation must be in [0, 1], got {self.colour_correlation}")
+        if self.fmnist_images < 0:
+            raise DiffdiscError(f"fmnist_images must be 0 (the whole train split) or a count, got {self.fmnist_images}")
         if self.colour_correlation and (self.kind == "classcond" or self.data):
             raise DiffdiscError("colour_correlation applies to generated scenes (text and clip recipes without data)")
 

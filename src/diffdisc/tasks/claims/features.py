@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ...data.labelled import LabelledImages
-from ...datasets.fashion_mnist import CLASS_NAMES, load_fashion_mnist, load_shipped_subset, stratified_indices
+from ...datasets.fashion_mnist import CLASS_NAMES, fmnist_subset
 from ...errors import DiffdiscError
 from ...features.cache import FeatureCache, cached_features
 from ...features.heads import FittedHead, HeadConfig
@@ -53,26 +53,13 @@ SIZES = {
     "full": {"n_train": 10000, "n_test": 10000, "blocks": ALL_BLOCKS, "timesteps": [5, 25, 100, 300],
              "poolings": ["gap", "avg2", "avg4"]},
 }  # fmt: skip
-SHIPPED = 1000  # images per split in the package
 MARKER = "claim_settings.json"  # beside a stored sweep: the settings it was made with
 
 
 def fmnist_images(split: str, n: int, seed: int = 0) -> LabelledImages:
-    """A stratified seeded `n` (n // 10 per class) of Fashion-MNIST `split`: from the shipped 1,000 when that
-    is enough, else from the full Debian set. Keys are `<split><index in the split>` either way."""
-    per_class = n // len(CLASS_NAMES)
-    if per_class < 1:
-        raise DiffdiscError(f"need at least {len(CLASS_NAMES)} {split} images (one per class), got {n}")
-    if n <= SHIPPED:
-        images, labels, index = load_shipped_subset(split)
-        source = f"fmnist-{split}-shipped"
-    else:
-        images, labels = load_fashion_mnist(split)  # a one-line DiffdiscError with the install hint when absent
-        index, source = np.arange(len(labels)), f"fmnist-{split}"
-    if per_class > np.bincount(labels).min():
-        raise DiffdiscError(f"{source} has {np.bincount(labels).min()} images per class, fewer than {per_class}")
-    i = stratified_indices(labels, per_class, seed)
-    return LabelledImages.from_arrays(images[i], labels[i], CLASS_NAMES, [f"{split}{j}" for j in index[i]], source)
+    """`fmnist_subset` as labelled images keyed `<split><index in the split>`."""
+    images, labels, index, source = fmnist_subset(split, n, seed)
+    return LabelledImages.from_arrays(images, labels, CLASS_NAMES, [f"{split}{j}" for j in index], source)
 
 
 def _digest(keys) -> str:

@@ -64,12 +64,16 @@ def open_images(paths, cfg: TrainConfig) -> tuple[torch.Tensor, str | None]:
 
 
 def fmnist_train(cfg: TrainConfig):
-    """Fashion-MNIST train split, or for the tiny test recipes 64 shipped test images (no system dataset)."""
-    from ...datasets.fashion_mnist import load_fashion_mnist, load_shipped_subset
+    """Fashion-MNIST train split (or `cfg.fmnist_images` of it), or for the tiny test recipes 64 shipped test
+    images (no system dataset)."""
+    from ...datasets.fashion_mnist import fmnist_subset, load_fashion_mnist, load_shipped_subset
 
     if cfg.recipe.startswith("tiny"):
         imgs, labels, _ = load_shipped_subset()
         return imgs[:64], labels[:64]
+    if cfg.fmnist_images:
+        imgs, labels, _, _ = fmnist_subset("train", cfg.fmnist_images, cfg.seed)
+        return imgs, labels
     return load_fashion_mnist("train")
 
 
