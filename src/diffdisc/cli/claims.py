@@ -11,8 +11,9 @@ from . import app
 from .options import UnetBatchSize, json_flag, quiet_flag, split
 
 
-def _knobs(specs: list[str] | None) -> dict:
-    """`stage.knob=value` (value as JSON when it parses: numbers, lists) -> {stage: {knob: value}}."""
+def _knobs(specs: list[str] | None, size: str | None = None) -> dict:
+    """`stage.knob=value` (value as JSON when it parses: numbers, lists) -> {stage: {knob: value}}; with `size`,
+    each value is also checked against its knob's type and range (`tasks.claims.check_knobs`), naming --knob."""
     out: dict = {}
     for spec in specs or []:
         key, sep, value = spec.partition("=")
@@ -23,7 +24,13 @@ def _knobs(specs: list[str] | None) -> dict:
             parsed = json.loads(value)
         except json.JSONDecodeError:
             parsed = value
+        except RecursionError:
+            raise DiffdiscError(f"--knob {key}: value nested too deeply") from None
         out.setdefault(stage, {})[knob] = parsed
+    if size is not None:
+        from ..tasks.claims import check_knobs
+
+        return check_knobs(out, size, "--knob")
     return out
 
 
@@ -63,7 +70,7 @@ def claims(
     quiet_libraries()
     cfg = ClaimsConfig(size="quick" if quick else size, stages=tuple(split(stages)) if stages else None,
                        text_model=text_model, clip_model=clip_model, classcond_model=classcond_model, seed=seed,
-                       knobs=_knobs(knob))  # fmt: skip
+                       knobs=_knobs(knob, "quick" if quick else size))  # fmt: skip
     cfg.selected()  # unknown stage names fail before any model loads
     show = not (quiet or json_out)
     table = run_claims(cfg, out=out, device=device, batch_size=batch_size, progress=(lambda d: classify_progress(d)) if show else None,

@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from ..errors import DiffdiscError
-from ..scoring.scorers import is_contrastive
 from . import app
 from .options import (
     Device,
@@ -133,6 +132,7 @@ def probe(
     from ..progress import classify_progress
     from ..scoring.config import ScoreConfig
     from ..scoring.schedule import timestep_count
+    from ..scoring.scorers import is_contrastive
     from ..tasks.probe import ProbeConfig, run_probes
 
     n_timesteps = timestep_count(timesteps, "probe")

@@ -7,7 +7,10 @@ from typing import Annotated
 import typer
 
 from ..errors import DiffdiscError
-from ..scoring.schedule import TIMESTEPS_HELP
+
+# scoring.schedule.TIMESTEPS_HELP, which its errors quote; copied (a test keeps them equal) because importing
+# scoring.schedule imports torch, and `diffdisc --help` must not (seconds and hundreds of MB)
+TIMESTEPS_HELP = "N: N evenly spaced timesteps (the official grid); T1,T2,...: exactly those (one timestep: T1,)"
 
 
 def json_flag(help: str):

@@ -6,7 +6,6 @@ from typing import Annotated
 import typer
 
 from ..errors import DiffdiscError
-from ..scoring.scorers import is_contrastive
 from . import app
 from .options import Device, Guidance, ImageSize, NoT5, Scheduler, Seed, load, model_options, parse_classes
 
@@ -29,6 +28,7 @@ def sample(
     image_size: ImageSize = None,
 ):
     """Draw a labelled grid of samples, to see what a diffusion model has learned before using it as a classifier."""
+    from ..scoring.scorers import is_contrastive
     from ..tasks.sample import SampleConfig, sample_grid
 
     keys = [c.strip() for c in captions.split(";")] if captions else parse_classes(classes)

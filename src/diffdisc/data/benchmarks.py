@@ -216,8 +216,8 @@ def _cb_defaults(dataset_name: str) -> tuple[list[str] | None, tuple[str, ...]]:
     import clip_benchmark.datasets.builder as builder
 
     folder = Path(builder.__file__).parent
-    names = json.loads((folder / "en_classnames.json").read_text())
-    templates = json.loads((folder / "en_zeroshot_classification_templates.json").read_text())
+    names = json.loads((folder / "en_classnames.json").read_text(encoding="utf-8"))  # not the locale's
+    templates = json.loads((folder / "en_zeroshot_classification_templates.json").read_text(encoding="utf-8"))
     return names.get(dataset_name), tuple(templates.get(dataset_name, templates["imagenet1k"]))
 
 
@@ -240,6 +240,8 @@ def _build(b: Benchmark, root: Path, split: str):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="split argument ignored")
             ds = build_dataset(dataset_name=name, root=str(root), transform=None, split=split, download=False)
+    # user JSON torchvision reads (Food-101's meta, ObjectNet's mappings): not UTF-8 is a ValueError, nested too
+    # deeply a RecursionError (a RuntimeError)
     except (RuntimeError, FileNotFoundError, AssertionError, OSError, KeyError, ValueError, ImportError) as e:
         raise DiffdiscError(f"{b.name}: {root} is not in the layout torchvision reads ({b.layout}): "
                             f"{type(e).__name__}: {e}") from None  # fmt: skip

@@ -12,7 +12,6 @@ tags, so `tag_breakdown` gives text / image / group scores per tag from a match 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -20,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import DiffdiscError
+from ..jsonfile import check_strings, parse_json, read_json_text
 from .groups import Group
 from .images import IMAGE_SUFFIXES
 
@@ -71,6 +71,15 @@ def _unzip_images(archive: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _jsonl(path: Path):
+    """(line number, parsed object) of each non-blank line. Lines end at "\\n" only: `str.splitlines` would also
+    split inside strings holding U+2028 and the other separators JSON allows raw."""
+    text = read_json_text(path, "a JSON Lines file")
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            yield n, parse_json(line, f"{path}:{n}", "the line")
+
+
 def open_winoground(root: str | Path, extract_to: str | Path | None = None) -> list[Group]:
     """Winoground's 400 examples as 2x2 groups (image i matches caption i), tags (tag, collapsed_tag[,
     secondary_tag]) on each. `root`: the dataset's folder (with data/) or its data/ folder itself."""
@@ -85,14 +94,13 @@ def open_winoground(root: str | Path, extract_to: str | Path | None = None) -> l
             _unzip_images(archive, images)
     found = _image_names(images)
     groups = []
-    for n, line in enumerate((data / "examples.jsonl").read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, r in _jsonl(data / "examples.jsonl"):
         try:
-            r = json.loads(line)
             names, captions = (r["image_0"], r["image_1"]), (r["caption_0"], r["caption_1"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DiffdiscError(f"{data / 'examples.jsonl'}:{n}: not a Winoground example ({e})") from None
+        except (KeyError, TypeError) as e:
+            raise DiffdiscError(f"{data / 'examples.jsonl'}:{n}: not a Winoground example ({e!r})") from None
+        where = f"{data / 'examples.jsonl'}:{n}"
+        check_strings(where, dict(zip(("image_0", "image_1", "caption_0", "caption_1"), (*names, *captions), strict=True)))
         missing = [k for k in names if str(k) not in found]
         if missing:
             raise DiffdiscError(f"winoground: image {missing[0]!r} of example {r.get('id', n)} is not in {images}")
@@ -115,19 +123,18 @@ def open_sugar_crepe(root: str | Path, task: str) -> list[Group]:
     for p in (root, ann, images):
         if not p.exists():
             raise DiffdiscError(f"sugar_crepe/{task}: nothing is downloaded, so {layout}; {p} is missing")
-    from clip_benchmark.datasets.sugar_crepe import SugarCrepe
-
-    try:
-        ds = SugarCrepe(root=str(images), ann_file=str(ann))
-    except (json.JSONDecodeError, OSError) as e:
-        raise DiffdiscError(f"sugar_crepe/{task}: cannot read {ann} ({e})") from None
+    # read as clip_benchmark's SugarCrepe dataset reads it (json.load; entries in file order), but checked
+    data = parse_json(read_json_text(ann, "a SugarCrepe annotation file"), str(ann), "the annotation file")
+    if not isinstance(data, dict):
+        raise DiffdiscError(f"{ann}: expected a JSON object of entries, got {type(data).__name__}")
     groups = []
-    for key in ds.idx_strings:
-        a = ds.ann[key]
+    for key, a in data.items():
         try:
-            path, captions = images / a["filename"], (a["caption"], a["negative_caption"])
+            fields = {"filename": a["filename"], "caption": a["caption"], "negative_caption": a["negative_caption"]}
         except (KeyError, TypeError):
             raise DiffdiscError(f"{ann}: entry {key!r} lacks filename / caption / negative_caption") from None
+        check_strings(f"{ann}: entry {key!r}", fields)
+        path, captions = images / fields["filename"], (fields["caption"], fields["negative_caption"])
         if not path.is_file():
             raise DiffdiscError(f"sugar_crepe/{task}: image {path} of entry {key!r} is missing ({layout})")
         groups.append(Group(f"{task}-{key}", (path,), captions, (task,)))

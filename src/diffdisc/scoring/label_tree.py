@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import DiffdiscError
+from ..jsonfile import parse_json, read_json_text
 
 FILE_KEYS = {"name", "prompt", "prompts", "children", "candidate"}
 
@@ -134,6 +135,7 @@ class LabelTree:
                 the root's children, and a list inside a list is an unnamed node). name, prompt, prompts,
                 children and candidate are keys of the full form: a short-form node cannot be called that.
         """
+        _check_nesting(data, source)
         index = {n.strip().lower(): i for i, n in enumerate(names)}
         unknown: list[str] = []
 
@@ -184,11 +186,15 @@ class LabelTree:
                                         "or prompt (its prompts are the candidate's)")  # fmt: skip
                 n = leaf(d["candidate"] if "candidate" in d else d.get("name"))
                 return n if n is not None else TreeNode("?", leaf=-1)  # unknown: refused below
+            name = d.get("name", "node")
+            if not isinstance(name, str) or not name.strip():
+                raise DiffdiscError(f"{source}: a node's name must be a non-empty string, got {json.dumps(name)}")
             prompts = d.get("prompts", [d["prompt"]] if "prompt" in d else [])
-            prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-            if any(not isinstance(p, str) or not p.strip() for p in prompts):
-                raise DiffdiscError(f"{source}: node {d.get('name')!r}: prompts must be non-empty strings")
-            return TreeNode(str(d.get("name", "node")), children(d["children"]), prompts=tuple(prompts))
+            prompts = [prompts] if isinstance(prompts, str) else prompts
+            if not isinstance(prompts, list) or any(not isinstance(p, str) or not p.strip() for p in prompts):
+                raise DiffdiscError(f"{source}: node {name!r}: prompts must be non-empty strings, got "
+                                    f"{json.dumps(prompts)}")  # fmt: skip
+            return TreeNode(name, children(d["children"]), prompts=tuple(prompts))
 
         if isinstance(data, dict) and "children" in data:
             root = full(data)
@@ -202,12 +208,7 @@ class LabelTree:
     def from_json(cls, path: str | Path, names: list[str]) -> LabelTree:
         """`from_dict` of a JSON file."""
         p = Path(path)
-        try:
-            data = json.loads(p.read_text())
-        except OSError as e:
-            raise DiffdiscError(f"cannot read tree file {p}: {e.strerror or e}") from None
-        except json.JSONDecodeError as e:
-            raise DiffdiscError(f"tree file {p} is not valid JSON: {e}") from None
+        data = parse_json(read_json_text(p, "tree file"), f"tree file {p}", "the tree")
         return cls.from_dict(data, names, source=f"tree file {p}")
 
     # ------------------------------------------------------------------ WordNet
@@ -285,6 +286,22 @@ class LabelTree:
 
         root = TreeNode("root", split(list(range(len(names))), top or branching))
         return cls(root, len(names), names, "automatic tree")
+
+
+MAX_NESTING = 200  # lists / objects inside each other: far past any label tree (WordNet's ImageNet tree: ~40)
+
+
+def _check_nesting(data, source: str) -> None:
+    """Refuse nesting past `MAX_NESTING`, measured without recursion: `from_dict` and the tree's own walks
+    recurse per level, so a deeper file would end in RecursionError instead of this message."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_NESTING:
+                raise DiffdiscError(f"{source}: lists / objects nested more than {MAX_NESTING} deep; "
+                                    "a label tree is a few levels deep")  # fmt: skip
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
 
 
 def _cluster_name(members: list[int], names: list[str]) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from ...config import ConfigMixin, check_choice
 from ...errors import DiffdiscError
 from ...runs.io import atomic_write_text
-from .base import FAILS, HOLDS, INCONCLUSIVE, Claim, ClaimContext, ModelSpec, paired, verdict
+from .base import FAILS, HOLDS, INCONCLUSIVE, Claim, ClaimContext, ModelSpec, check_knob, paired, verdict
 
 STAGES = ("zero_shot", "compositional", "shape_bias", "attention_lora", "features", "diversity", "robustness")
 SIZE_NAMES = ("tiny", "quick", "full")
@@ -34,6 +34,23 @@ def sizes(name: str) -> dict[str, dict]:
     """Each stage's knobs at size `name` (the documented values; `ClaimsConfig.knobs` overrides them)."""
     check_choice("claims size", name, SIZE_NAMES)
     return {s: dict(stage_module(s).SIZES[name]) for s in STAGES}
+
+
+def check_knobs(knobs: dict, size: str, flag: str = "knob") -> dict:
+    """{stage: {knob: value}} with every stage and knob known and every value typed and in range
+    (`base.check_knob`), before any model loads: a bad value must not surface as a traceback mid-run."""
+    check_choice("claims size", size, SIZE_NAMES)
+    out = {}
+    for stage, given in knobs.items():
+        check_choice("claims stage", stage, STAGES)
+        if not isinstance(given, dict):
+            raise DiffdiscError(f"{flag}s of stage {stage}: expected {{knob: value}}, got {given!r}")
+        base = stage_module(stage).SIZES[size]
+        unknown = sorted(set(given) - set(base))
+        if unknown:
+            raise DiffdiscError(f"unknown knob(s) {', '.join(unknown)} for stage {stage} (it has {', '.join(base)})")
+        out[stage] = {k: check_knob(stage, k, v, base[k], flag) for k, v in given.items()}
+    return out
 
 
 @dataclass(frozen=True)
@@ -53,8 +70,8 @@ class ClaimsConfig(ConfigMixin):
 
     def __post_init__(self):
         check_choice("claims size", self.size, SIZE_NAMES)
-        for s in self.knobs:
-            check_choice("claims stage", s, STAGES)
+        if self.knobs:
+            object.__setattr__(self, "knobs", check_knobs(self.knobs, self.size))
 
     def selected(self) -> list[str]:
         if not self.stages:
@@ -69,12 +86,7 @@ class ClaimsConfig(ConfigMixin):
         return [s for s in STAGES if s in out]  # the documented order, whatever order they were named in
 
     def stage_knobs(self, stage: str) -> dict:
-        base = dict(stage_module(stage).SIZES[self.size])
-        extra = self.knobs.get(stage, {})
-        unknown = sorted(set(extra) - set(base))
-        if unknown:
-            raise DiffdiscError(f"unknown knob(s) {', '.join(unknown)} for stage {stage} (it has {', '.join(base)})")
-        return {**base, **extra}
+        return {**stage_module(stage).SIZES[self.size], **self.knobs.get(stage, {})}  # checked in __post_init__
 
 
 def _model_identity(ctx: ClaimContext) -> dict:
@@ -152,4 +164,4 @@ def _read_table(path: Path) -> dict | None:
 
 
 __all__ = ["FAILS", "HOLDS", "INCONCLUSIVE", "STAGES", "Claim", "ClaimContext", "ClaimsConfig", "ModelSpec",
-           "paired", "run_claims", "sizes", "verdict"]  # fmt: skip
+           "check_knobs", "paired", "run_claims", "sizes", "verdict"]  # fmt: skip

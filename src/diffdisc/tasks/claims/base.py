@@ -4,15 +4,90 @@ and the context a stage runs in (its own directory, the three embedded models lo
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ...errors import DiffdiscError
 from ...scoring.match_metrics import bootstrap_ci
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+
+
+# ---------------------------------------------------------------------- knobs
+# A knob's type is its default's in the stage's SIZES (int, float, str, or a non-empty list of one of those),
+# so adding a knob there declares it. Bounds: a count is ≥ 1 (0 would silently mean "all images" to some
+# readers), a rate > 0; the exceptions are this table's, (minimum, maximum) with None for none.
+KNOB_BOUNDS: dict[tuple[str, str], tuple[int | None, int | None]] = {
+    ("shape_bias", "warmup"): (0, None),  # no warm-up is a setting
+    ("shape_bias", "train_images"): (0, None),  # 0: the whole train split, as the size documents
+    ("features", "timesteps"): (0, None),  # timesteps themselves, not a count
+    ("features", "n_train"): (10, None),  # one image per class at least
+    ("features", "n_test"): (10, None),
+    # subsets of the shipped test split, which holds 100 images per class
+    ("zero_shot", "per_class"): (1, 100),
+    ("robustness", "per_class"): (1, 100),
+    ("diversity", "test_per_class"): (1, 100),
+    ("shape_bias", "cue_per_class"): (1, 100),
+}
+
+
+def _number(value, kind: type, lo, hi):
+    """`value` as `kind` (int: a whole number; float: finite) within [lo, hi], else None."""
+    if isinstance(value, str):
+        try:
+            value = int(value) if kind is int else float(value)
+        except ValueError:
+            return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):  # numpy too
+        return None
+    if kind is int:
+        if value != int(value):
+            return None
+        value = int(value)
+    else:
+        value = float(value)
+    too_low = value <= 0 if lo is None else value < lo
+    return None if too_low or (hi is not None and value > hi) else value
+
+
+def _describe(kind: type, lo, hi, many: bool = False) -> str:
+    if kind is str:
+        return "non-empty strings" if many else "a non-empty string"
+    what = ("integers" if many else "an integer") if kind is int else ("numbers" if many else "a number")
+    if lo is None:
+        return f"{what} > 0"
+    return f"{what} from {lo} to {hi}" if hi is not None else f"{what} ≥ {lo}"
+
+
+def check_knob(stage: str, knob: str, value, default, flag: str = "knob"):
+    """`value` for `stage.knob`, typed like `default` and within `KNOB_BOUNDS` (counts ≥ 1, rates > 0): the
+    value to use, or a one-line DiffdiscError saying what was expected. A list knob also takes a single value
+    or comma-separated text (`1e-4,1e-2`)."""
+    listed = isinstance(default, list | tuple)
+    kind = type(default[0]) if listed and default else str if listed else type(default)
+    kind = float if kind is float else int if kind is int else str
+    lo, hi = KNOB_BOUNDS.get((stage, knob), (1 if kind is int else None, None))
+
+    def one(v):
+        if kind is str:
+            return v.strip() if isinstance(v, str) and v.strip() else None
+        return _number(v, kind, lo, hi)
+
+    if listed:
+        items = value.split(",") if isinstance(value, str) else value if isinstance(value, list | tuple) else [value]
+        out = [one(x) for x in items]
+        ok, expected = bool(out) and None not in out, f"a non-empty list of {_describe(kind, lo, hi, many=True)}"
+    else:
+        out = one(value)
+        ok, expected = out is not None, _describe(kind, lo, hi)
+    if not ok:
+        raise DiffdiscError(f"{flag} {stage}.{knob}: expected {expected}, got {value!r}")
+    return out
 
 
 @dataclass
