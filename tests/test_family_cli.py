@@ -30,7 +30,7 @@ def test_classify_sd3_without_t5_from_the_command_line(monkeypatch, capsys, sd3_
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--no-t5"], "take no option 'no_t5'"),
+    (["--no-t5"], "take no option --no-t5"),
     (["--sigmas", "uniform"], "places σ for flow-matching models"),
     (["--weighting", "velocity"], "flow-matching model's velocity"),
 ])  # fmt: skip

@@ -186,7 +186,7 @@ def test_guidance_option(flux_dir, bb, pipe, sched, schnell_dir):
 
 # ---------------------------------------------------------------------- bad input
 def test_bad_input(flux_dir, tmp_path):
-    with pytest.raises(DiffdiscError, match="flux models take no option 'no_t5'"):
+    with pytest.raises(DiffdiscError, match="flux models take no option --no-t5"):
         create_backbone(flux_dir, no_t5=True)
     with pytest.raises(DiffdiscError, match="not a multiple of 2"):
         create_backbone(flux_dir, image_size=9)

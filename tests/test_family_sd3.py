@@ -224,9 +224,9 @@ def test_missing_components_and_bad_options(sd3_dir, tmp_path):
         create_backbone(no_t5)
     assert create_backbone(no_t5, no_t5=True).pipe.text_encoder_3 is None  # the advice works
 
-    with pytest.raises(DiffdiscError, match="sd3 models take no option 'guidance'"):
+    with pytest.raises(DiffdiscError, match="sd3 models take no option --distilled-guidance"):
         create_backbone(sd3_dir, guidance=3.5)
-    with pytest.raises(DiffdiscError, match="sd3 models take no option 'guidance'"):
+    with pytest.raises(DiffdiscError, match="sd3 models take no option --distilled-guidance"):
         create_backbone(sd3_dir, no_t5=True, guidance=3.5)
 
 

@@ -5,7 +5,8 @@ x0-prediction, VP or rectified flow). Everything model specific is read from the
 k-diffusion's external wrappers. Scorers (`diffdisc.scoring.scorers`) and the feature taps use only this
 contract:
 
-- `encode(images) -> x0` in the model's space; `conditions(candidates)`, `null_condition()`;
+- `encode(images) -> x0` in the model's space (`vae_encode` for latent models); `conditions(candidates)`,
+  `null_condition()` (both cached);
 - `num_train_timesteps`: timesteps are integers 0 <= t < T, rows of the noise process's table (ᾱ_t, or σ_t
   for flow models); t / T is the noise level's fraction of the way;
 - `add_noise(x0, noise, t) -> x_t`, the forward process;
@@ -93,8 +94,32 @@ def diffusion_args(model_config, scheduler, *, mu: float | None = None) -> tuple
     return noise_process(scheduler, mu=mu), has_learned_variance(model_config, scheduler.config)
 
 
+NULL_KEY = ("diffdisc:null",)  # the null condition's key in `_cond_cache`: a tuple is never a candidate
+
+
+def vae_shift(config) -> float:
+    """A VAE's `shift_factor` (SD3 / FLUX); None or absent (SD 1.x, SDXL) means 0."""
+    return float(getattr(config, "shift_factor", None) or 0.0)
+
+
+def vae_encode(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> latents: the posterior mean (deterministic, as the official Diffusion Classifier code),
+    (mean - shift_factor) × scaling_factor, the pipelines' convention. The one VAE encode of every family, so
+    none can forget the shift while `vae_decode` adds it back."""
+    cfg = vae.config
+    mean = vae.encode(images.to(vae.dtype)).latent_dist.mean
+    return (mean - vae_shift(cfg)) * cfg.scaling_factor
+
+
+def vae_decode(vae, x0: torch.Tensor) -> torch.Tensor:
+    """The inverse of `vae_encode`: latents -> images (not clamped)."""
+    cfg = vae.config
+    return vae.decode((x0 / cfg.scaling_factor + vae_shift(cfg)).to(vae.dtype)).sample
+
+
 class Backbone(nn.Module):
-    """Base class; subclasses implement `_encode`, `_condition_batch`, `null_condition` and `model_output`."""
+    """Base class; subclasses implement `_condition_batch`, `_null_condition` and `model_output` (and
+    `_encode` when their model space is neither pixels nor a `vae`'s latents)."""
 
     info: BackboneInfo
     # Submodules that only encode conditions (a 4.7B T5 beside an SD3 transformer): kept on the CPU by `to`,
@@ -158,17 +183,15 @@ class Backbone(nn.Module):
         return self._encode(images.to(self.device, torch.float32)).float()
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        return images
+        """Pixels for pixel models; for latent ones (a `vae`) the one `vae_encode` every family shares."""
+        vae = getattr(self, "vae", None)
+        return images if vae is None else vae_encode(vae, images)
 
     @torch.inference_mode()
     def decode(self, x0: torch.Tensor) -> torch.Tensor:
         """Inverse of `encode`: the model's space -> images in [-1, 1] (sampling, visualisation)."""
         vae = getattr(self, "vae", None)
-        if vae is None:
-            return x0.float().clamp(-1, 1)
-        cfg = vae.config
-        lat = x0 / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
-        return vae.decode(lat.to(vae.dtype)).sample.float().clamp(-1, 1)
+        return (x0 if vae is None else vae_decode(vae, x0)).float().clamp(-1, 1)
 
     def to(self, *args, **kwargs):
         """Moves everything but the `offloaded` encoders, which are never copied to the accelerator at all."""
@@ -209,8 +232,24 @@ class Backbone(nn.Module):
     def _condition_batch(self, candidates: list) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def null_condition(self) -> torch.Tensor:  # pragma: no cover - abstract
+    def null_condition(self) -> torch.Tensor:
+        """The unconditional condition (∅), encoded once per backbone: scorers and samplers ask for it every
+        batch, and on SD3 / FLUX each encoding moved T5 to the accelerator and back. Kept with the conditions,
+        so `clear_conditions` (a LoRA load) forgets it too."""
+        null = self._cond_cache.get(NULL_KEY)
+        if null is None:
+            with self.encoders_on_device():
+                null = self._cond_cache[NULL_KEY] = self._null_condition().to(self.device)
+        elif null.device != self.device:  # the backbone moved since
+            null = self._cond_cache[NULL_KEY] = null.to(self.device)
+        return null
+
+    def _null_condition(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def clear_conditions(self) -> None:
+        """Forget the cached conditions and ∅: after the model changed in place (a LoRA, a pipeline config)."""
+        self._cond_cache.clear()
 
     # ------------------------------------------------------------------ diffusion
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -303,10 +342,21 @@ def _shape_mismatch(cls, directory: Path) -> tuple[str, tuple, tuple] | None:
     return None
 
 
+# The command-line flag of each loader option (`cli.options.model_options`): errors name what the user typed.
+OPTION_FLAGS = {"no_t5": "--no-t5", "guidance": "--distilled-guidance", "image_size": "--image-size"}
+
+
+def option_flag(option: str) -> str:
+    """The command-line flag of loader option `option` (`no_t5` -> `--no-t5`)."""
+    return OPTION_FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
 def refuse_options(options: dict, family: str) -> None:
-    """Loader options a family does not take (`--no-t5` on an SD 1.x model) are an error, not ignored."""
+    """Loader options a family does not take (`--no-t5` on an SD 1.x model) are an error, not ignored; named
+    by the flag a command-line user typed and the keyword a Python caller passed."""
     if options:
-        raise DiffdiscError(f"{family} models take no option {sorted(options)[0]!r}")
+        first = sorted(options)[0]
+        raise DiffdiscError(f"{family} models take no option {option_flag(first)} ({first})")
 
 
 def read_config(path: Path) -> dict:

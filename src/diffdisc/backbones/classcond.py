@@ -78,16 +78,10 @@ class ClassCondBackbone(Backbone):
             raise DiffdiscError(f"class id {i} out of range 0..{self.num_classes - 1} for {self.info.name}")
         return i
 
-    def _encode(self, images):
-        if self.vae is None:
-            return images
-        lat = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mean
-        return lat * self.vae.config.scaling_factor
-
     def _condition_batch(self, candidates):
         return torch.tensor([self.class_id(c) for c in candidates], dtype=torch.long, device=self.device)
 
-    def null_condition(self):
+    def _null_condition(self):
         if self.null_class is None:
             raise DiffdiscError(f"{self.info.name} has no null class (trained without classifier-free dropout)")
         return torch.tensor(self.null_class, dtype=torch.long, device=self.device)

@@ -5,12 +5,13 @@ Three things differ from the other pipeline families, each done with the FluxPip
 - The σ table depends on the image size: FLUX.1-dev's scheduler has `use_dynamic_shifting`, and the pipeline
   shifts σ by `mu = calculate_shift(image tokens, ...)`. The backbone scores at one size (`image_size`, default
   the pipeline's 1024), so `mu` is computed once for it and `FlowProcess` holds the shifted table.
-- The transformer sees 2×2 latent patches as tokens with position ids (`_pack_latents`,
-  `_prepare_latent_image_ids`); `model_output` packs x_t, calls it as the denoising loop does and unpacks v̂,
-  so scorers see (B, C, h, w) latents like every other latent model.
+- The transformer sees 2×2 latent patches as tokens with position ids (the pipeline's private `_pack_latents`,
+  `_prepare_latent_image_ids`, reached through `compat`); `model_output` packs x_t, calls it as the denoising
+  loop does and unpacks v̂, so scorers see (B, C, h, w) latents like every other latent model.
 - Guidance-distilled FLUX.1-dev takes the guidance scale as an input (`transformer.config.guidance_embeds`):
-  option `guidance`, default 3.5 as the pipeline's `guidance_scale`. FLUX.1-schnell has no such input and
-  refuses the option. There is no classifier-free guidance in the pipeline; "" is the null prompt.
+  option `guidance` (`--distilled-guidance`), default 3.5 as the pipeline's `guidance_scale`. FLUX.1-schnell
+  has no such input and refuses the option. There is no classifier-free guidance in the pipeline; "" is the
+  null prompt.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import math
 import torch
 
 from ..errors import DiffdiscError
-from .base import refuse_options
+from . import compat
+from .base import option_flag, refuse_options
 from .conditioning import CondPack
 from .pipeline import PipelineBackbone, register_pipeline_family
 
@@ -36,12 +38,11 @@ def pipeline_default_size(pipe) -> int:
 def resolution_shift(pipe, image_size: int) -> float:
     """`mu` for square images of side `image_size`, as FluxPipeline.__call__ computes it from the packed
     latent's token count (h/2 · w/2 latent pixels)."""
-    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
     side = int(image_size) // (pipe.vae_scale_factor * 2)
     cfg = pipe.scheduler.config
-    return calculate_shift(side * side, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                           cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))  # fmt: skip
+    return compat.calculate_shift(side * side, cfg.get("base_image_seq_len", 256),
+                                  cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
+                                  cfg.get("max_shift", 1.15))  # fmt: skip
 
 
 def resolve_guidance(pipe, guidance) -> float | None:
@@ -51,14 +52,14 @@ def resolve_guidance(pipe, guidance) -> float | None:
     if guidance is None:
         return DEFAULT_GUIDANCE if embeds else None
     if not embeds:
-        raise DiffdiscError("option guidance: this FLUX transformer has no guidance embedding "
+        raise DiffdiscError(f"{option_flag('guidance')}: this FLUX transformer has no guidance embedding "
                             "(guidance_embeds is false, as in FLUX.1-schnell)")  # fmt: skip
     try:
         g = float(guidance)
     except (TypeError, ValueError):
         g = float("nan")
     if isinstance(guidance, bool) or not math.isfinite(g):
-        raise DiffdiscError(f"option guidance must be a number, got {guidance!r}")
+        raise DiffdiscError(f"{option_flag('guidance')} must be a number, got {guidance!r}")
     return g
 
 
@@ -113,8 +114,8 @@ class FluxBackbone(PipelineBackbone):
         b, c, h, w = x_t.shape
         pipe, vsf = self.pipe, self.pipe.vae_scale_factor
         parts = self.cond_pack.unpack(cond, x_t.dtype)
-        latents = pipe._pack_latents(x_t, b, c, h, w)
-        img_ids = pipe._prepare_latent_image_ids(b, h // 2, w // 2, x_t.device, x_t.dtype)
+        latents = compat.pack_latents(pipe, x_t)
+        img_ids = compat.latent_image_ids(pipe, b, h // 2, w // 2, x_t.device, x_t.dtype)
         txt_ids = torch.zeros(self.max_sequence_length, 3, device=x_t.device, dtype=x_t.dtype)
         guidance = None
         if self.guidance is not None:
@@ -123,7 +124,7 @@ class FluxBackbone(PipelineBackbone):
                                guidance=guidance, pooled_projections=parts["pooled_prompt_embeds"],
                                encoder_hidden_states=parts["prompt_embeds"], txt_ids=txt_ids, img_ids=img_ids,
                                return_dict=False)[0]  # fmt: skip
-        return pipe._unpack_latents(out, h * vsf, w * vsf, vsf)
+        return compat.unpack_latents(pipe, out, h * vsf, w * vsf)
 
 
 register_pipeline_family(FluxBackbone, "model_index.json of a FluxPipeline")

@@ -153,12 +153,6 @@ class PipelineBackbone(Backbone):
         s = getattr(self, self.denoiser).config.sample_size
         return int(s if isinstance(s, int) else s[0]) * self.vae_scale
 
-    def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        """VAE posterior mean, (latent - shift_factor) × scaling_factor (the pipelines' convention)."""
-        cfg = self.vae.config
-        lat = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mean
-        return (lat - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor
-
     # ------------------------------------------------------------------ conditions
     prompt_batch = 32  # prompts per encode_prompt call
 
@@ -175,9 +169,8 @@ class PipelineBackbone(Backbone):
                           for i in range(0, len(prompts), self.prompt_batch)])  # fmt: skip
 
     @torch.inference_mode()
-    def null_condition(self) -> torch.Tensor:
-        with self.encoders_on_device():
-            return self.encode_rows([""], null=True)[0].to(self.device)
+    def _null_condition(self) -> torch.Tensor:
+        return self.encode_rows([""], null=True)[0]
 
 
 def register_pipeline_family(cls: type[PipelineBackbone], expects: str) -> None:

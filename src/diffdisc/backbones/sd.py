@@ -58,15 +58,6 @@ class SDBackbone(Backbone):
         return bb.eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ protocol
-    def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        if self.vae is None:
-            return images
-        cfg = self.vae.config
-        # Posterior mean (deterministic), as the official Diffusion Classifier code.
-        lat = self.vae.encode(images.to(self.vae.dtype)).latent_dist.mean
-        shift = getattr(cfg, "shift_factor", None) or 0.0
-        return (lat - shift) * cfg.scaling_factor
-
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         tok = self.tokenizer
         max_len = tok.model_max_length
@@ -87,7 +78,7 @@ class SDBackbone(Backbone):
             out.append(self.text_encoder(ids)[0].float())
         return torch.cat(out)
 
-    def null_condition(self) -> torch.Tensor:
+    def _null_condition(self) -> torch.Tensor:
         ids = self.tokenizer([""], padding="max_length", max_length=self.tokenizer.model_max_length, return_tensors="pt")
         with torch.inference_mode():
             return self.text_encoder(ids["input_ids"].to(self.device))[0].float()[0]

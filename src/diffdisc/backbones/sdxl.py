@@ -1,10 +1,10 @@
 """SDXL (StableDiffusionXLPipeline): an ε- (or v-) prediction UNet with two CLIP text encoders and micro-conditions.
 
 The pipeline's own `encode_prompt` makes the conditions: the penultimate hidden states of both encoders,
-concatenated, and the pooled projection of the second; `_get_add_time_ids` makes the size / crop
-micro-conditions for a square image of the scoring size (original = target = that size, no crop), which is
-what `StableDiffusionXLPipeline.__call__` passes for such an image. The three are packed into one row per
-candidate (`CondPack`). The noise process is VP, ᾱ_t read from whichever VP scheduler the directory has
+concatenated, and the pooled projection of the second; its private `_get_add_time_ids` (`compat`) makes the
+size / crop micro-conditions for a square image of the scoring size (original = target = that size, no
+crop), which is what `StableDiffusionXLPipeline.__call__` passes for such an image. The three are packed into
+one row per candidate (`CondPack`). The noise process is VP, ᾱ_t read from whichever VP scheduler the directory has
 (EulerDiscreteScheduler in real checkpoints), as in diffusers' SDXL training example, which noises with
 DDPMScheduler loaded from the same scheduler config.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import DiffdiscError
+from . import compat
 from .conditioning import CondPack
 from .pipeline import PipelineBackbone, register_pipeline_family
 
@@ -36,8 +37,8 @@ class SDXLBackbone(PipelineBackbone):
             )
         size = self.info.image_size
         try:
-            time_ids = pipe._get_add_time_ids((size, size), (0, 0), (size, size), dtype=torch.float32,
-                                              text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)  # fmt: skip
+            time_ids = compat.sdxl_add_time_ids(pipe, (size, size), (0, 0), (size, size), dtype=torch.float32,
+                                                text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim)  # fmt: skip
         except ValueError as e:
             raise DiffdiscError(
                 f"{name}: the unet and text_encoder_2 configs disagree: {str(e).splitlines()[0]}"

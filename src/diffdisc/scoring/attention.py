@@ -166,7 +166,7 @@ class AttentionScorer(Scorer):
 
     def __call__(self, x0, noise, t, cond):
         x_t = self.backbone.add_noise(x0, noise, t)
-        with self.autocast():  # all of it, as always: the null prompt's text encoding runs under it too
+        with self.autocast():  # all of it, as always; ∅ is encoded once per backbone (`null_condition`)
             score = attention_score(self.backbone, self.capture, x_t, noise, t, cond, self.config.attention_bias,
                                     self.predict)  # fmt: skip
         return -finite(score)

@@ -19,6 +19,8 @@ The capture processors reproduce diffusers' `JointAttnProcessor2_0` and `FluxAtt
 (the same projections, norms, rotary embedding and attention call, so the transformer's output is unchanged)
 and additionally compute the text-key block for the score; they refuse any other processor (IP-Adapter,
 fused-QKV or PAG variants) rather than silently replace it. LoRA on the projections composes, as for U-Nets.
+The diffusers internals they call are reached through `backbones.compat`, which checks them against the
+installed version.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..backbones import compat
 from ..errors import DiffdiscError
 
 LAYER_CHOICES = ("joint", "all")
@@ -107,16 +110,11 @@ class _FluxCaptureProcessor:
 
     def __init__(self, sink: dict, name: str, keep_maps: bool, original):
         self.sink, self.name, self.keep_maps = sink, name, keep_maps
-        self._attention_backend = original._attention_backend
-        self._parallel_config = original._parallel_config
+        self.backend, self.parallel_config = compat.processor_dispatch(original)
         self.text_len: int | None = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-        from diffusers.models.embeddings import apply_rotary_emb
-        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
-
-        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
+        query, key, value, encoder_query, encoder_key, encoder_value = compat.flux_qkv_projections(
             attn, hidden_states, encoder_hidden_states
         )
         query = query.unflatten(-1, (-1, attn.head_dim))
@@ -137,8 +135,8 @@ class _FluxCaptureProcessor:
             if text_len is None:
                 raise DiffdiscError(f"attention layer {self.name}: the text length of a single-stream block is unknown")
         if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+            query = compat.apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = compat.apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
 
         image, text = slice(text_len, None), slice(0, text_len)
         q_img, k_txt = query[:, image].transpose(1, 2), key[:, text].transpose(1, 2)  # (B, heads, n, d)
@@ -147,13 +145,13 @@ class _FluxCaptureProcessor:
         if maps is not None:
             self.sink[f"{self.name}:maps"] = maps
 
-        hidden_states = dispatch_attention_fn(
+        hidden_states = compat.dispatch_attention_fn(
             query,
             key,
             value,
             attn_mask=attention_mask,
-            backend=self._attention_backend,
-            parallel_config=self._parallel_config,
+            backend=self.backend,
+            parallel_config=self.parallel_config,
         )
         hidden_states = hidden_states.flatten(2, 3)
         hidden_states = hidden_states.to(query.dtype)
@@ -201,13 +199,12 @@ class JointAttentionCapture:
 
     def __init__(self, transformer, keep_maps: bool = False, layers: str = "joint"):
         from diffusers import FluxTransformer2DModel
-        from diffusers.models.attention_processor import JointAttnProcessor2_0
-        from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
+        joint_processor, flux_processor = compat.joint_processor_classes()
         self.transformer, self.keep_maps = transformer, keep_maps
         self.layers = joint_layers(transformer, layers)
         self.flux = isinstance(transformer, FluxTransformer2DModel)
-        self._expected = FluxAttnProcessor if self.flux else JointAttnProcessor2_0
+        self._expected = flux_processor if self.flux else joint_processor
         self.sink: dict[str, torch.Tensor] = {}
         self._saved: list = []
         self._hooks: list = []
