@@ -120,9 +120,9 @@ def test_training_dir_loads_its_model(run_dir, tmp_path, caplog):
         create_backbone(tmp_path)
 
 
-def test_name_defaults_to_recipe_and_data_folder_and_may_change_on_resume(run_dir, folder):
+def test_name_defaults_to_the_training_dir_and_may_change_on_resume(run_dir, folder):
     meta = json.loads((run_dir / "model" / "diffdisc.json").read_text())
-    assert meta["name"] == f"tiny-{folder.name}"
+    assert meta["name"] == run_dir.name  # not recipe + data folder (`fmnist-classcond-train` for mydata/train)
     model = train(resolve_config("tiny", run_dir, name="my-model", steps=3), run_dir, log=lambda m: None, quiet=True)
     assert json.loads((model / "diffdisc.json").read_text())["name"] == "my-model"
     assert create_backbone(model).info.label == "my-model"

@@ -18,11 +18,31 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from .errors import DiffdiscError
 
 console = Console(stderr=True)
 INTERVAL_ENV = "DIFFDISC_PROGRESS_INTERVAL"  # seconds between plain lines (default 30; 0 = every update)
+
+
+def progress_interval() -> float:
+    """Seconds between plain progress lines (DIFFDISC_PROGRESS_INTERVAL, default 30): also the cadence of
+    `diffdisc train`'s log lines, so a log and a progress line never disagree on how often they come."""
+    try:
+        return max(0.0, float(os.environ.get(INTERVAL_ENV) or 30))
+    except ValueError:
+        bad = os.environ[INTERVAL_ENV]
+        raise DiffdiscError(f"{INTERVAL_ENV}={bad!r}: expected seconds between progress lines") from None
+
+
+class _Eta(TimeRemainingColumn):
+    """rich's time remaining, unless the loop knows better (`update(..., eta=s)`: e.g. --max-minutes stops a
+    training run before its last step), so the bar and the loop never show two ETAs."""
+
+    def render(self, task):
+        eta = task.fields.get("eta")
+        return super().render(task) if eta is None else Text(hms(eta), style="progress.remaining")
 
 
 @contextlib.contextmanager
@@ -45,8 +65,9 @@ def classify_progress(description: str, enabled: bool = True):
 
 @contextlib.contextmanager
 def step_progress(description: str, enabled: bool = True):
-    """Yields `update(done, total, info="", rate=None)` for counted loops (training steps, feature extraction, head
-    fitting, images); None when disabled. `rate` (units/s) overrides the ETA's estimate from the updates seen."""
+    """Yields `update(done, total, info="", rate=None, eta=None)` for counted loops (training steps, feature
+    extraction, head fitting, images); None when disabled. `rate` (units/s) overrides the ETA's estimate from
+    the updates seen; `eta` (seconds) overrides the ETA itself."""
     if not enabled:
         yield None
         return
@@ -55,12 +76,12 @@ def step_progress(description: str, enabled: bool = True):
             yield update
         return
     cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TimeRemainingColumn()]  # fmt: skip
+            TimeElapsedColumn(), _Eta()]  # fmt: skip
     with Progress(*cols, console=console, transient=False) as prog:
-        task = prog.add_task(description, total=None, info="")
+        task = prog.add_task(description, total=None, info="", eta=None)
 
-        def update(done: int, total: int, info: str = "", rate: float | None = None) -> None:
-            prog.update(task, completed=done, total=total, info=info)
+        def update(done: int, total: int, info: str = "", rate: float | None = None, eta: float | None = None):
+            prog.update(task, completed=done, total=total, info=info, eta=eta)
 
         yield update
 
@@ -75,11 +96,7 @@ def _plain_lines(description: str):
     """One line on stderr every DIFFDISC_PROGRESS_INTERVAL seconds, and a final one however the loop ends.
 
     Without a `rate`, the ETA uses the progress since the first update, so work resumed from disk does not count."""
-    try:
-        interval = float(os.environ.get(INTERVAL_ENV) or 30)
-    except ValueError:
-        bad = os.environ[INTERVAL_ENV]
-        raise DiffdiscError(f"{INTERVAL_ENV}={bad!r}: expected seconds between progress lines") from None
+    interval = progress_interval()
     t_enter = last = time.monotonic()
     first: tuple[float, int] | None = None  # (time, done) at the first update
     state: dict = {}
@@ -90,16 +107,17 @@ def _plain_lines(description: str):
         if rate is None and first and done > first[1] and now > first[0]:
             rate = (done - first[1]) / (now - first[0])
         eta = hms((total - done) / rate) if rate and total else "0:00:00" if total and done >= total else "?"
+        eta = hms(state["eta"]) if state["eta"] is not None else eta
         head = f"{description} {done}/{total}" + (f" ({done / total:.0%})" if total else "")
         print("  ".join(p for p in (head, state["info"], f"elapsed {hms(now - t_enter)}", f"eta {eta}") if p),
               file=sys.stderr, flush=True)  # fmt: skip
         state["printed"] = True
 
-    def update(done: int, total: int, info: str = "", rate: float | None = None) -> None:
+    def update(done: int, total: int, info: str = "", rate: float | None = None, eta: float | None = None):
         nonlocal first, last
         now = time.monotonic()
         first = first or (now, done)
-        state.update(done=done, total=total, info=info, rate=rate, printed=False)
+        state.update(done=done, total=total, info=info, rate=rate, eta=eta, printed=False)
         if now - last >= interval:
             emit()
             last = now

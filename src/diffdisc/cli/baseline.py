@@ -35,13 +35,15 @@ def train_classifier(what: str, data: Path, out: Path, cfg, max_minutes: float |
     quiet_libraries()
     log = (lambda m: None) if (quiet or json_out) else (lambda m: typer.echo(m, err=True))
     with step_progress(what, enabled=not (quiet or json_out)) as cb:
-        path = run(data, cfg, out=out, log=log, progress=cb, max_minutes=max_minutes, synthetic=synthetic).path
+        res = run(data, cfg, out=out, log=log, progress=cb, max_minutes=max_minutes, synthetic=synthetic)
+    path = res.path
     m = evaluate_classifier(path, test, record=True) if test else None
     if json_out:
         typer.echo(json.dumps({"model_dir": str(path), "test": m}))
-    elif m:
+    elif m:  # of the kept (best validation) epoch, which the last epoch line need not be
         typer.echo(f"{'real ' if synthetic else ''}test accuracy {m['accuracy']:.1%} (top-5 {m['top5']:.1%}, mean per class "
-                   f"{m['mean_per_class_accuracy']:.1%}) on {m['n_images']} images")  # fmt: skip
+                   f"{m['mean_per_class_accuracy']:.1%}) on {m['n_images']} images, of the model kept from epoch "
+                   f"{res.meta.get('epoch', '?')}")  # fmt: skip
 
 
 @baseline_app.command("train", epilog="Example: diffdisc baseline train --data train/ --model resnet18 --out runs/cnn "

@@ -1,6 +1,7 @@
 """`diffdisc timesteps fit`: which timesteps discriminate, learned from labelled training images."""
 
 import json
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -65,7 +66,12 @@ def timesteps_fit(
     from ..tasks.timestep_fit import TimestepFitConfig, fit_timesteps
 
     target = out / FILENAME if out.is_dir() or not out.suffix else out
-    root = resolve_model_dir(model).resolve()
+    logger = logging.getLogger("diffdisc")
+    logger.addFilter(_not_training_dir)  # load() below says it once; this early check would say it twice
+    try:
+        root = resolve_model_dir(model).resolve()
+    finally:
+        logger.removeFilter(_not_training_dir)
     if target.resolve().is_relative_to(root):
         raise DiffdiscError(f"--out {out} is inside the model directory {root}: a file there changes the model's "
                             "fingerprint (its runs and these weights would no longer match it); write it elsewhere")  # fmt: skip
@@ -82,6 +88,10 @@ def timesteps_fit(
         typer.echo(json.dumps(weights.to_dict()))
         return
     print_weights(weights)
+
+
+def _not_training_dir(record: logging.LogRecord) -> bool:
+    return "is a training directory" not in record.getMessage()
 
 
 def print_weights(weights) -> None:

@@ -29,7 +29,7 @@ def train(
     colour_correlation: Annotated[float | None, typer.Option(help="P(item wears its class colour) in scenes.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate (e.g. lower when fine-tuning).")] = None,
     name: Annotated[str | None, typer.Option(help="The model's name in its diffdisc.json, shown by reports "
-                                                  "(default: RECIPE-DATAFOLDER, or RECIPE).")] = None,
+                                                  "(default: the --out folder's name with --data, else RECIPE).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Time a few steps here and print steps, batch and the "
                                                             "estimated time; trains and writes nothing.")] = False,
     quiet: quiet_flag("No progress bar or log lines.") = False,
@@ -49,13 +49,20 @@ def train(
     if dry_run:
         r = estimate(cfg, out, max_minutes=max_minutes)
         doc = r["cpu_setting"]
-        lines = [f"{r['name']} ({r['recipe']}): {r['steps']} steps ({r['done']} done), batch {r['batch_size']}, "
+        head = f"{r['name']} ({r['recipe']})" if r["name"] else f"{r['recipe']} on {cfg.data} (named after --out)"
+        lines = [f"{head}: {r['steps']} steps ({r['done']} done), batch {r['batch_size']}, "
                  f"{r['images']} images, {r['params']:,} params, {r['device']}",
-                 r["resize"], f"data loaded in {r['data_s']} s; {r['timed_steps']} steps timed", r["plan"],
+                 r["resize"], f"data loaded in {r['data_s']} s; {r['timed_steps']} steps timed after "
+                              f"{r['warmup_steps']} untimed warm-up steps", r["plan"],
                  doc and (f"documented CPU setting: --steps {doc['steps']} --batch-size {doc['batch_size']}, "
                           f"{'-'.join(f'{x:g}' for x in dict.fromkeys(doc['s_per_step']))} s/step on 2 cores"),
                  "dry run: nothing trained or written"]  # fmt: skip
         typer.echo("\n".join(line for line in lines if line))
         return
-    model_dir = run(cfg, out, max_minutes=max_minutes, log=log, quiet=quiet)
+    try:
+        model_dir = run(cfg, out, max_minutes=max_minutes, log=log, quiet=quiet)
+    except KeyboardInterrupt as e:  # the trainer says which step it checkpointed; not the classify hint (images)
+        typer.echo(str(e) or "interrupted before the first step (checkpoints are kept); rerun the same command to "
+                   "resume", err=True)  # fmt: skip
+        raise typer.Exit(130) from None
     typer.echo(f"model exported to {model_dir}")

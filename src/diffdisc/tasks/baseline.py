@@ -139,7 +139,7 @@ def _fit(acc, model, opt, sched, arrays, state: dict, *, data, names: list[str],
     total_steps = cfg.epochs * steps_per_epoch
     val_name = "val acc (synthetic)" if synthetic else "val acc"
     t_start, deadline = time.perf_counter(), time.perf_counter() + 60 * max_minutes if max_minutes else float("inf")
-    steps_run, warned = 0, False
+    steps_run, warned, last, stopped = 0, False, None, False
     for epoch in range(state["epoch"], cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         perm = tr[torch.randperm(len(tr), generator=g).numpy()]
@@ -189,9 +189,10 @@ def _fit(acc, model, opt, sched, arrays, state: dict, *, data, names: list[str],
         shutil.rmtree(ckdir / "last", ignore_errors=True)
         os.replace(tmp, ckdir / "last")
         remove_stale_temps(ckdir, ".tmp-*")  # left by killed saves
+        last = (epoch + 1, val_acc)
         if stopped:
             log(f"stopped by --max-minutes {max_minutes:g} in epoch {epoch + 1}/{cfg.epochs} (step {state['step']}/"
-                f"{steps_per_epoch}), checkpointed; {val_name} {val_acc:.3f}; best model so far in {out}; "
+                f"{steps_per_epoch}), checkpointed; {val_name} {val_acc:.3f} there; {_kept(out, val_name)}; "
                 "rerun the same command to continue")  # fmt: skip
             break
         per_step = (time.perf_counter() - t_start) / max(steps_run, 1)
@@ -204,6 +205,20 @@ def _fit(acc, model, opt, sched, arrays, state: dict, *, data, names: list[str],
             warned = True
     log(f"training throughput {state['images'] / max(state['total_s'], 1e-9):.0f} images/s; "
         f"{state['compute_s'] / max(state['total_s'], 1e-9):.0%} of the time in forward/backward")  # fmt: skip
+    kept = _kept(out, val_name)
+    if not stopped:  # the stop line said it already
+        same = last is None or kept.startswith(f"kept epoch {last[0]} ")
+        log(kept if same else f"{kept}; last epoch {last[0]}: {val_name} {last[1]:.3f}")
+
+
+def _kept(out: Path, val_name: str) -> str:
+    """Which epoch model.safetensors holds: the best on validation, not the last epoch, whose accuracy the
+    epoch lines print last (0.980 printed, 0.982 kept, read as one number)."""
+    try:
+        meta = json.loads((out / CLASSIFIER_JSON).read_text())
+        return f"kept epoch {meta['epoch']} ({val_name} {meta['val_acc']:.3f}, the best) in {out / 'model.safetensors'}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"no model kept in {out} yet"
 
 
 @torch.no_grad()

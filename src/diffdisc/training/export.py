@@ -43,8 +43,20 @@ def locked(path: Path, blocking: bool):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def exported(out: Path) -> dict:
+    """out/model/diffdisc.json ({} when model/ is missing or torn): what a resume compares its checkpoint with."""
+    try:
+        meta = json.loads((Path(out) / "model" / "diffdisc.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def export(out: Path, ema: dict, obj, step: int, wall: float, device: str = "cpu") -> Path:
-    """EMA weights -> out/model in the objective's layout, plus diffdisc.json (recipe, data hash, steps)."""
+    """EMA weights -> out/model in the objective's layout, plus diffdisc.json (recipe, data hash, steps).
+
+    Written to a temporary folder that any failure (a full disk) removes, then renamed: model/ is the previous
+    export or the new one, never half of each."""
     import diffusers
 
     out, cfg = Path(out), obj.cfg
@@ -52,23 +64,28 @@ def export(out: Path, ema: dict, obj, step: int, wall: float, device: str = "cpu
     model.load_state_dict({k: v.to(next(model.parameters()).dtype) for k, v in ema.items()})
     final, tmp = out / "model", out / f".model.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    meta = obj.save(model, tmp)
-    meta.update({
-        "name": cfg.name or default_name(cfg), "recipe": cfg.recipe, "kind": cfg.kind, "config": cfg.to_dict(),
-        "data_hash": obj.data_hash, "steps": step, "wall_time_s": round(wall, 1), "device": device, "torch": torch.__version__,
-        "diffusers": diffusers.__version__, "params": int(sum(p.numel() for p in model.parameters())),
-    })  # fmt: skip
-    if cfg.kind != "classcond" and not cfg.data:
-        meta["colour_correlation"] = cfg.colour_correlation  # the cue the cue-conflict probe contradicts
-    if cfg.init_from:  # provenance of a fine-tune: which weights it started from
-        try:
-            src = init_dir(cfg)
-            base = json.loads((src / "diffdisc.json").read_text()) if (src / "diffdisc.json").is_file() else {}
-        except (DiffdiscError, OSError, ValueError):  # base model moved since training: keep what we know
-            src, base = cfg.init_from, {}
-        meta["init_from"] = {"dir": str(src), "recipe": base.get("recipe"), "steps": base.get("steps"),
-                             "data_hash": base.get("data_hash")}  # fmt: skip
-    (tmp / "diffdisc.json").write_text(json.dumps(meta, indent=2))
+    try:
+        meta = obj.save(model, tmp)
+        meta.update({
+            "name": cfg.name or default_name(cfg, out), "recipe": cfg.recipe, "kind": cfg.kind, "config": cfg.to_dict(),
+            "data_hash": obj.data_hash, "steps": step, "wall_time_s": round(wall, 1), "device": device,
+            "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "params": int(sum(p.numel() for p in model.parameters())),
+        })  # fmt: skip
+        if cfg.kind != "classcond" and not cfg.data:
+            meta["colour_correlation"] = cfg.colour_correlation  # the cue the cue-conflict probe contradicts
+        if cfg.init_from:  # provenance of a fine-tune: which weights it started from
+            try:
+                src = init_dir(cfg)
+                base = json.loads((src / "diffdisc.json").read_text()) if (src / "diffdisc.json").is_file() else {}
+            except (DiffdiscError, OSError, ValueError):  # base model moved since training: keep what we know
+                src, base = cfg.init_from, {}
+            meta["init_from"] = {"dir": str(src), "recipe": base.get("recipe"), "steps": base.get("steps"),
+                                 "data_hash": base.get("data_hash")}  # fmt: skip
+        (tmp / "diffdisc.json").write_text(json.dumps(meta, indent=2))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     with locked(out / "export.lock", blocking=True):  # the trainer and `export_checkpoint` may race
         old = out / f".model.old-{os.getpid()}"
         if final.exists():

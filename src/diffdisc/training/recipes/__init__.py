@@ -80,11 +80,16 @@ def cpu_settings_text() -> str:
     return "\n".join([head, *(s.line(r) for r, s in CPU_SETTINGS.items())])
 
 
-def default_name(cfg: TrainConfig) -> str:
-    """The label of a trained model (`diffdisc train --name` overrides it): its recipe, plus the data folder's
-    name when trained on a user's data (`fmnist-classcond-mydata`): every export is a folder called `model`."""
+def default_name(cfg: TrainConfig, out: str | Path | None = None) -> str:
+    """The label of a trained model when `diffdisc train --name` is not given. On Fashion-MNIST, the recipe's
+    name (it rebuilds that model). On a user's data, the training directory's name (`--out runs/mine` ->
+    `mine`): "recipe + data folder" named a model from `mydata/train` `fmnist-classcond-train`, which reads as
+    the Fashion-MNIST model, and every export is a folder called `model`. Without `out` (a dry run), the
+    recipe and the data folder."""
     if not cfg.data:
         return cfg.recipe
+    if out is not None:
+        return Path(out).expanduser().resolve().name
     p = Path(cfg.data).expanduser().resolve()
     return f"{cfg.recipe}-{(p.parent if p.is_file() else p).name}"  # a captions.jsonl file names its folder
 
