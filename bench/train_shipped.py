@@ -3,8 +3,8 @@
     nohup .venv/bin/python bench/train_shipped.py RECIPE OUT STEPS [key=value ...] [--max-minutes M] >/dev/null 2>&1 &
 
 e.g. `bench/train_shipped.py fmnist-classcond /work/ckpt/fmnist-classcond 6000`. `key=value` sets any option of
-train_config.json (values are JSON when they parse: numbers, lists, true/false; else strings). Logs one line per
-20 steps (step, mean loss, s/step). Stop it with `kill PID` (the pid is in OUT/train.lock); at most
+train_config.json (values are JSON when they parse: numbers, lists, true/false; else strings). Logs one line every
+`DIFFDISC_PROGRESS_INTERVAL` seconds (default 30; set it lower for a finer loss curve) with step, mean loss, s/step. Stop it with `kill PID` (the pid is in OUT/train.lock); at most
 `checkpoint_every` steps are lost; the latest checkpoint's EMA weights are always in OUT/model.
 `bench/gpu_train.sh` runs the three shipped recipes this way on a GPU machine.
 """
