@@ -10,11 +10,9 @@ import typer
 from ..errors import DiffdiscError
 from . import group
 from .options import (
-    FEATURE_CACHE,
     Device,
     Dtype,
     FeatureBatchSize,
-    FeatureCache,
     FeatureModel,
     FeatureTrainData,
     Guidance,
@@ -39,6 +37,14 @@ features_app = group("features", "Diffusion features (Mukhopadhyay et al.): U-Ne
 Blocks = Annotated[str | None, typer.Option(help="Comma-separated block names (default: all top-level blocks).")]
 Condition = Annotated[str, typer.Option(help="null | class:NAME | caption:TEXT (same for every image).")]
 FeatureTimesteps = timesteps_option("Timesteps.")
+FeatureCache = Annotated[Path | None, typer.Option(help="Feature cache directory (default: the user's cache folder, "
+                                                   "$XDG_CACHE_HOME/diffdisc/features or ~/.cache/diffdisc/features).")]
+
+
+def _cache(path: Path | None) -> Path:
+    from ..features.cache import default_cache_dir
+
+    return path or default_cache_dir()
 
 
 def _feature_data(data: Path, test_data: Path | None, labels: Path | None, max_train: int | None = None, seed: int = 0):
@@ -100,7 +106,7 @@ def features_extract(
     seed: Annotated[int, typer.Option(help="Noise seed (ε per image and t).")] = 0,
     batch_size: FeatureBatchSize = 64,
     dtype: Dtype = "fp32",
-    cache: FeatureCache = FEATURE_CACHE,
+    cache: FeatureCache = None,
     device: Device = None,
     no_t5: NoT5 = False,
     distilled_guidance: Guidance = None,
@@ -116,7 +122,7 @@ def features_extract(
 
     bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
     names, ts = _blocks_and_timesteps(bb, blocks, timesteps)
-    imgs = LabelledImages.from_folder(data)
+    imgs, cache = LabelledImages.from_folder(data), _cache(cache)
     x = imgs.tensors(bb.info.image_size, bb.info.image_channels)
     stats = ExtractStats()
     with step_progress("features", enabled=not (quiet or json_out)) as cb:
@@ -149,7 +155,7 @@ def features_sweep(
     seed: HeadSeed = 0,
     batch_size: FeatureBatchSize = 64,
     dtype: Dtype = "fp32",
-    cache: FeatureCache = FEATURE_CACHE,
+    cache: FeatureCache = None,
     labels: TrainLabels = None,
     max_train: MaxTrain = None,
     device: Device = None,
@@ -168,7 +174,7 @@ def features_sweep(
     names, ts = _blocks_and_timesteps(bb, blocks, timesteps)
     fcfg = FeatureConfig(pooling=pooling, condition=condition, seed=seed, batch_size=batch_size, dtype=dtype, val_fraction=val_fraction)
     config = SweepConfig(names, ts, features=fcfg, head=_head_config(head, optimizer, weight_decays, seed))
-    r = sweep(bb, train, config, test=test, cache=cache, out=out,
+    r = sweep(bb, train, config, test=test, cache=_cache(cache), out=out,
               progress_factory=None if (quiet or json_out) else (lambda d: step_progress(d)))  # fmt: skip
     test_s = f"; test {r.test_acc:.2%} on {r.n_test} images" if r.test_acc is not None else ""
     best = f"best {r.best['block']} @ t={r.best['t']}: val {r.best['val_acc']:.2%}{test_s}"
@@ -190,7 +196,7 @@ def features_sweep(
 
 
 @features_app.command("probe", epilog="Example: diffdisc features probe --model fmnist-classcond --data train/ --test-data test/ "
-                                      "--cells mid@100,up.0@100 --pooling avg4 --head attention")
+                                      "--cells mid@5 --pooling avg4 --out runs/probe  (mid@5,up.0@5: fused)")
 def features_probe(
     model: FeatureModel,
     data: FeatureTrainData,
@@ -204,8 +210,9 @@ def features_probe(
     val_fraction: ValFraction = 0.1,
     seed: HeadSeed = 0,
     batch_size: FeatureBatchSize = 64,
-    cache: FeatureCache = FEATURE_CACHE,
+    cache: FeatureCache = None,
     save: Annotated[Path | None, typer.Option(help="Save the trained head here (safetensors + head.json).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write run.json and features_probe.json here, for `diffdisc report`.")] = None,
     labels: TrainLabels = None,
     max_train: MaxTrain = None,
     device: Device = None,
@@ -223,7 +230,7 @@ def features_probe(
     train, test = _feature_data(data, test_data, labels, max_train, seed)
     fcfg = FeatureConfig(pooling=pooling, condition=condition, seed=seed, batch_size=batch_size, val_fraction=val_fraction)
     config = CellConfig(parse_cells(cells), features=fcfg, head=_head_config(head, optimizer, weight_decays, seed))
-    r, fitted = probe(bb, train, config, test=test, cache=cache,
+    r, fitted = probe(bb, train, config, test=test, cache=_cache(cache), out=out,
                       progress_factory=None if (quiet or json_out) else (lambda d: step_progress(d)))  # fmt: skip
     if save:
         fitted.save_pretrained(save)
@@ -235,3 +242,5 @@ def features_probe(
     test_s = f", test {r.test_acc:.2%} on {r.n_test} images" if r.test_acc is not None else ""
     typer.echo(f"{r.representation}: val {r.val_acc:.2%}{test_s} ({r.dims} dims, weight decay {r.weight_decay:g}; "
                f"{r.n_train} train / {r.n_val} val)")  # fmt: skip
+    if out is not None:
+        typer.echo(f"wrote {out / 'features_probe.json'} (diffdisc report {out})")

@@ -46,7 +46,7 @@ def demo(
 @app.command(epilog="Examples: diffdisc report runs/x --out report.html\n\n"
                     "diffdisc report runs/halving runs/ttest runs/probes --out compare.html  (runs side by side)")
 def report(
-    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="Run directories (classify, probe, features sweep, heat maps, synth).")],
+    run_dirs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR...", help="Run directories (classify, probe, features sweep / probe, heat maps, synth, baselines).")],
     out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("report.html"),
     title: Annotated[str, typer.Option(help="Page title.")] = "diffdisc report",
     json_out: json_flag("Print what was found as JSON.") = False,
@@ -61,7 +61,8 @@ def report(
     if json_out:
         typer.echo(json.dumps({"out": str(path), "runs": [
             {"name": r.name, "path": str(r.path), "classification": r.classification is not None,
-             "probes": len(r.matchings), "sweeps": len(r.sweeps), "overlays": len(r.overlays), "synth": len(r.synth),
+             "probes": len(r.matchings), "sweeps": len(r.sweeps), "feature_probes": len(r.feature_probes),
+             "overlays": len(r.overlays), "synth": len(r.synth),
              "problems": r.problems} for r in runs]}))  # fmt: skip
         return
     for r in runs:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -35,6 +36,14 @@ _EXTRACT_OPTIONS = {k: p.default for k, p in inspect.signature(extract).paramete
 
 CHUNK = 1024
 FORMAT = "diffdisc-features-1"
+
+
+def default_cache_dir() -> Path:
+    """Where the command line caches features unless `--cache` says otherwise: the user's cache folder
+    ($XDG_CACHE_HOME/diffdisc/features, else ~/.cache/diffdisc/features), not a `runs/` folder under whatever
+    directory a command happens to run in, so `sweep`, `probe` and `extract` reuse each other's features."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or "")
+    return (base if base.is_absolute() else Path.home() / ".cache") / "diffdisc" / "features"  # the spec: relative = unset
 
 
 def model_fingerprint(backbone) -> str:

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ..results import model_label
+from ..results.classification import bootstrap_intervals, calls_text, pct, with_ci
 from ..runs.io import atomic_write_text
 from . import figures, stats
 from .load import Classification, Run, load_runs
-from .stats import pct
 
 MAX_CURVES = 4
 MAX_MISTAKES = 8
@@ -31,26 +31,50 @@ def environment():
                               autoescape=True, keep_trailing_newline=True)  # fmt: skip
 
 
-def _ci(v, ci) -> str:
-    if v is None or not np.isfinite(v):
-        return "–"
-    return pct(v) if ci is None else f"{pct(v)} [{pct(ci[0])}, {pct(ci[1])}]"
-
-
 def _num(v, fmt="{:.3f}") -> str:
     return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else fmt.format(v)
 
 
 # ------------------------------------------------------------------ classification sections
+def _calls(c: Classification) -> str:
+    """U-Net calls per image, split as the command line splits them: a cascade's shortlist and decider, a label
+    tree's coarse nodes."""
+    if not len(c):
+        return "–"
+    total = calls_text(float(c.calls.mean()))
+    if c.shortlisted:
+        m = c.shortlist_metrics()
+        total += f" = {calls_text(m['shortlist_calls_per_image'])} shortlist + {calls_text(m['decider_calls_per_image'])} decider"
+        if m["contrastive_forwards_per_image"]:
+            total += f" (and {calls_text(m['contrastive_forwards_per_image'])} contrastive forwards)"
+    elif (node := c.node_calls) is not None:
+        total += f" ({calls_text(node)} on the tree's coarse nodes)"
+    return total
+
+
+def _search_note(c: Classification) -> str | None:
+    """What the pruning section says of a run it draws no trace for: what its search did instead."""
+    if c.contrastive:
+        return "contrastive model: no U-Net calls, nothing to prune"
+    if not c.n_calls.any():
+        return None
+    if (node := c.node_calls) is not None:
+        tree = c.settings["tree"]
+        return (f"label tree, beam {tree.get('beam', '?')}: the coarse nodes are scored first ({calls_text(node)} "
+                f"U-Net calls/image), then only the best branches' classes ({c.strategy})")  # fmt: skip
+    learned = ("; learned timesteps: the most informative t, weighted (" + Path(str(
+        (c.settings.get("timestep_weights") or {}).get("path", "?"))).name + ")") if c.learned_timesteps else ""
+    return f"{c.strategy}: every class gets every timestep (no pruning){learned}"
+
+
 def _classification(run: Run, c: Classification) -> dict:
-    T, source = stats.temperature(c)
-    s = stats.summarise(c, T)
+    cal = stats.calibration(c)
     lab = c.labels >= 0
     out = {
-        "summary": {"run": run.name, "model": c.model, "strategy": c.strategy, "images": s.n_images,
-                    "labelled": s.n_labelled, "accuracy": _ci(s.accuracy, s.accuracy_ci), "top5": pct(s.top5),
-                    "ece": _ci(s.ece, s.ece_ci), "ece_cf": _num(s.ece_cross_fitted), "T": _num(T, "{:.3g}"),
-                    "T_source": source, "calls": f"{s.calls_per_image:.0f}"},  # fmt: skip
+        "summary": {"run": run.name, "model": c.model, "strategy": c.search, "images": len(c), "labelled": int(lab.sum()),
+                    "accuracy": with_ci(cal.accuracy, cal.accuracy_ci) if cal else "–", "top5": pct(stats.top5(c)),
+                    "ece": with_ci(cal.ece, cal.ece_ci) if cal else "–", "calibration": cal.how if cal else "–",
+                    "calibration_title": cal.source if cal else "no labelled images", "calls": _calls(c)},  # fmt: skip
         "per_class": stats.per_class_accuracy(c) if lab.any() else None,
         "notes": [],
     }
@@ -61,12 +85,13 @@ def _classification(run: Run, c: Classification) -> dict:
     else:
         title = run.name if c.model in run.name else f"{run.name}: {c.model}"
         out["confusion"] = figures.confusion_png(c.labels, c.preds, c.classes, title)
-        conf, correct = stats.reliability(c, T)
-        out["reliability"] = figures.reliability_png(conf, correct, stats.N_BINS, f"{title} (T={T:.3g})")
+        if cal.ece is not None:
+            conf, correct = stats.reliability(cal)
+            out["reliability"] = figures.reliability_png(conf, correct, stats.N_BINS, f"{title} ({cal.how})")
         out["mistakes"] = [
             {"img": figures.image_png(c.image_path(i)), "path": c.paths[i], "id": c.image_ids[i],
              "true": c.classes[c.labels[i]], "pred": c.classes[c.preds[i]], "prob": pct(p)}
-            for i, p in stats.hardest_mistakes(c, T, MAX_MISTAKES)
+            for i, p in stats.hardest_mistakes(c, cal, MAX_MISTAKES)
         ]  # fmt: skip
     if c.contrastive:
         out["timestep_note"] = "contrastive model: one score per class, no timesteps"
@@ -81,12 +106,11 @@ def _classification(run: Run, c: Classification) -> dict:
         st = stats.single_t_accuracy(c)
         if st is not None:
             out["single_t"] = figures.single_t_png(*st, 1 / len(c.classes), f"{run.name}: which t discriminates")
-    if c.strategy in ("halving", "ttest") and c.n_calls.any():
-        out["pruning"] = figures.pruning_png(c.n_calls, f"{run.name} ({c.strategy})")
-    elif c.n_calls.any():
-        out["pruning_note"] = f"{c.strategy} strategy: every class gets every timestep (no pruning)"
-    elif c.contrastive:
-        out["pruning_note"] = "contrastive model: no U-Net calls, nothing to prune"
+    pruned = c.strategy in ("halving", "ttest") or c.shortlisted  # a cascade prunes to its shortlist
+    if pruned and c.n_calls.any() and c.node_calls is None:
+        out["pruning"] = figures.pruning_png(c.n_calls, f"{run.name} ({c.search})")
+    elif note := _search_note(c):
+        out["pruning_note"] = note
     return out
 
 
@@ -130,8 +154,11 @@ def _unused(key: str, s: dict, contrastive: bool) -> bool:
 
 
 def _settings_table(runs: list[Run]) -> dict | None:
-    """Settings side by side; a setting a run did not use reads "not used" and is left out of the comparison,
-    so only settings that changed a number are highlighted as differing (rows no run used are dropped)."""
+    """Settings compared across runs: a setting a run did not use is left out of the comparison, so only
+    settings that changed a number count as differing (settings no run used are dropped).
+
+    `rows` is the comparison, one row per setting; the page shows it so that it fits however many runs there
+    are: once, what every run used alike (`shared`), then one line per run with only its own (`per_run`)."""
     cols = [(r.name, r.classification) for r in runs if r.classification]
     if not cols:
         return None
@@ -141,13 +168,16 @@ def _settings_table(runs: list[Run]) -> dict | None:
     for k in sorted(set().union(*used)):
         cells = [{"text": f.get(k, "—"), "used": k in u} for f, u in zip(flat, used, strict=True)]
         vals = {f.get(k) for f, u in zip(flat, used, strict=True) if k in u}
-        rows.append({"key": k, "cells": cells, "differs": len(vals) > 1})
-    return {"runs": [n for n, _ in cols], "rows": rows}
+        rows.append({"key": k, "cells": cells, "differs": len(vals) > 1, "all": all(c["used"] for c in cells)})
+    shared = [(r["key"], r["cells"][0]["text"]) for r in rows if r["all"] and not r["differs"]]
+    own = [r for r in rows if r["differs"] or not r["all"]]
+    per_run = [{"run": n, "kv": [(r["key"], r["cells"][i]["text"]) for r in own if r["cells"][i]["used"]]}
+               for i, (n, _) in enumerate(cols)]  # fmt: skip
+    return {"runs": [n for n, _ in cols], "rows": rows, "shared": shared, "per_run": per_run if len(cols) > 1 else []}
 
 
-def _aligned_classes(runs: list[Run], per_run: list[dict]) -> dict | None:
-    """Per-class accuracy with classes aligned by name across runs; a class a run lacks is marked."""
-    cols = [(r.name, d["per_class"]) for r, d in zip(runs, per_run, strict=True) if d and d.get("per_class")]
+def _aligned_classes(cols: list[tuple[str, dict]]) -> dict | None:
+    """Per-class accuracy with classes aligned by name across runs (and baselines); a class a run lacks is marked."""
     if not cols:
         return None
     names = list(dict.fromkeys(n for _, pc in cols for n in pc))
@@ -171,7 +201,7 @@ def _probe_rows(run: Run) -> list[dict]:
     rows = []
     for m in run.matchings:
         met = match_metrics(m.score_mats)
-        cell = {k: _ci(v["mean"], v["ci95"]) for k, v in met.items() if isinstance(v, dict) and "mean" in v}
+        cell = {k: with_ci(v["mean"], v["ci95"]) for k, v in met.items() if isinstance(v, dict) and "mean" in v}
         headline = next((met[k]["mean"] for k in ("group", "text", "text_R@1") if k in met), None)
         chance = ", ".join(f"{k} {pct(v)}" for k, v in met.get("chance", {}).items())
         rows.append({"probe": m.probe, "model": m.model, "kind": m.kind, "n": met["n_groups"], "cells": cell,
@@ -226,25 +256,50 @@ def _synth(run: Run) -> list[dict]:
     return out
 
 
-def _baseline_rows(run: Run) -> list[dict]:
-    """Metrics-table rows for a run's supervised baselines, one per recorded test folder: accuracy and ECE of the
-    classifier's own softmax (T = 1) with the same bootstrap intervals as the diffusion rows."""
-    rows = []
+def _baseline_evals(run: Run) -> list[dict]:
+    """A run's supervised baselines, one entry per recorded test folder, named as their metrics-table row: the
+    same predictions feed that row, the per-class table and a confusion matrix."""
+    out = []
     for b in run.baselines:
-        trained = b.meta.get("n_train")
+        classes = b.meta.get("classes")
         for e in b.evaluations:
             name = run.name if b.path == run.path else f"{run.name}/{b.path.name}"
             if len(b.evaluations) > 1:
                 name += f" on {Path(e.data).name}"
-            acc = ece = (None, None)
-            if len(e.labels):
-                acc, ece = stats.intervals((e.preds == e.labels).astype(np.float64), e.confidence)
-            rows.append({"run": name, "model": b.model + (f" ({trained} training images)" if trained else ""),
-                         "strategy": "supervised baseline", "images": len(e.labels), "labelled": len(e.labels),
-                         "accuracy": _ci(*acc), "top5": pct(e.top5), "ece": _ci(*ece), "ece_cf": "–", "T": "1",
-                         "T_source": "the classifier's own softmax (not calibrated)", "calls": "–",
-                         "title": f"{b.path} tested on {e.data}"})  # fmt: skip
+            n = int(max(e.labels.max(initial=-1), e.preds.max(initial=-1))) + 1
+            names = [str(x) for x in classes] if isinstance(classes, list) and len(classes) >= n else [str(i) for i in range(n)]
+            out.append({"name": name, "baseline": b, "eval": e, "classes": names})
+    return out
+
+
+def _baseline_rows(run: Run) -> list[dict]:
+    """Metrics-table rows for a run's supervised baselines: accuracy and ECE of the classifier's own softmax
+    (trained on other images, so not fitted on these) with the same bootstrap intervals as the diffusion rows."""
+    rows = []
+    for v in _baseline_evals(run):
+        b, e = v["baseline"], v["eval"]
+        trained = b.meta.get("n_train")
+        acc = ece = (None, None)
+        if len(e.labels):
+            acc, ece = bootstrap_intervals((e.preds == e.labels).astype(np.float64), e.confidence)
+        rows.append({"run": v["name"], "model": b.model + (f" ({trained} training images)" if trained else ""),
+                     "strategy": "supervised baseline", "images": len(e.labels), "labelled": len(e.labels),
+                     "accuracy": with_ci(*acc), "top5": pct(e.top5), "ece": with_ci(*ece), "calibration": "own softmax",
+                     "calibration_title": "the classifier's own softmax (T = 1), trained on other images", "calls": "–",
+                     "title": f"{b.path} tested on {e.data}"})  # fmt: skip
     return rows
+
+
+def _baseline_per_class(v: dict) -> dict[str, tuple[int, int]]:
+    e = v["eval"]
+    return {n: (int((e.preds[e.labels == i] == i).sum()), int((e.labels == i).sum())) for i, n in enumerate(v["classes"])}
+
+
+def _feature_probes(run: Run) -> list[dict]:
+    """`features probe --out` results: the numbers its printed line gave, as a table row."""
+    return [{"representation": f.representation, "model": f.model, "dims": f.dims, "val": pct(f.val_acc),
+             "test": pct(f.test_acc), "n": f"{f.n_train} / {f.n_val} / {f.n_test}", "decay": f"{f.weight_decay:g}",
+             "path": str(f.path.parent if f.path else "?")} for f in run.feature_probes]  # fmt: skip
 
 
 def _claims(run: Run) -> dict | None:
@@ -278,14 +333,28 @@ def build_context(runs: list[Run], title: str, generated: str | None = None) -> 
 
     per_run = [_classification(r, r.classification) if r.classification else None for r in runs]
     probes = [_probe_rows(r) for r in runs]
+    evals = [_baseline_evals(r) for r in runs]
+    confusion = []  # per run: its classification's matrix, then one per baseline evaluation
+    for r, d, ev in zip(runs, per_run, evals, strict=True):
+        figs = [{"title": r.name, "img": d["confusion"]}] if d and d.get("confusion") else []
+        figs += [{"title": v["name"] + " (supervised baseline)",
+                  "img": figures.confusion_png(v["eval"].labels, v["eval"].preds, v["classes"], v["name"])}
+                 for v in ev if len(v["eval"].labels)]  # fmt: skip
+        confusion.append(figs or None)
+    per_class = []
+    for r, d, ev in zip(runs, per_run, evals, strict=True):
+        if d and d.get("per_class"):
+            per_class.append((r.name, d["per_class"]))
+        per_class += [(v["name"], _baseline_per_class(v)) for v in ev if len(v["eval"].labels)]
     cols = {  # section -> one entry per run (None: the run lacks it)
-        "confusion": [d.get("confusion") if d else None for d in per_run],
+        "confusion": confusion,
         "reliability": [d.get("reliability") if d else None for d in per_run],
         "timesteps": [d if d and (d.get("curves") or d.get("timestep_note")) else None for d in per_run],
         "pruning": [d if d and (d.get("pruning") or d.get("pruning_note")) else None for d in per_run],
         "mistakes": [d.get("mistakes") if d and "mistakes" in d else None for d in per_run],
         "probes": [rows or None for rows in probes],
         "sweeps": [_sweeps(r) or None for r in runs],
+        "feature_probes": [_feature_probes(r) or None for r in runs],
         "attention": [[{"img": figures.png_b64(o.png), "caption": o.caption, "file": o.path.name} for o in r.overlays] or None
                       for r in runs],
         "synth": [_synth(r) or None for r in runs],
@@ -300,7 +369,8 @@ def build_context(runs: list[Run], title: str, generated: str | None = None) -> 
         ("pruning", "Pruning traces: candidates left vs U-Net calls"),
         ("mistakes", "Hardest mistakes"),
         ("probes", "Probes: diffusion vs contrastive"),
-        ("sweeps", "Feature sweeps"),
+        ("sweeps", "Diffusion features: sweeps over block × t"),
+        ("feature_probes", "Diffusion features: probes of fixed cells"),
         ("attention", "Cross-attention overlays"),
         ("synth", "Synthetic samples"),
         ("claims", "The papers' claims, tested"),
@@ -316,7 +386,7 @@ def build_context(runs: list[Run], title: str, generated: str | None = None) -> 
         "metrics": [m for r, d in zip(runs, per_run, strict=True) for m in ([d["summary"]] if d else []) + _baseline_rows(r)],
         "notes": {r.name: d["notes"] for r, d in zip(runs, per_run, strict=True) if d and d["notes"]},
         "settings": _settings_table(runs),
-        "per_class": _aligned_classes(runs, per_run),
+        "per_class": _aligned_classes(per_class),
         "sections": present,
         "cols": cols,
         "glyph_note": _glyph_note(runs),

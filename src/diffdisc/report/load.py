@@ -20,6 +20,7 @@ from ..results import (
     BaselineResult,
     ClaimsResult,
     ClassificationResult,
+    FeatureProbeResult,
     MatchResult,
     Result,
     SweepResult,
@@ -66,6 +67,7 @@ class Run:
     classification: ClassificationResult | None = None
     matchings: list[MatchResult] = field(default_factory=list)
     sweeps: list[Sweep] = field(default_factory=list)
+    feature_probes: list[FeatureProbeResult] = field(default_factory=list)
     overlays: list[Overlay] = field(default_factory=list)
     synth: list[SynthResult] = field(default_factory=list)
     baselines: list[BaselineResult] = field(default_factory=list)
@@ -74,24 +76,26 @@ class Run:
 
     @property
     def absent(self) -> list[tuple[str, str]]:
-        """Kinds of data this run does not have, each with the command that makes it."""
+        """What this kind of run lacks, each with the command that makes it. A run with data is only told what
+        its own kind is missing (a feature sweep never scored on test images), never every other kind of run;
+        a directory where nothing was found is told what diffdisc writes, and how."""
+        if self.empty:
+            return [("classification results", "diffdisc classify --out DIR"),
+                    ("probe / matching tables", "diffdisc probe --out DIR"),
+                    ("feature sweep or probe", "diffdisc features sweep --out DIR, diffdisc features probe --out DIR"),
+                    ("cross-attention overlays", "diffdisc attention heatmap --out DIR/heatmap.png"),
+                    ("synthetic samples", "diffdisc synth generate --out DIR")]  # fmt: skip
         out = []
-        if self.classification is None:
-            out.append(("classification results", "diffdisc classify --out DIR"))
-        if not self.matchings:
-            out.append(("probe / matching tables", "diffdisc probe --out DIR"))
-        if not self.sweeps:
-            out.append(("feature sweep", "diffdisc features sweep --out DIR"))
-        if not self.overlays:
-            out.append(("cross-attention overlays", "diffdisc attention heatmap --out DIR/heatmap.png"))
-        if not self.synth:
-            out.append(("synthetic samples", "diffdisc synth generate --out DIR"))
+        if any("test_acc" not in s.extra for s in self.sweeps):
+            out.append(("a test score for the feature sweep", "diffdisc features sweep ... --test-data DIR"))
+        if any(p.test_acc is None for p in self.feature_probes):
+            out.append(("a test score for the feature probe", "diffdisc features probe ... --test-data DIR"))
         return out
 
     @property
     def empty(self) -> bool:
-        return not (self.classification or self.matchings or self.sweeps or self.overlays or self.synth or self.baselines
-                    or self.claims)
+        return not (self.classification or self.matchings or self.sweeps or self.feature_probes or self.overlays
+                    or self.synth or self.baselines or self.claims)  # fmt: skip
 
 
 def load_runs(paths: list[str | Path]) -> list[Run]:
@@ -137,6 +141,7 @@ def load_run(path: Path, name: str | None = None, exclude: set[Path] = frozenset
             m.title = "match" if d == path else d.parent.name if d.parent != path else d.name
             run.matchings.append(m)
     run.sweeps = [Sweep.of(s) for d in _found(path, SweepResult, exclude) if (s := SweepResult.read(d, run.problems))]
+    run.feature_probes = [f for d in _found(path, FeatureProbeResult, exclude) if (f := FeatureProbeResult.read(d, run.problems))]
     run.overlays = [o for o in _overlays(path, run.problems) if not any(d in o.path.parents for d in exclude)]
     run.synth = [s for d in _found(path, SynthResult, exclude) if (s := SynthResult.read(d, run.problems))]
     run.baselines = [b for d in _found(path, BaselineResult, exclude) if (b := BaselineResult.read(d, run.problems))]

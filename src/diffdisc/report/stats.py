@@ -5,96 +5,33 @@ Everything is a pure function of the run's arrays and a fixed seed, so the same 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from ..scoring.calibrate import (
-    ECE_BINS,
-    classification_metrics,
-    fit_temperature,
-    probabilities,
-    top_label_ece,
-)
+from ..results.classification import N_BOOT as N_BOOT  # resamples of the intervals (said on the page)
+from ..results.classification import Calibration
+from ..results.classification import bootstrap_intervals as intervals  # noqa: F401 (the report's name for it)
+from ..results.classification import pct as pct  # the page's one rounding rule, the command line's too
+from ..scoring.calibrate import ECE_BINS
 from .load import Classification
 
-N_BOOT = 2000  # bootstrap resamples (as scoring.match_metrics.bootstrap_ci)
 N_BINS = ECE_BINS  # reliability-diagram bins: the same as the ECE's
 
 
-def pct(v: float | None) -> str:
-    """The page's one rounding rule for a fraction, in tables and figure labels alike: 0.915 -> "91.5%"."""
-    return "–" if v is None or not np.isfinite(v) else f"{v:.1%}"
+def calibration(c: Classification) -> Calibration | None:
+    """The run's one ECE, as its metrics.json has it (`ClassificationResult.calibrated`): a temperature that
+    `diffdisc calibrate --apply-to` gave the run (fitted on another run) is read back from metrics.json; a
+    calibration.json in the run itself was fitted on these very images, so it is not used."""
+    m = c.stored_metrics or {}
+    given = m.get("temperature") if m.get("temperature_source") == "given" else None
+    return c.calibrated(given)
 
 
-@dataclass
-class Summary:
-    """One row of the metrics table."""
-
-    n_images: int
-    n_labelled: int
-    accuracy: float | None
-    accuracy_ci: tuple[float, float] | None
-    top5: float | None
-    ece: float | None
-    ece_ci: tuple[float, float] | None
-    ece_cross_fitted: float | None  # from metrics.json (temperature fitted on the other half)
-    temperature: float | None
-    temperature_source: str
-    calls_per_image: float
-
-
-def temperature(c: Classification) -> tuple[float | None, str]:
-    """The softmax temperature the page uses, and where it came from (said on the page)."""
-    if c.calibration and c.calibration.get("temperature"):
-        return float(c.calibration["temperature"]), "calibration.json"
-    if c.settings.get("temperature"):
-        return float(c.settings["temperature"]), "run setting"
-    if (c.settings.get("model_temperature") or {}).get("value"):
-        return float(c.settings["model_temperature"]["value"]), c.settings["model_temperature"]["source"]
+def top5(c: Classification) -> float | None:
+    """Share of labelled images whose true class is in the strategy's first five (as metrics.json's top5)."""
     lab = c.labels >= 0
-    if lab.sum() >= 2 and np.isfinite(c.scores[lab]).any():
-        return fit_temperature(c.scores[lab], c.labels[lab]), "fitted on this run (in-sample)"
-    return None, "none (no labels)"
-
-
-def summarise(c: Classification, T: float | None) -> Summary:
-    lab = c.labels >= 0
-    n_lab = int(lab.sum())
-    calls = float(c.calls.mean()) if len(c) else 0.0  # every call: a tree's coarse nodes and a head shortlist too
-    crossfit = (c.stored_metrics or {}).get("ece_temperature_scaled")
-    if not n_lab or T is None:
-        return Summary(len(c), n_lab, None, None, None, None, None, crossfit, T, "", calls)
-    y, pred = c.labels[lab], c.preds[lab]
-    m = classification_metrics(c.scores[lab], y, T, c.rankings[lab], n_bins=N_BINS)
-    conf = probabilities(c.scores[lab], T)[np.arange(n_lab), pred]
-    (acc, acc_ci), (ece, ece_ci) = intervals((pred == y).astype(np.float64), conf)
-    return Summary(len(c), n_lab, acc, acc_ci, m["top5"], ece, ece_ci, crossfit, T, "", calls)
-
-
-def intervals(correct: np.ndarray, conf: np.ndarray, seed: int = 0, chunk: int = 100):
-    """(point, 95% interval) of accuracy and ECE, from one computation over the same image resamples.
-
-    ECE is biased upward under resampling (duplicated images make every bin's gap noisier): the plain
-    percentile interval of a well-calibrated run can lie entirely above its own point estimate. The
-    interval is therefore the bootstrap percentiles shifted by the bootstrap's bias estimate
-    (mean of resamples − point), clipped to [0, 1]; for accuracy, an unbiased mean, the shift is ~0.
-    Resamples are drawn `chunk` at a time, so 50,000 images need tens of megabytes, not gigabytes.
-    """
-    rng, n = np.random.default_rng(seed), len(correct)
-    accs, eces = [], []
-    for s in range(0, N_BOOT, chunk):
-        idx = rng.integers(0, n, (min(chunk, N_BOOT - s), n))
-        accs.append(correct[idx].mean(1))
-        eces.append(top_label_ece(conf, correct, N_BINS, idx))
-
-    def ci(point: float, v: list[np.ndarray]) -> tuple[float, tuple[float, float]]:
-        v = np.concatenate(v)
-        shift = v.mean() - point
-        lo, hi = np.percentile(v, 2.5) - shift, np.percentile(v, 97.5) - shift
-        return point, (float(np.clip(lo, 0.0, 1.0)), float(np.clip(hi, 0.0, 1.0)))  # both are shares
-
-    return ci(float(correct.mean()), accs), ci(float(top_label_ece(conf, correct, N_BINS)[0]), eces)
+    if not lab.any():
+        return None
+    return float((c.rankings[lab][:, :5] == c.labels[lab][:, None]).any(1).mean())
 
 
 def per_class_accuracy(c: Classification) -> dict[str, tuple[int, int]]:
@@ -106,23 +43,21 @@ def per_class_accuracy(c: Classification) -> dict[str, tuple[int, int]]:
     return out
 
 
-def reliability(c: Classification, T: float) -> tuple[np.ndarray, np.ndarray]:
-    """(confidence of the predicted class, correct) for labelled images at temperature T."""
-    lab = c.labels >= 0
-    p = probabilities(c.scores[lab], T)
-    return p[np.arange(len(p)), c.preds[lab]], (c.preds[lab] == c.labels[lab])
+def reliability(cal: Calibration) -> tuple[np.ndarray, np.ndarray]:
+    """(confidence of the predicted class, correct) for labelled images, as the ECE measured them."""
+    return cal.conf, cal.correct.astype(bool)
 
 
-def hardest_mistakes(c: Classification, T: float | None, k: int = 8) -> list[tuple[int, float | None]]:
+def hardest_mistakes(c: Classification, cal: Calibration | None, k: int = 8) -> list[tuple[int, float | None]]:
     """(image index, probability given to the wrong prediction): the most confident mistakes first."""
-    wrong = np.flatnonzero((c.labels >= 0) & (c.preds != c.labels))
+    lab = np.flatnonzero(c.labels >= 0)
+    wrong = np.flatnonzero(c.preds[lab] != c.labels[lab])
     if not len(wrong):
         return []
-    if T is None:
-        return [(int(i), None) for i in wrong[:k]]
-    p = probabilities(c.scores[wrong], T)[np.arange(len(wrong)), c.preds[wrong]]
-    order = sorted(range(len(wrong)), key=lambda j: (-p[j], int(wrong[j])))
-    return [(int(wrong[j]), float(p[j])) for j in order[:k]]
+    if cal is None or not np.isfinite(cal.conf).all():
+        return [(int(lab[j]), None) for j in wrong[:k]]
+    order = sorted(wrong, key=lambda j: (-cal.conf[j], int(lab[j])))
+    return [(int(lab[j]), float(cal.conf[j])) for j in order[:k]]
 
 
 def has_timestep_errors(c: Classification) -> bool:

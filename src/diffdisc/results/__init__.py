@@ -8,6 +8,7 @@ from .base import Result, model_label
 from .baseline import BaselineEval, BaselineResult
 from .claims import ClaimsResult
 from .classification import ClassificationResult
+from .feature_probe import FeatureProbeResult
 from .match import MatchResult
 from .sweep import SweepResult, plot_sweep
 from .synth import SynthResult, SynthSample
@@ -15,10 +16,10 @@ from .training import TrainResult
 
 # The kinds a report shows. TrainResult (a `diffdisc train` directory) is not one: a report never showed training
 # runs, it shows what their model/ scored.
-RESULTS: tuple[type[Result], ...] = (ClassificationResult, MatchResult, SweepResult, SynthResult, BaselineResult,
-                                     ClaimsResult)
+RESULTS: tuple[type[Result], ...] = (ClassificationResult, MatchResult, SweepResult, FeatureProbeResult, SynthResult,
+                                     BaselineResult, ClaimsResult)
 
 __all__ = [
-    "RESULTS", "BaselineEval", "BaselineResult", "ClaimsResult", "ClassificationResult", "MatchResult", "Result", "SweepResult",
+    "RESULTS", "BaselineEval", "BaselineResult", "ClaimsResult", "ClassificationResult", "FeatureProbeResult", "MatchResult", "Result", "SweepResult",
     "SynthResult", "SynthSample", "TrainResult", "model_label", "plot_sweep",
 ]  # fmt: skip

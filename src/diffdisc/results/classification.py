@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -13,6 +14,86 @@ from ..errors import DiffdiscError
 from ..runs.io import atomic_write_text, json_safe, write_jsonl
 from ..runs.store import RUN_JSON, run_task
 from .base import ShardedResult, model_label, optional_json
+
+N_BOOT = 2000  # bootstrap resamples of the images (as scoring.match_metrics.bootstrap_ci)
+CROSS_FITTED = "cross-fitted: T fitted on one half of these images, ECE measured on the other, and back"
+
+
+def pct(v: float | None) -> str:
+    """The one rounding rule for a share, on the command line, the report's tables and its figures: 0.915 -> "91.5%"."""
+    return "–" if v is None or not np.isfinite(v) else f"{v:.1%}"
+
+
+def with_ci(v: float | None, ci) -> str:
+    """"91.5% [88.0%, 94.5%]" (a point and its 95% interval, both in percent)."""
+    if v is None or not np.isfinite(v):
+        return "–"
+    return pct(v) if ci is None else f"{pct(v)} [{pct(ci[0])}, {pct(ci[1])}]"
+
+
+def calls_text(v: float) -> str:
+    """U-Net calls per image: one decimal where it has one (118.5, not 118), none where it is whole (130)."""
+    return f"{v:.1f}".removesuffix(".0")
+
+
+def bootstrap_intervals(correct: np.ndarray, conf: np.ndarray, groups: list[np.ndarray] | None = None, seed: int = 0,
+                        chunk: int = 100):  # fmt: skip
+    """(point, 95% interval) of accuracy and ECE, from one computation over the same image resamples.
+
+    `groups` (the halves of a cross-fitted ECE) are resampled separately and their ECEs averaged by size, as
+    the point estimate is. ECE is biased upward under resampling (duplicated images make every bin's gap
+    noisier): the plain percentile interval of a well-calibrated run can lie entirely above its own point
+    estimate. The interval is therefore the bootstrap percentiles shifted by the bootstrap's bias estimate
+    (mean of resamples − point), clipped to [0, 1]; for accuracy, an unbiased mean, the shift is ~0. Resamples
+    are drawn `chunk` at a time, so 50,000 images need tens of megabytes, not gigabytes. The temperatures of a
+    cross-fitted ECE are not refitted per resample (the interval is over images, at the fitted T)."""
+    from ..scoring.calibrate import ECE_BINS, top_label_ece
+
+    n = len(correct)
+    groups = [np.arange(n)] if groups is None else [np.asarray(g) for g in groups]
+    rng = np.random.default_rng(seed)
+    accs, eces = [], []
+    for s in range(0, N_BOOT, chunk):
+        k = min(chunk, N_BOOT - s)
+        acc, ece = np.zeros(k), np.zeros(k)
+        for g in groups:
+            idx = g[rng.integers(0, len(g), (k, len(g)))]
+            acc += correct[idx].sum(1) / n
+            ece += top_label_ece(conf, correct, ECE_BINS, idx) * len(g) / n
+        accs.append(acc)
+        eces.append(ece)
+
+    def ci(point: float, v: list[np.ndarray]) -> tuple[float, tuple[float, float]]:
+        v = np.concatenate(v)
+        shift = v.mean() - point
+        lo, hi = np.percentile(v, 2.5) - shift, np.percentile(v, 97.5) - shift
+        return point, (float(np.clip(lo, 0.0, 1.0)), float(np.clip(hi, 0.0, 1.0)))  # both are shares
+
+    ece = sum(float(top_label_ece(conf[g], correct[g], ECE_BINS)[0]) * len(g) for g in groups) / n
+    return ci(float(correct.mean()), accs), ci(ece, eces)
+
+
+@dataclass
+class Calibration:
+    """A run's one ECE and its accuracy, each with a 95% bootstrap interval: what the command line and the report
+    both show. The ECE is never measured at a temperature fitted on the same images: at the run's own T when
+    it came from elsewhere (--temperature, `calibrate --apply-to`, the model's metadata), else cross-fitted."""
+
+    conf: np.ndarray  # [labelled] probability given to the prediction, at the T the ECE uses
+    correct: np.ndarray  # [labelled] prediction == label
+    accuracy: float
+    accuracy_ci: tuple[float, float]
+    ece: float | None  # None: fewer than 4 labelled images and no temperature (nothing to cross-fit)
+    ece_ci: tuple[float, float] | None
+    temperature: float | None  # None: cross-fitted (one T per half)
+    source: str  # how the ECE was measured, said beside it
+
+    @property
+    def how(self) -> str:
+        """The short form for a table cell."""
+        if self.ece is None:
+            return "–"
+        return "cross-fitted T" if self.temperature is None else f"T = {self.temperature:.4g}"
 
 
 class ClassificationResult(ShardedResult):
@@ -65,6 +146,25 @@ class ClassificationResult(ShardedResult):
     @property
     def model(self) -> str:
         return model_label(self.settings.get("model"))
+
+    @property
+    def learned_timesteps(self) -> bool:
+        return bool(self.settings.get("timestep_weights") or (self.settings.get("adaptive") or {}).get("timestep_weights"))
+
+    @property
+    def search(self) -> str:
+        """How candidates were searched, in one phrase: the strategy alone says "exhaustive" for a cascade whose
+        decider is exhaustive, though the cheap stage pruned every class but its shortlist."""
+        parts = []
+        if self.shortlisted:
+            sl = self.settings["shortlist"]
+            by = sl.get("scorer", "?") if sl.get("scorer") in (None, "self") else \
+                f"{sl.get('scorer')} {model_label(sl.get('model'))}"
+            parts.append(f"shortlist top {sl.get('keep', '?')} ({by})")
+        if isinstance(tree := self.settings.get("tree"), dict):
+            parts.append(f"label tree (beam {tree.get('beam', '?')})")
+        parts.append(self.strategy + (", learned timesteps" if self.learned_timesteps else ""))
+        return " → ".join(parts)
 
     @property
     def contrastive(self) -> bool:
@@ -152,8 +252,48 @@ class ClassificationResult(ShardedResult):
             return float(shipped["value"]), shipped["source"]
         return None, "none: T = 1, uncalibrated (run `diffdisc calibrate` on a labelled run)"
 
+    def _cross_fitted(self, lab: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]] | None:
+        """Each labelled image's confidence at a T fitted on the other half of them (halves drawn with seed 0,
+        as `scoring.calibrate.cross_fitted_ece`), and the halves; None below 4 labelled images."""
+        from ..scoring.calibrate import fit_temperature, probabilities
+
+        sc, y, pred = self.scores[lab], self.labels[lab], self.rankings[lab][:, 0]
+        n = len(y)
+        if n < 4:
+            return None
+        idx = np.random.default_rng(0).permutation(n)
+        halves = [idx[: n // 2], idx[n // 2 :]]
+        conf = np.empty(n)
+        for a, b in (halves, halves[::-1]):
+            conf[b] = probabilities(sc[b], fit_temperature(sc[a], y[a]))[np.arange(len(b)), pred[b]]
+        return conf, halves
+
+    def calibrated(self, temperature: float | None = None) -> Calibration | None:
+        """The run's one ECE (see `Calibration`) and accuracy, with intervals; None without labelled images."""
+        from ..scoring.calibrate import probabilities
+
+        lab = self.labels >= 0
+        if not lab.any():
+            return None
+        T, source = self.temperature(temperature)
+        pred, y = self.rankings[lab][:, 0], self.labels[lab]
+        correct = (pred == y).astype(np.float64)
+        groups, how = None, f"at T = {T:.4g}, {source}" if T is not None else CROSS_FITTED
+        if T is not None:
+            conf = probabilities(self.scores[lab], T)[np.arange(len(y)), pred]
+        elif (cf := self._cross_fitted(lab)) is not None:
+            conf, groups = cf
+        else:  # nothing to fit a temperature on without measuring on the same images
+            (acc, acc_ci), _ = bootstrap_intervals(correct, np.full(len(y), 0.5))
+            return Calibration(np.full(len(y), np.nan), correct, acc, acc_ci, None, None, None,
+                               "no ECE: fewer than 4 labelled images to cross-fit a temperature on")  # fmt: skip
+        (acc, acc_ci), (ece, ece_ci) = bootstrap_intervals(correct, conf, groups)
+        return Calibration(conf, correct, acc, acc_ci, ece, ece_ci, T, how)
+
     def metrics(self, temperature: float | None = None) -> dict:
-        from ..scoring.calibrate import classification_metrics, cross_fitted_ece
+        """metrics.json: `ece` is the one ECE (`Calibration`), with `ece_ci`, and `accuracy_ci`; the cross-fitted
+        (`ece_temperature_scaled`) and T = 1 (`ece_uncalibrated`) figures stay for scripts that read them."""
+        from ..scoring.calibrate import ECE_BINS, classification_metrics, top_label_ece
 
         T, source = self.temperature(temperature)
         out = {"n_images": len(self), "unet_calls_per_image": float(self.calls.mean()) if len(self) else 0.0,
@@ -164,14 +304,28 @@ class ClassificationResult(ShardedResult):
             sc, y, rk = self.scores[lab], self.labels[lab], self.rankings[lab]
             m = classification_metrics(sc, y, T or 1.0, rk)
             out.update({k: v for k, v in m.items() if k != "temperature"})
-            out["ece_temperature_scaled"] = cross_fitted_ece(sc, y, rk)
-            if T is None:  # no temperature to trust: the headline is the cross-fitted one
-                out["ece_uncalibrated"], out["ece"] = m["ece"], out["ece_temperature_scaled"]
-                out["ece_source"] = "cross-fitted: T fitted on one half of these images, ECE on the other, and back"
+            cal = self.calibrated(temperature)
+            out["accuracy_ci"] = list(cal.accuracy_ci)
+            out["ece"] = float("nan") if cal.ece is None else cal.ece
+            if T is None:
+                out["ece_temperature_scaled"], out["ece_uncalibrated"] = out["ece"], m["ece"]
+            elif (cf := self._cross_fitted(lab)) is not None:
+                hit = rk[:, 0] == y
+                out["ece_temperature_scaled"] = sum(float(top_label_ece(cf[0][g], hit[g], ECE_BINS)[0]) * len(g)
+                                                    for g in cf[1]) / len(y)  # fmt: skip
             else:
-                out["ece_source"] = f"at T = {T:.4g} ({source})"
+                out["ece_temperature_scaled"] = float("nan")
+            out["ece_ci"] = list(cal.ece_ci) if cal.ece_ci else None
+            out["ece_source"] = cal.source
             out["n_labelled"] = int(lab.sum())
         return out
+
+    @property
+    def node_calls(self) -> float | None:
+        """A label tree's U-Net calls per image on its coarse nodes (in `calls`); None for a flat run."""
+        if not isinstance(self.settings.get("tree"), dict) or not len(self):
+            return None
+        return float(np.mean([int(r.get("node_calls", 0)) for r in self.records]))
 
     @property
     def shortlisted(self) -> bool:
@@ -218,3 +372,30 @@ class ClassificationResult(ShardedResult):
         from ..scoring.calibrate import probabilities
 
         return probabilities(self.scores, temperature) if len(self) else np.zeros((0, len(self.classes)))
+
+
+def summary_lines(metrics: dict) -> list[str]:
+    """A finished run's metrics as the command line prints them: accuracy and the one ECE (see `Calibration`),
+    each with its 95% bootstrap interval over images and in percent, as the report shows them, then the U-Net
+    calls per image, split into shortlist and decider for a cascade."""
+    lines = [f"images: {metrics.get('n_images', 0)}" + (f" ({metrics['n_labelled']} labelled)" if "n_labelled" in metrics else "")]
+    if metrics.get("accuracy") is not None:
+        extra = "".join(f"; {name} {pct(metrics[k])}" for k, name in (("top5", "top-5"),
+                        ("mean_per_class_accuracy", "mean per class")) if metrics.get(k) is not None)  # fmt: skip
+        lines.append(f"accuracy [95% CI]: {with_ci(metrics['accuracy'], metrics.get('accuracy_ci'))}{extra}")
+        ece = metrics.get("ece")
+        lines.append(f"ECE [95% CI]: {with_ci(ece, metrics.get('ece_ci'))} ({metrics.get('ece_source', '?')})"
+                     if ece is not None and np.isfinite(ece) else f"ECE: – ({metrics.get('ece_source', 'not measured')})")  # fmt: skip
+    else:
+        lines.append("accuracy: – (no labelled images)")
+    calls = f"U-Net calls/image: {calls_text(metrics.get('unet_calls_per_image', 0.0))}"
+    if "shortlist_keep" in metrics:
+        by = metrics["shortlist_scorer"] + ("" if metrics["shortlist_scorer"] == "self" else f" ({metrics['shortlist_model']})")
+        calls += (f" = {calls_text(metrics['shortlist_calls_per_image'])} shortlist (top {metrics['shortlist_keep']} by "
+                  f"{by}) + {calls_text(metrics['decider_calls_per_image'])} decider")  # fmt: skip
+        if metrics.get("contrastive_forwards_per_image"):
+            calls += f"; {calls_text(metrics['contrastive_forwards_per_image'])} contrastive forwards/image"
+        if "shortlist_recall" in metrics:
+            calls += f"; true class shortlisted for {pct(metrics['shortlist_recall'])} of labelled images"
+    lines.append(calls)
+    return lines

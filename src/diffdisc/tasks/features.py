@@ -25,6 +25,7 @@ from ..features.cache import FeatureCache, cached_features, model_fingerprint
 from ..features.heads import FittedHead, HeadConfig, fit_head, stratified_split
 from ..features.pooling import keeps_tokens, parse_pooling
 from ..features.taps import ExtractStats, check_timesteps, resolve_blocks
+from ..results.feature_probe import FeatureProbeResult
 from ..results.sweep import SweepResult
 
 
@@ -69,7 +70,7 @@ class SweepConfig(ConfigMixin):
 @dataclass(frozen=True)
 class CellConfig(ConfigMixin):
     """What `probe` and `compare` fit: one head on fixed (block, t) `cells` (several are fused by
-    concatenation), features read as `features` says. Not saved (`probe` returns its result only)."""
+    concatenation), features read as `features` says. `probe(out=DIR)` records it in DIR/run.json."""
 
     config_label = "cell config"
 
@@ -299,8 +300,9 @@ def diffusion_features(backbone, images: LabelledImages, cells: Sequence[tuple[s
 
 
 def probe(backbone, train: LabelledImages, config: CellConfig, *, test: LabelledImages | None = None, cache=None,
-          progress_factory=None) -> tuple[ProbeResult, FittedHead]:  # fmt: skip
-    """One head on fixed cell(s): several cells are fused (concatenated features / tokens)."""
+          progress_factory=None, out: str | Path | None = None) -> tuple[ProbeResult, FittedHead]:  # fmt: skip
+    """One head on fixed cell(s): several cells are fused (concatenated features / tokens). With `out`, the result
+    is also written there (run.json + features_probe.json), where `diffdisc report` finds it."""
     cfg, head, cells = config.features, config.head, config.cells
     _check_data(train, test)
     if head.kind == "attention" and not keeps_tokens(cfg.pooling):
@@ -313,8 +315,17 @@ def probe(backbone, train: LabelledImages, config: CellConfig, *, test: Labelled
         with _progress(progress_factory, "features (test)") as cb:
             test_xs = diffusion_features(backbone, test, cells, cfg, cache, progress=cb)
     name = "+".join(f"{b}@{t}" for b, t in cells) + f" ({cfg.pooling}, {head.kind})"
-    return probe_features(name, xs, train.labels, test_xs, test.labels if test is not None else None, head,
-                          cfg.val_fraction, cfg.seed, train.class_names)  # fmt: skip
+    r, fitted = probe_features(name, xs, train.labels, test_xs, test.labels if test is not None else None, head,
+                               cfg.val_fraction, cfg.seed, train.class_names)  # fmt: skip
+    if out is not None:
+        test_src = test.source if test is not None else None
+        settings = {"model": {"name": backbone.info.name, "fingerprint": model_fingerprint(backbone), "label": backbone.info.label},
+                    "data": train.source, "test_data": test_src, "cells": [list(c) for c in cells], "features": cfg.to_dict(),
+                    "head": head.to_dict(), "class_names": list(train.class_names)}  # fmt: skip
+        FeatureProbeResult(backbone.info.label, r.representation, [list(c) for c in cells], cfg.pooling, head.kind, r.dims,
+                           r.val_acc, r.test_acc, r.weight_decay, r.n_train, r.n_val, r.n_test, train.source,
+                           test_src).write(out, settings)  # fmt: skip
+    return r, fitted
 
 
 def pixel_features(images: LabelledImages, size: int, channels: int) -> torch.Tensor:
