@@ -7,9 +7,12 @@ a retrieval set is one N x N group). Images are paths or uint8 arrays (generated
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import DiffdiscError
 
@@ -26,6 +29,30 @@ class Group:
             raise DiffdiscError(f"group {self.id}: need at least 1 image and 2 captions")
         if any(not str(c).strip() for c in self.captions):
             raise DiffdiscError(f"group {self.id}: empty caption")
+
+
+def groups_digest(groups: list[Group]) -> str:
+    """A content hash of the groups, in order: ids, captions, tags and every image's bytes (files read whole,
+    arrays by dtype, shape and data). A match run keeps it, so a groups file edited under the same ids (other
+    captions, other images at the same paths) is another run, never one whose old scores are reused."""
+    h = hashlib.sha256()
+
+    def part(b: bytes) -> None:  # length-prefixed: ("ab", "c") and ("a", "bc") differ
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+
+    for g in groups:
+        part(json.dumps([g.id, list(g.captions), list(g.tags), len(g.images)]).encode())
+        for im in g.images:
+            if isinstance(im, np.ndarray):
+                part(f"{im.dtype.str}{im.shape}".encode())
+                part(np.ascontiguousarray(im).tobytes())
+                continue
+            try:
+                part(Path(im).read_bytes())
+            except OSError as e:
+                raise DiffdiscError(f"group {g.id}: cannot read image {im}: {e.strerror or e}") from None
+    return h.hexdigest()
 
 
 def _abs(root: Path, p: str) -> Path:

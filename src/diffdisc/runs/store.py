@@ -3,7 +3,11 @@
 `run.json` holds every setting that changes the numbers. It is read-or-created under an exclusive lock, so two
 processes started together on one directory cannot both write their own settings: the second sees the first's
 and is refused if they differ. Each rank holds a lock on its own shard for as long as the store lives, so a
-second process for the same rank (two identical commands, a forgotten RANK/WORLD_SIZE) is refused too.
+second process for the same rank (two identical commands, a forgotten RANK/WORLD_SIZE) is refused too. Close
+the store (or use it as a context manager) when the run ends, interrupted or not: a second store of the same
+rank in the same process is refused as well while the first is open. Lock files are removed by the process
+that holds them, just before it lets go, so a finished run directory holds none; whoever locks a lock file
+checks afterwards that it is still the one at its path (`_lock`), so a file removed meanwhile is never trusted.
 
 Shards are `shards/part-<rank>.jsonl`, one JSON line per finished item (written whole, flushed and fsynced). A
 rerun skips finished items from every shard, so a killed job or another number of processes resumes without
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
@@ -23,7 +28,9 @@ from .io import append_text, atomic_write_text, json_safe, remove_stale_temps, r
 
 RUN_JSON = "run.json"
 # Settings that change speed or display, not numbers (noise is keyed by (image, t)): a resume may change them
-# (model.label is the model's display name, new in run.json: runs made before it still resume).
+# (model.label is the model's display name, new in run.json: runs made before it still resume). Tasks add
+# their configs' speed-only fields (`ConfigMixin.speed_only_keys`: score.compile, score.channels_last, ...);
+# score.batch_size is also here for settings given as plain dicts.
 RUNTIME_KEYS = frozenset({"score.batch_size", "model.label"})
 
 
@@ -74,14 +81,14 @@ class RunStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         settings = {**settings, "task": task} if task is not None else settings
         self.settings = json.loads(json.dumps(json_safe(settings)))
-        with open(self.dir / ".run.lock", "a") as guard:
-            fcntl.flock(guard, fcntl.LOCK_EX)
+        guard = _lock(self.dir / ".run.lock", blocking=True)
+        try:
             path = self.dir / settings_file
             self.stored = check_settings(path, self.settings, runtime_keys=runtime_keys, section=section,
                                          where=self.dir, verb=verb, hint=hint, predates=predates)  # fmt: skip
             # the rank lock before any write: a refused second process must not rewrite the running one's
             # settings file (`rewrite` with a changed runtime key, e.g. a second synth generate)
-            self._lock = _try_lock(self.dir / f".rank-{rank:05d}.lock") if lock else None
+            self._lock = _lock(self.dir / f".rank-{rank:05d}.lock", blocking=False) if lock else None
             if lock and self._lock is None:
                 msg = f"another process is already writing {self.dir} (rank {rank}); wait for it, or use another --out"
                 if shards:
@@ -90,6 +97,11 @@ class RunStore:
                 raise DiffdiscError(msg)
             if section is None and (rewrite or self.stored is None):
                 atomic_write_text(path, json.dumps(self.settings, indent=2, sort_keys=sort_keys))
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            _unlock(guard)
         remove_stale_temps(self.dir)
         self.shards = self.dir / "shards"
         self.path = self.shards / f"part-{rank:05d}.jsonl"
@@ -105,8 +117,9 @@ class RunStore:
         self.close()
 
     def close(self) -> None:
+        """Release this rank's lock (and remove its file): a rerun, in this process or another, may write again."""
         if getattr(self, "_lock", None) is not None:
-            self._lock.close()  # closing the file releases the lock
+            _unlock(self._lock)
             self._lock = None
 
     def records(self) -> Iterator[dict]:
@@ -119,12 +132,34 @@ class RunStore:
         append_text(self.path, "".join(json.dumps(json_safe(r), separators=(",", ":")) + "\n" for r in records))
 
 
-def _try_lock(path: Path):
-    """An open file holding an exclusive lock on `path`, or None if another process holds it."""
-    f = open(path, "a")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+def _lock(path: Path, *, blocking: bool):
+    """An open file holding an exclusive lock on `path`, or None if another holder has it (`blocking=False`).
+
+    The file may be removed by its holder as it lets go (`_unlock`); one locked after that removal is no longer
+    the file at `path`, so it is dropped and `path` locked afresh."""
+    while True:
+        f = open(path, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            if blocking:
+                raise
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return f
         f.close()
-        return None
-    return f
+
+
+def _unlock(f) -> None:
+    """Remove the lock file, then let go of it: while we hold it nobody else can, and a waiter that gets the
+    removed file sees it is stale (`_lock`)."""
+    try:
+        os.unlink(f.name)
+    except OSError:
+        pass
+    f.close()  # closing the file releases the lock

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..config import ConfigMixin, check_choice
+from ..config import SPEED_ONLY, ConfigMixin, check_choice
 from ..errors import DiffdiscError
 from .schedule import SIGMA_GRIDS
 
@@ -46,18 +46,19 @@ class ScoreConfig(ConfigMixin):
     speeds up per item; see scoring/autotune.py). Errors do not depend on it.
     compile / channels_last: speed options (torch.compile of the denoiser; NHWC activations). They change
     no formula, only kernels, so errors may differ in the last bits.
+    batch_size, compile and channels_last are marked `SPEED_ONLY`: a resume may change them (the run guard).
     """
 
     loss: str = "l2"
     weighting: str = "uniform"
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata=SPEED_ONLY)
     dtype: str = "fp32"
     seed: int = 0
     noise: str = "image"
     min_snr_gamma: float = 5.0
     clark_rate: float = 7.0
-    compile: bool = False
-    channels_last: bool = False
+    compile: bool = field(default=False, metadata=SPEED_ONLY)
+    channels_last: bool = field(default=False, metadata=SPEED_ONLY)
     scorer: str = "denoise"
     attention_bias: bool = True
 

@@ -13,31 +13,35 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from ..backbones.base import Backbone
-from ..config import ConfigMixin
+from ..config import SPEED_ONLY, ConfigMixin
 from ..data.folders import ImageDataset, Item, open_image_dataset, stratified_subset
 from ..data.images import resize_note, to_tensor
 from ..errors import DiffdiscError
 from ..results import ClassificationResult
-from ..runs.store import RunStore
+from ..runs.store import RUNTIME_KEYS, RunStore
 from ..scoring.adaptive import ranked_scores
 from ..scoring.calibrate import model_temperature, temperature_key
 from ..scoring.cascade import Cascade, FeatureHead, Stage
 from ..scoring.config import AdaptiveConfig, ScoreConfig
 from ..scoring.engine import ScoringEngine
 from ..scoring.hierarchy import TreeStage
-from ..scoring.scorers import is_contrastive
+from ..scoring.schedule import check_sigma_grid, dc_grid
+from ..scoring.scorers import is_contrastive, make_scorer
 from .candidates import Candidates, build_candidates  # noqa: F401 (Candidates: part of this module's API)
 from .shortlist import make_shortlist
+
+log = logging.getLogger("diffdisc")
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class ClassifyConfig(ConfigMixin):
     template for the coarse nodes' prompts, else the mean of their leaves' conditions).
 
     Not saved as such: run.json stores what changes a number in its own, older form (score and adaptive as
-    their `to_dict()`), so `from_dict` of this config's `to_dict()` would not rebuild the nested configs."""
+    their `to_dict()`); `from_dict(to_dict())` still gives this config back, nested configs included."""
 
     config_label = "classify config"
 
@@ -65,7 +69,7 @@ class ClassifyConfig(ConfigMixin):
     adaptive: AdaptiveConfig = AdaptiveConfig()
     labels_csv: str | Path | None = None
     on_error: str = "fail"
-    chunk_images: int = 16
+    chunk_images: int = field(default=16, metadata=SPEED_ONLY)
     limit: int | None = None
     limit_seed: int = 0
     temperature: float | None = None
@@ -123,8 +127,14 @@ def classify(
         classes = ds.class_names
     benchmark = getattr(ds, "name", None) and {"name": ds.name, "split": ds.split}  # a `--dataset`: its ids repeat
     cand = build_candidates(backbone, classes or None, cfg.templates, allow_duplicates=bool(benchmark))
-    cheap = make_shortlist(backbone, cand, cfg, shortlist_model)
+    if len(cand.classes) == 1:
+        log.warning("one candidate class (%s): every image gets it, so accuracy is the share of images labelled "
+                    "so and the scores decide nothing; give at least two classes", cand.classes[0])  # fmt: skip
     weights = _timestep_weights(backbone, score, adaptive, ds)
+    check_scoring(backbone, score, adaptive, weights)  # before `out` exists: a corrected rerun starts clean
+    cheap = make_shortlist(backbone, cand, cfg, shortlist_model)
+    if cheap is not None and cheap.kind != "head":
+        check_scoring(cheap.model, cheap.score, cheap.adaptive)
     labels = ds.label_index(cand.classes)
     keep = stratified_subset(labels, cfg.limit, cfg.limit_seed)
     items = [(i, (ds.items[i], labels[i])) for i in keep]  # i: the image's place in the folder, the run's order
@@ -153,8 +163,10 @@ def classify(
         settings["tree"] = {"tree": tree.to_dict(), "beam": cfg.beam}
     if cheap is not None:  # only then: a run without one has the settings it always had
         settings["shortlist"] = cheap.settings
+    # speed-only settings (compile, channels_last, batch size) may change on a resume
+    runtime = RUNTIME_KEYS | ScoreConfig.speed_only_keys("score", "shortlist.score")
     # the store stays locked until the last chunk is saved; the engine gives the backbone back as it came
-    with RunStore(out, "classify", settings, rank=rank) as store, contextlib.ExitStack() as stack:
+    with RunStore(out, "classify", settings, rank=rank, runtime_keys=runtime) as store, contextlib.ExitStack() as stack:
         done = store.done()
         todo = [(i, it, y) for i, (it, y) in items if i % world_size == rank and it.image_id not in done]
         engine = stack.enter_context(ScoringEngine(backbone, score))
@@ -215,6 +227,21 @@ def classify(
         finalize(out, result, temperature)
     result.skipped = stats["skipped"]
     return result
+
+
+def check_scoring(backbone: Backbone, score: ScoreConfig, adaptive: AdaptiveConfig, weights=None) -> None:
+    """Every refusal scoring would make, made up front: a scorer or weighting the model cannot score, a σ grid of
+    an ε-model, more timesteps than the model has or than learned `weights` rank. Run before the run directory
+    is made, so a refused setting never reaches run.json and the corrected command resumes the same --out."""
+    if not make_scorer(backbone, score).needs_noise:
+        return  # a contrastive model: one score per candidate, no timesteps
+    check_sigma_grid(backbone, adaptive.sigmas)
+    sizes = {"exhaustive": [adaptive.n_timesteps], "halving": [n for n, _ in adaptive.stages]}.get(adaptive.strategy, [])
+    for n in sizes:  # the t-test takes at most what there is
+        if weights is not None:
+            weights.ordered_grid(n)
+        else:
+            dc_grid(backbone.num_train_timesteps, n)
 
 
 def _timestep_weights(backbone: Backbone, score: ScoreConfig, adaptive: AdaptiveConfig, ds: ImageDataset):

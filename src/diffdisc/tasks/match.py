@@ -13,24 +13,24 @@ import json
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import ConfigMixin
-from ..data.groups import Group
+from ..config import SPEED_ONLY, ConfigMixin
+from ..data.groups import Group, groups_digest
 from ..data.images import array_to_tensor, open_image, to_tensor
 from ..data.winoground import tag_breakdown
 from ..errors import DiffdiscError
 from ..runs.io import atomic_write_text
-from ..runs.store import RunStore, read_records
+from ..runs.store import RUNTIME_KEYS, RunStore, read_records
 from ..scoring.config import ScoreConfig
 from ..scoring.engine import ScoringEngine, Work
 from ..scoring.match_metrics import match_metrics
 from ..scoring.schedule import dc_grid
-from ..scoring.scorers import scorer_class
+from ..scoring.scorers import make_scorer
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class MatchConfig(ConfigMixin):
     config_label = "match config"
 
     n_timesteps: int = 20
-    chunk_groups: int = 16
+    chunk_groups: int = field(default=16, metadata=SPEED_ONLY)
 
     def __post_init__(self):
         if self.chunk_groups < 1:  # n_timesteps is checked against the model's T by `dc_grid`
@@ -115,7 +115,9 @@ def match(
     another benchmark is refused even where group ids repeat. Groups tagged Object / Relation / Both
     (Winoground) add their per-tag scores to metrics.json as "by_tag".
     `overrides` (n_timesteps=, chunk_groups=) replace fields of `config`: the keyword calls made before
-    `MatchConfig` existed still work."""
+    `MatchConfig` existed still work. Everything that can refuse the settings does so before `out` is made, so
+    a corrected rerun into the same `out` starts clean; the content of the groups (`groups_digest`) is part of
+    the run's settings, so groups edited under the same ids are refused, not answered with old scores."""
     cfg = replace(config or MatchConfig(), **overrides)
     n_timesteps, chunk_groups = cfg.n_timesteps, cfg.chunk_groups
     score = score or ScoreConfig()
@@ -123,19 +125,22 @@ def match(
         raise DiffdiscError(f"matching needs a text-conditional or contrastive model; {backbone.info.name} is "
                             f"{backbone.info.conditioning}-conditional")  # fmt: skip
     # a scorer without timesteps (contrastive) records none: run.json as it always was
-    ts = dc_grid(backbone.info.num_train_timesteps, n_timesteps) if scorer_class(backbone, score).needs_noise else []
-    out = Path(out) if out else Path(tempfile.mkdtemp(prefix="diffdisc-match-"))
+    needs_noise = make_scorer(backbone, score).needs_noise  # refuses what cannot score, before `out` exists
+    ts = dc_grid(backbone.info.num_train_timesteps, n_timesteps) if needs_noise else []
     settings = {"task": "match", "model": {"name": backbone.info.name, "fingerprint": backbone.info.fingerprint,
                                   "label": backbone.info.label},
-                "groups": [g.id for g in groups], "score": score.to_dict(), "timesteps": ts}  # fmt: skip
+                "groups": [g.id for g in groups], "groups_sha256": groups_digest(groups), "score": score.to_dict(),
+                "timesteps": ts}  # fmt: skip
     if benchmark:  # only then: a run without one has the settings it always had
         settings["benchmark"] = benchmark
-    store = RunStore(out, "match", settings)
-    done = store.done()
-    todo = [g for g in groups if g.id not in done]
-    stats = {"done": len(done), "total": len(groups), "start": time.time(), "calls": 0, "images": 0,
-             "labelled": 0, "correct": 0}  # fmt: skip
-    with ScoringEngine(backbone, score) as engine:  # one per run, not per chunk
+    out = Path(out) if out else Path(tempfile.mkdtemp(prefix="diffdisc-match-"))
+    runtime = RUNTIME_KEYS | ScoreConfig.speed_only_keys("score")
+    # closed however the run ends: an interrupted match (a notebook's Ctrl-C) must not lock out its own retry
+    with RunStore(out, "match", settings, runtime_keys=runtime) as store, ScoringEngine(backbone, score) as engine:
+        done = store.done()
+        todo = [g for g in groups if g.id not in done]
+        stats = {"done": len(done), "total": len(groups), "start": time.time(), "calls": 0, "images": 0,
+                 "labelled": 0, "correct": 0}  # fmt: skip
         for s in range(0, len(todo), chunk_groups):
             chunk = todo[s : s + chunk_groups]
             mats = score_chunk(backbone, chunk, score, ts, engine)
