@@ -79,13 +79,11 @@ def _table(capsys, monkeypatch, metrics: dict) -> str:
     return capsys.readouterr().out
 
 
-def test_metrics_table_puts_calibrated_ece_first(capsys, monkeypatch):
-    base = {"n_images": 9, "accuracy": 0.5, "unet_calls_per_image": 30.0}
-    plain = _table(capsys, monkeypatch, {**base, "ece": 0.05, "ece_uncalibrated": 0.84, "ece_temperature_scaled": 0.05,
+def test_command_line_says_one_ece_in_percent_with_intervals(capsys, monkeypatch):
+    base = {"n_images": 9, "n_labelled": 9, "accuracy": 0.5, "accuracy_ci": [0.2, 0.8], "unet_calls_per_image": 118.5}
+    plain = _table(capsys, monkeypatch, {**base, "ece": 0.05, "ece_ci": [0.01, 0.12], "ece_uncalibrated": 0.84,
+                                         "ece_temperature_scaled": 0.05, "ece_source": "cross-fitted T",
                                          "temperature": 1.0, "temperature_source": "none: T = 1, uncalibrated"})  # fmt: skip
-    assert plain.index("ece (cross-fitted T)") < plain.index("ece (uncalibrated, T=1)") < plain.index("temperature ")
-    assert plain.count("0.0500") == 1 and "0.8400" in plain and "ece is" not in plain
-    cal = _table(capsys, monkeypatch, {**base, "ece": 0.03, "ece_temperature_scaled": 0.04, "temperature": 0.05,
-                                       "temperature_source": "model metadata (fitted on 200 training images)"})  # fmt: skip
-    assert cal.index("ece (T=0.05)") < cal.index("ece (cross-fitted T)") and "uncalibrated" not in cal
-    assert "model metadata (fitted on 200 training images)" in cal
+    assert plain.count("ECE") == 1 and "ECE [95% CI]: 5.0% [1.0%, 12.0%] (cross-fitted T)" in plain
+    assert "84" not in plain and "0.05" not in plain  # no second ECE, no fraction
+    assert "accuracy [95% CI]: 50.0% [20.0%, 80.0%]" in plain and "calls/image: 118.5" in plain

@@ -178,7 +178,7 @@ def test_cli_self_shortlist_end_to_end_and_resume_with_another_k_is_refused(monk
     args = ["classify", "--model", classcond_dir, "--data", image_folder, "--timesteps", T_DECIDE, "--out", out, "--quiet"]
     code, stdout, err = run_main(monkeypatch, capsys, *args, "--shortlist", 2, "--shortlist-model", "self")
     assert code == 0, err
-    assert "shortlist: top 2 by self: 14.0 U-Net calls/image = 6.0 shortlist + 8.0 decider; 0.0 contrastive forwards/image" in stdout
+    assert "U-Net calls/image: 14 = 6 shortlist (top 2 by self) + 8 decider" in stdout
     code, _, err = run_main(monkeypatch, capsys, *args, "--shortlist", 1, "--shortlist-model", "self")
     assert code == 1 and "shortlist.keep" in err and err.strip().count("\n") == 0
     code, _, err = run_main(monkeypatch, capsys, *args, "--shortlist-model", "self")

@@ -143,52 +143,14 @@ def _shortlist_model(spec: str | None, device):
     return FeatureHead.from_dir(spec) if FeatureHead.is_dir(spec) else load(spec, device)
 
 
-def shortlist_line(metrics: dict) -> str | None:
-    """One line on a cascade's cost: the cheap stage's U-Net calls (in the total) and contrastive forwards."""
-    if "shortlist_keep" not in metrics:
-        return None
-    by = metrics["shortlist_scorer"] + ("" if metrics["shortlist_scorer"] == "self" else f" ({metrics['shortlist_model']})")
-    line = (f"shortlist: top {metrics['shortlist_keep']} by {by}: "
-            f"{metrics['unet_calls_per_image']:.1f} U-Net calls/image = {metrics['shortlist_calls_per_image']:.1f} shortlist "
-            f"+ {metrics['decider_calls_per_image']:.1f} decider; "
-            f"{metrics['contrastive_forwards_per_image']:.1f} contrastive forwards/image")  # fmt: skip
-    if "shortlist_recall" in metrics:
-        line += f"; true class kept for {metrics['shortlist_recall']:.1%} of labelled images"
-    return line
-
-
 def print_metrics(metrics: dict, out: Path, as_json: bool) -> None:
-    """Accuracy, then calibrated ECE first: at the run's temperature, or cross-fitted when it has none (T = 1
-    softmax of denoising errors is far from calibrated, so that figure comes last, labelled as such)."""
+    """Accuracy and the one ECE, each once with its interval (as the report shows them), then the calls."""
     if as_json:
         typer.echo(json.dumps(metrics))
         return
-    from rich.console import Console
-    from rich.table import Table
+    from ..results.classification import summary_lines
 
-    t = Table(title=f"results in {out}")
-    for c in ("metric", "value", "how"):
-        t.add_column(c, justify="right" if c == "value" else "left")
-
-    def row(label: str, key: str, how: str = "") -> None:
-        if metrics.get(key) is not None:
-            v = metrics[key]
-            t.add_row(label, f"{v:.4f}" if isinstance(v, float) else str(v), how)
-
-    for k in ("n_images", "accuracy", "top5", "mean_per_class_accuracy", "unet_calls_per_image"):
-        row(k, k)
-    cross = "T fitted on one half of these images, ECE on the other, and back"
-    if "ece_uncalibrated" in metrics:  # no temperature: the headline `ece` is the cross-fitted one
-        row("ece (cross-fitted T)", "ece", cross)
-        row("ece (uncalibrated, T=1)", "ece_uncalibrated", "softmax(-score) as is")
-    elif "ece" in metrics:
-        row(f"ece (T={metrics['temperature']:.4g})", "ece", "the temperature below")
-        row("ece (cross-fitted T)", "ece_temperature_scaled", cross)
-    if "temperature" in metrics:
-        t.add_row("temperature", f"{metrics['temperature']:.4g}", metrics.get("temperature_source", ""))
-    Console().print(t)
-    if line := shortlist_line(metrics):
-        typer.echo(line)
+    typer.echo("\n".join([f"results in {out}", *summary_lines(metrics)]))
 
 
 @app.command(epilog="Example: diffdisc calibrate runs/val --apply-to runs/test  (fit T on a labelled run, use it on another)")
