@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from conftest import run_main
 from diffdisc.errors import DiffdiscError
@@ -188,3 +189,26 @@ def test_cli_timesteps_help_matches_the_parser():
     from diffdisc.scoring.schedule import TIMESTEPS_HELP as PARSER_HELP
 
     assert TIMESTEPS_HELP == PARSER_HELP
+
+
+def test_groups_file_bad_content_is_one_line(tmp_path):
+    from diffdisc.data.groups import load_groups
+
+    img = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(img)
+    good = {"id": "g", "images": ["a.png"], "captions": ["a red cat", "a blue dog"]}
+    cases = {
+        "latin1.jsonl": json.dumps({**good, "captions": ["a café", "x"]}, ensure_ascii=False).encode("latin-1"),
+        "deep.jsonl": b"[" * 100_000,
+        "null.jsonl": json.dumps({**good, "captions": [None, 42]}).encode(),
+        "string.jsonl": json.dumps({**good, "captions": "abc"}).encode(),
+        "latin1.csv": "image_0,caption_0,caption_1\na.png,a café,x\n".encode("latin-1"),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DiffdiscError) as e:
+            load_groups(tmp_path / name)
+        assert "\n" not in str(e.value) and name in str(e.value), name
+    (tmp_path / "ok.jsonl").write_text(json.dumps(good) + "\n")
+    (g,) = load_groups(tmp_path / "ok.jsonl")
+    assert g.captions == ("a red cat", "a blue dog")

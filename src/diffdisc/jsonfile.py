@@ -39,3 +39,12 @@ def check_strings(where: str, fields: dict) -> None:
     for k, v in fields.items():
         if not isinstance(v, str) or not v.strip():
             raise DiffdiscError(f"{where}: {k} must be a non-empty string, got {json.dumps(v)}")
+
+
+def jsonl_rows(path: Path):
+    """(line number, parsed object) of each non-blank line. Lines end at "\\n" only: `str.splitlines` would also
+    split inside strings holding U+2028 and the other separators JSON allows raw."""
+    text = read_json_text(path, "a JSON Lines file")
+    for n, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            yield n, parse_json(line, f"{path}:{n}", "the line")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DiffdiscError
+from ..jsonfile import check_strings, jsonl_rows, read_json_text
 
 
 @dataclass(frozen=True, eq=False)
@@ -27,8 +29,9 @@ class Group:
     def __post_init__(self):
         if len(self.images) < 1 or len(self.captions) < 2:
             raise DiffdiscError(f"group {self.id}: need at least 1 image and 2 captions")
-        if any(not str(c).strip() for c in self.captions):
-            raise DiffdiscError(f"group {self.id}: empty caption")
+        bad = next((c for c in self.captions if not isinstance(c, str) or not c.strip()), None)
+        if bad is not None:
+            raise DiffdiscError(f"group {self.id}: captions must be non-empty text, got {json.dumps(bad)}")
 
 
 def groups_digest(groups: list[Group]) -> str:
@@ -81,21 +84,20 @@ def load_groups(path: str | Path) -> list[Group]:
     root = path.parent
     groups: list[Group] = []
     if path.suffix == ".csv":
-        with open(path, newline="") as f:
-            for n, row in enumerate(csv.DictReader(f)):
-                imgs = [_abs(root, row[k]) for k in sorted(k for k in row if k.startswith("image_") and row[k])]
-                caps = [row[k] for k in sorted(k for k in row if k.startswith("caption_") and row[k])]
-                groups.append(Group(row.get("id") or str(n), tuple(imgs), tuple(caps)))
+        text = read_json_text(path, "a groups CSV")  # UTF-8 whatever the locale; a bad byte is one line
+        for n, row in enumerate(csv.DictReader(io.StringIO(text, newline=""))):
+            imgs = [_abs(root, row[k]) for k in sorted(k for k in row if k and k.startswith("image_") and row[k])]
+            caps = [row[k] for k in sorted(k for k in row if k and k.startswith("caption_") and row[k])]
+            groups.append(Group(row.get("id") or str(n), tuple(imgs), tuple(caps)))
     else:
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                groups.append(Group(str(row.get("id", n)), tuple(_abs(root, p) for p in row["images"]),
-                                    tuple(row["captions"]), tuple(row.get("tags", ()))))  # fmt: skip
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DiffdiscError(f"{path}:{n}: need a JSON object with 'images' and 'captions' ({e})") from None
+        for n, row in jsonl_rows(path):
+            where = f"{path}:{n}"
+            if not isinstance(row, dict) or not isinstance(row.get("images"), list) or not isinstance(row.get("captions"), list):
+                raise DiffdiscError(f"{where}: need a JSON object with lists 'images' and 'captions'")
+            check_strings(where, {f"images[{i}]": p for i, p in enumerate(row["images"])})
+            check_strings(where, {f"captions[{i}]": c for i, c in enumerate(row["captions"])})
+            groups.append(Group(str(row.get("id", n)), tuple(_abs(root, p) for p in row["images"]),
+                                tuple(row["captions"]), tuple(str(t) for t in row.get("tags", ()))))  # fmt: skip
     _check_unique(groups, path)
     return groups
 

@@ -19,7 +19,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import DiffdiscError
-from ..jsonfile import check_strings, parse_json, read_json_text
+from ..jsonfile import check_strings, jsonl_rows, parse_json, read_json_text
 from .groups import Group
 from .images import IMAGE_SUFFIXES
 
@@ -71,15 +71,6 @@ def _unzip_images(archive: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _jsonl(path: Path):
-    """(line number, parsed object) of each non-blank line. Lines end at "\\n" only: `str.splitlines` would also
-    split inside strings holding U+2028 and the other separators JSON allows raw."""
-    text = read_json_text(path, "a JSON Lines file")
-    for n, line in enumerate(text.split("\n"), 1):
-        if line.strip():
-            yield n, parse_json(line, f"{path}:{n}", "the line")
-
-
 def open_winoground(root: str | Path, extract_to: str | Path | None = None) -> list[Group]:
     """Winoground's 400 examples as 2x2 groups (image i matches caption i), tags (tag, collapsed_tag[,
     secondary_tag]) on each. `root`: the dataset's folder (with data/) or its data/ folder itself."""
@@ -94,7 +85,7 @@ def open_winoground(root: str | Path, extract_to: str | Path | None = None) -> l
             _unzip_images(archive, images)
     found = _image_names(images)
     groups = []
-    for n, r in _jsonl(data / "examples.jsonl"):
+    for n, r in jsonl_rows(data / "examples.jsonl"):
         try:
             names, captions = (r["image_0"], r["image_1"]), (r["caption_0"], r["caption_1"])
         except (KeyError, TypeError) as e:
