@@ -83,10 +83,13 @@ def ranked_scores(errors: dict[int, dict[int, float]], ranking: list[int],
     leader's own mean for the leader; the plain mean error for exhaustive runs, where all share every t; with
     learned timestep weights every mean is their weighted mean).
     A running maximum along the ranking then keeps a pruned candidate from scoring better than one that
-    outlived it. Candidates never scored get inf.
+    outlived it. Candidates never scored get inf; a leader never scored gets 0 (never inf: that made every
+    score inf and the probabilities NaN).
     """
     lead = errors.get(ranking[0], {})
-    base = weighted_mean(lead, None, weights)
+    # a leader never scored was decided without a choice (`decided`: one candidate left, e.g. a tree level
+    # narrowed to one leaf): any finite score gives it all the probability over the never-scored (inf) rest
+    base = weighted_mean(lead, None, weights) if lead else 0.0
     out, floor = {}, -float("inf")
     for c in ranking:
         row = errors.get(c, {})
@@ -100,6 +103,12 @@ def ranked_scores(errors: dict[int, dict[int, float]], ranking: list[int],
         floor = max(floor, s)
         out[c] = floor
     return [out[c] for c in range(len(ranking))]
+
+
+def decided(alive: list) -> bool:
+    """The one stopping rule of every search that prunes (halving, its early exit, the t-test, each level of
+    a label tree): one candidate left (or none) means the image is decided: nothing more scored or charged."""
+    return len(alive) <= 1
 
 
 def image_generator(seed: int, key: str, purpose: str) -> torch.Generator:
@@ -210,6 +219,8 @@ def _halving(ctx: _Ctx, cfg, results):
     for level, (n, keep) in enumerate(cfg.stages, start=1):
         plan = []
         for i, r in enumerate(results):
+            if decided(alive[i]):  # kept 1 (a stage's keep, or the early exit): its later stages cost nothing
+                continue
             stage = ordered_grid(ctx.weights, n) if ctx.weights is not None else stage_subset(grids[i], n)
             new = [t for t in stage if t not in r.timesteps]
             plan += [(i, c, t) for c in alive[i] for t in new]
@@ -226,12 +237,12 @@ def _halving(ctx: _Ctx, cfg, results):
 def _decisive(r: ImageScores, ranked: list[int], z: float) -> bool:
     """Leader vs runner-up on their shared timesteps: mean paired difference > z standard errors."""
     a, b = r.errors[ranked[0]], r.errors[ranked[1]]
-    shared = [t for t in a if t in b]
+    shared, f = paired_timesteps([t for t in a if t in b], r.weights)
     if len(shared) < 3:
         return False
     d = np.array([b[t] - a[t] for t in shared])
-    if r.weights is not None:
-        d = d * r.weights.factors(shared)
+    if f is not None:
+        d = d * f
     se = d.std(ddof=1) / np.sqrt(len(d))
     return bool(d.mean() > z * se) if se > 0 else bool(d.mean() > 0)
 
@@ -248,17 +259,18 @@ def _ttest(ctx: _Ctx, cfg, results):
     n_done = 0
     while n_done < cfg.max_scores:
         step = cfg.min_scores if n_done == 0 else 1
-        active = [i for i in range(len(ctx.keys)) if len(alive[i]) > 1]
+        active = [i for i in range(len(ctx.keys)) if not decided(alive[i])]
         if not active:
             break
         plan = [(i, c, t) for i in active for t in order[i][n_done : n_done + step] for c in alive[i]]
         ctx.run(plan, results)
         n_done += step
         for i in active:
-            r, ts = results[i], order[i][:n_done]
+            r = results[i]
+            ts, f = paired_timesteps(order[i][:n_done], ctx.weights)
             e = np.array([[r.errors[c][t] for t in ts] for c in alive[i]])
-            if ctx.weights is not None:
-                e = e * ctx.weights.factors(ts)
+            if f is not None:
+                e = e * f
             best = int(np.argmin(e.mean(1)))
             keep = [c for j, c in enumerate(alive[i]) if j == best or paired_p(e[j], e[best]) >= cfg.p_value]
             for c in keep:
@@ -269,10 +281,24 @@ def _ttest(ctx: _Ctx, cfg, results):
             r.level[c] = cfg.max_scores + 1
 
 
+def paired_timesteps(ts: list[int], weights: TimestepWeights | None) -> tuple[list[int], np.ndarray | None]:
+    """The timesteps a paired test compares candidates on, and their multipliers (None: unweighted).
+
+    A zero-weight t counts for nothing in the weighted mean, so its weighted difference is an exact 0: as a
+    sample it would shrink the spread and inflate n, and the test would prune on evidence it does not have.
+    It is dropped (all kept when every weight there is 0: the weighted mean is then the plain one)."""
+    if weights is None:
+        return list(ts), None
+    kept = [t for t in ts if weights.factor(t) > 0] or list(ts)
+    return kept, weights.factors(kept)
+
+
 def paired_p(worse: np.ndarray, best: np.ndarray) -> float:
-    """One-sided paired t-test p-value for H1: mean(worse - best) > 0."""
+    """One-sided paired t-test p-value for H1: mean(worse - best) > 0 (1 below 2 samples: no evidence)."""
     d = worse - best
     n = len(d)
+    if n < 2:
+        return 1.0
     sd = d.std(ddof=1)
     if sd == 0:
         return 0.0 if d.mean() > 0 else 1.0

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize
 
+from .config import ScoreConfig
+
 
 def probabilities(scores: np.ndarray, temperature: float) -> np.ndarray:
     s = -np.asarray(scores, dtype=np.float64) / temperature
@@ -112,8 +114,21 @@ def cross_fitted_ece(scores: np.ndarray, labels: np.ndarray, ranking: np.ndarray
 
 
 def temperature_key(score, contrastive: bool = False) -> str:
-    """Which scores a stored temperature belongs to: their scale depends on scorer, loss and weighting."""
-    return "contrastive" if contrastive else f"{score.scorer} {score.loss} {score.weighting}"
+    """Which scores a stored temperature (or timestep-weights file) belongs to: their scale depends on
+    scorer, loss and weighting, and on the value that shapes the score: `clark_rate` (clark), `min_snr_gamma`
+    (min_snr), `attention_bias` (attention). Such a value joins the key only when it differs from its
+    default, so keys stored before it joined (the shipped models' temperatures) still match at the default."""
+    if contrastive:
+        return "contrastive"
+    key = f"{score.scorer} {score.loss} {score.weighting}"
+    default = ScoreConfig()
+    if score.scorer == "attention":
+        same = score.attention_bias == default.attention_bias
+        return key if same else f"{key} attention_bias={score.attention_bias}"
+    for weighting, name in (("clark", "clark_rate"), ("min_snr", "min_snr_gamma")):
+        if score.weighting == weighting and (v := float(getattr(score, name))) != getattr(default, name):
+            key += f" {name}={v!r}"
+    return key
 
 
 def model_temperature(metadata: dict, key: str) -> dict | None:

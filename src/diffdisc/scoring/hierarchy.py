@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import DiffdiscError
-from .adaptive import ImageScores, evaluate
+from .adaptive import ImageScores, decided, evaluate
 from .config import AdaptiveConfig
 from .engine import ScoringEngine
 from .label_tree import LabelTree, TreeNode, node_conditions
@@ -52,8 +52,10 @@ def tree_search(
     """HDC over a chunk of images: from the root's children down, each level scores the children of every
     image's kept nodes with `evaluate` (strategy `cfg`) and keeps the best `beam` per image.
 
-    A level is scored only when it has a choice to make (more nodes than `beam`) or holds only leaves (the
-    leaves need scores of their own); a leaf kept beside internal nodes goes on to the next level and is
+    A level is scored only when it has a choice to make (more nodes than `beam`) or holds only leaves, two or
+    more (the leaves need scores of their own); a level narrowed to one node (a one-child node, a shortlist
+    leaving one leaf) is decided (`adaptive.decided`: nothing scored, nothing charged; a lone leaf never
+    scored takes all the probability). A leaf kept beside internal nodes goes on to the next level and is
     scored again there (its calls counted again, its errors those of its last level). The search of an image
     ends at the first level whose kept nodes are all leaves. Ranking: that level's leaves in its order, then
     the nodes dropped at earlier levels, latest level first, each in its level's order, a dropped internal
@@ -84,7 +86,8 @@ def tree_search(
     dropped: list[list[list[TreeNode]]] = [[] for _ in keys]
     final: list[list[TreeNode]] = [[] for _ in keys]
     while any(frontier):
-        need = [i for i, f in enumerate(frontier) if f and (len(f) > beam or all(n.is_leaf for n in f))]
+        need = [i for i, f in enumerate(frontier)
+                if not decided(f) and (len(f) > beam or all(n.is_leaf for n in f))]  # fmt: skip
         ranked = {}
         if need:
             res = evaluate(engine, x0[need], [keys[i] for i in need], flat_conds, cfg, flat_groups,

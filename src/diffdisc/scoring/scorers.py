@@ -68,7 +68,8 @@ class Scorer:
 
 class DenoiseScorer(Scorer):
     """Per-sample weighted denoising error: `uniform` (mean ε-error), `clark` (exp(-rate t/T) × error of the
-    clipped x̂0) or `min_snr` (ε-error × min(SNR, γ)/SNR), with the config's element-wise loss.
+    clipped x̂0; σ in place of t/T on a flow model: `noise_level`) or `min_snr` (ε-error × min(SNR, γ)/SNR),
+    with the config's element-wise loss.
 
     Uses only the backbone contract (`add_noise`, `predict_eps`, `predict_x0`, `snr`, `clip_range`,
     `num_train_timesteps`), so a backbone with another noising (flow matching) scores here unchanged.
@@ -101,12 +102,20 @@ class DenoiseScorer(Scorer):
                 bound = x0.float().abs().flatten(1).amax(1).view(-1, *([1] * (x0.ndim - 1)))
                 x0_hat = torch.maximum(torch.minimum(x0_hat, bound), -bound)
             err = loss(x0_hat, x0.float(), cfg.loss)
-            return err * torch.exp(-cfg.clark_rate * t.double() / bb.num_train_timesteps).float()
+            return err * torch.exp(-cfg.clark_rate * noise_level(bb, t)).float().to(err.device)
         err = loss(eps_hat, noise.float(), cfg.loss)
         if cfg.weighting == "min_snr":
             snr = bb.snr(t)
             err = err * (snr.clamp(max=cfg.min_snr_gamma) / snr).float().to(err.device)
         return err
+
+
+def noise_level(backbone, t: torch.Tensor) -> torch.Tensor:
+    """Clark & Jaini's t/T in [0, 1] (float64): a flow model's σ_t, since its table row t/T is not where its
+    noise is (a shifted σ table puts row 500 at σ 0.75 for shift 3); t/T for a VP model, as in the paper."""
+    if getattr(backbone, "is_flow", False):
+        return backbone.process.sigma(t.to(backbone.process.sigmas.device)).double()
+    return t.double() / backbone.num_train_timesteps
 
 
 def is_contrastive(backbone) -> bool:
