@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# caches that default to the user's (~/.cache/diffdisc: the features cache) stay inside the test session
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="diffdisc-test-cache-")
 
 import numpy as np
 import pytest

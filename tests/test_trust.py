@@ -14,8 +14,8 @@ from PIL import Image
 
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.errors import DiffdiscError
-from diffdisc.report.stats import intervals
 from diffdisc.results import ClassificationResult
+from diffdisc.results.classification import bootstrap_intervals as intervals
 from diffdisc.runs import RunStore
 from diffdisc.runs.io import atomic_write_text
 from diffdisc.scoring.adaptive import evaluate, ranked_scores

@@ -31,6 +31,6 @@ def test_readme_walkthrough_runs_as_written(image_folder, tmp_path, monkeypatch,
         assert code == 0, f"diffdisc {' '.join(args)} failed: {err[-800:]}"
     assert (tmp_path / "runs" / "mine" / "model").is_dir()
     page = (tmp_path / "runs" / "mine-report.html").read_text()
-    assert "mine-halving" in page and "supervised baseline" in page
+    assert "mine-halving" in page and "supervised baseline" in page and "mine-features" in page
     for run in ("mine-exhaustive", "mine-halving"):
         assert (tmp_path / "runs" / run / "metrics.json").is_file()

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .backbones.registry import create_backbone, list_backbones
+from .results.classification import calls_text, with_ci
 from .scoring.config import AdaptiveConfig, ScoreConfig
 from .tasks.classify import ClassifyConfig, classify
 
@@ -85,7 +86,8 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 3, progress_factory
         summary[label] = m
         short = (Path(model).name if "/" in model else model).removeprefix("fmnist-").removeprefix("scenes-")
         rows.append([short, "grey" if kind == "grey" else "coloured", name,
-                     f"{m['accuracy']:.1%}", f"{m['ece_temperature_scaled']:.3f}", f"{m['unet_calls_per_image']:.0f}",
+                     with_ci(m["accuracy"], m.get("accuracy_ci")), with_ci(m.get("ece"), m.get("ece_ci")),
+                     calls_text(m["unet_calls_per_image"]),
                      f"{m['images_per_s']:.2f}"])  # fmt: skip
         runs.append((label, res))
     from .report.simple import write_page
@@ -93,7 +95,8 @@ def run_demo(out: str | Path = "runs/demo", per_class: int = 3, progress_factory
     header = ["model", "images", "strategy", "accuracy", "ECE", "U-Net calls/img", "img/s"]
     note = (f"{len(runs[0][1])} shipped real test images ({per_class} per class); text and contrastive models see "
             "the same images as one-item scenes in random palette colours and get prompts 'a {class}'. "
-            "ECE: after temperature scaling, 2-fold cross-fitted. Models: fmnist-classcond, fmnist-scenes-text, "
+            "Accuracy and ECE with 95 % bootstrap intervals; ECE at each model's own temperature (fitted on "
+            "training images), else 2-fold cross-fitted on these images. Models: fmnist-classcond, fmnist-scenes-text, "
             "fmnist-scenes-clip (diffdisc models).")  # fmt: skip
     if missing:
         note += f" Not shipped, skipped: {', '.join(missing)}."

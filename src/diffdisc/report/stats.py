@@ -9,7 +9,6 @@ import numpy as np
 
 from ..results.classification import N_BOOT as N_BOOT  # resamples of the intervals (said on the page)
 from ..results.classification import Calibration
-from ..results.classification import bootstrap_intervals as intervals  # noqa: F401 (the report's name for it)
 from ..results.classification import pct as pct  # the page's one rounding rule, the command line's too
 from ..scoring.calibrate import ECE_BINS
 from .load import Classification
