@@ -221,3 +221,33 @@ def test_one_candidate_class_warns(classcond_dir, tmp_path, caplog):
         classify(create_backbone(classcond_dir), tmp_path / "flat", ClassifyConfig(classes=("red",), adaptive=FAST),
                  out=tmp_path / "r")  # fmt: skip
     assert any("one candidate class (red)" in r.getMessage() for r in caplog.records)
+
+
+def test_resize_note_is_said_once_and_before_the_run(classcond_dir, image_folder, tmp_path, monkeypatch, capsys, caplog):
+    from diffdisc.tasks.classify import ClassifyConfig, classify
+
+    events = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            events.append(("log", record.getMessage()))
+
+    handler = Catch()
+    logging.getLogger("diffdisc").addHandler(handler)
+    try:
+        cfg = ClassifyConfig(adaptive=AdaptiveConfig(strategy="exhaustive", n_timesteps=2), chunk_images=3)
+        res = classify(create_backbone(classcond_dir), image_folder, cfg, out=tmp_path / "api",
+                       progress=lambda s: events.append(("progress", s["done"])))  # fmt: skip
+    finally:
+        logging.getLogger("diffdisc").removeHandler(handler)
+    notes = [i for i, (kind, m) in enumerate(events) if kind == "log" and "resized 20×20 -> 16×16" in m]
+    first_progress = next(i for i, (kind, _) in enumerate(events) if kind == "progress")
+    assert notes and notes[0] < first_progress
+    assert any("resized" in n for n in res.notes)  # the API keeps it on the result too
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="diffdisc"):  # a terminal gets these on stderr (logging's last resort)
+        code, _, err = run_main(monkeypatch, capsys, "classify", "--model", classcond_dir, "--data", image_folder,
+                                "--timesteps", "2", "--out", tmp_path / "cli")  # fmt: skip
+    assert code == 0, err
+    said = err + "\n".join(r.getMessage() for r in caplog.records)
+    assert said.count("resized 20×20 -> 16×16") == 1

@@ -130,7 +130,8 @@ def classify(
     for image_id, why in getattr(result, "skipped", []):
         typer.echo(f"skipped {image_id}: {why}", err=True)
     for note in getattr(result, "notes", []):
-        typer.echo(f"note: {note}", err=True)
+        if note not in getattr(result, "announced", []):  # the resize note is said before the run
+            typer.echo(f"note: {note}", err=True)
     print_metrics(metrics, out, json_out)
 
 

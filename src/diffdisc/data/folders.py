@@ -46,6 +46,20 @@ class ImageDataset:
 
         return open_image(item.path)
 
+    def header_size(self, item: Item) -> tuple[int, int] | None:
+        """(w, h) from the file's header, nothing decoded: what a run will resize can be said before it runs.
+        None where there is no file to peek at or it is unreadable (said when it is read)."""
+        import warnings
+
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings(), Image.open(item.path) as im:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                return im.size
+        except (OSError, ValueError, Image.DecompressionBombError):
+            return None
+
     def label_index(self, classes: list[str]) -> list[int | None]:
         """Labels as indices into `classes` (None where unlabelled); labels outside `classes` are an error."""
         lookup = {normalise_name(c): i for i, c in enumerate(classes)}

@@ -175,6 +175,9 @@ def classify(
             cheap.open(engine, conds, stack)
         shapes = [(backbone.info.image_size, backbone.info.image_channels)] + ([cheap.shape] if cheap and cheap.shape else [])
         sizes: Counter = Counter()  # source (w, h) of the images read, for one resize note
+        peeked = Counter(filter(None, (ds.header_size(it) for _, it, _ in todo)))
+        if note := resize_note(peeked, backbone.info.image_size):  # said before the run, from the headers
+            log.warning("note: %s", note)
         stats = {"done": len(done), "total": len(items), "calls": 0, "correct": 0, "labelled": 0, "images": 0, "start": time.time(), "skipped": []}
         for s in range(0, len(todo), cfg.chunk_images):
             chunk = todo[s : s + cfg.chunk_images]
@@ -217,6 +220,7 @@ def classify(
         first = stats["skipped"][0][1]
         raise DiffdiscError(f"no image could be read ({len(stats['skipped'])} skipped; first: {first}): nothing was classified")
     result.notes = [n for n in [resize_note(sizes, backbone.info.image_size)] if n]
+    result.announced = [note] if note else []  # notes already logged before the run
     selected = {it.image_id for _, (it, _) in items}
     if len(result) > len(selected):
         result.notes.append(f"{out} holds {len(result)} finished images, more than the {len(selected)} selected now "
