@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +126,13 @@ class Backbone(nn.Module):
     # Submodules that only encode conditions (a 4.7B T5 beside an SD3 transformer): kept on the CPU by `to`,
     # moved to the backbone's device only while `conditions` encodes, so scoring holds denoiser + VAE only.
     offloaded: tuple[str, ...] = ()
+    denoiser = ""  # attribute name of the denoiser ("unet", "transformer", "model")
+    # The dtype the denoiser's weights were loaded in (`loading.LoadSpec`): its inputs are cast to it.
+    weights_dtype: torch.dtype = torch.float32
+    # Modules whose device diffusers' offload hooks or device map decide (`loading.place`): `to` leaves them.
+    held: tuple[str, ...] = ()
+    offload_hooks: tuple = ()  # accelerate's model-offload hooks, offloaded before the text encoders move in
+    condition_store = None  # `condcache.ConditionStore`: conditions kept on disk across runs
 
     def __init__(self, process: NoiseProcess, learned_variance: bool = False):
         super().__init__()
@@ -194,8 +202,9 @@ class Backbone(nn.Module):
         return (x0 if vae is None else vae_decode(vae, x0)).float().clamp(-1, 1)
 
     def to(self, *args, **kwargs):
-        """Moves everything but the `offloaded` encoders, which are never copied to the accelerator at all."""
-        held = {n: self._modules.pop(n) for n in self.offloaded if self._modules.get(n) is not None}
+        """Moves everything but the `offloaded` encoders, which are never copied to the accelerator at all, and
+        the `held` modules, which their offload hooks or device map place."""
+        held = {n: self._modules.pop(n) for n in (*self.offloaded, *self.held) if self._modules.get(n) is not None}
         try:
             return super().to(*args, **kwargs)
         finally:
@@ -206,6 +215,9 @@ class Backbone(nn.Module):
         """The `offloaded` encoders on the backbone's device for the duration (then back on the CPU)."""
         mods = [getattr(self, n) for n in self.offloaded if getattr(self, n, None) is not None]
         moved = self.device.type != "cpu" and bool(mods)
+        with torch.inference_mode(False):  # quantized weights cannot be swapped by inference-mode copies
+            for hook in self.offload_hooks:  # --offload model: the denoiser and VAE leave before the encoders come
+                hook.offload()
         if moved:
             for m in mods:
                 m.to(self.device)
@@ -222,11 +234,19 @@ class Backbone(nn.Module):
     def conditions(self, candidates: list) -> torch.Tensor:
         """Conditions for candidates (prompts or class ids), stacked on dim 0 and cached per candidate."""
         missing = [c for c in dict.fromkeys(candidates) if c not in self._cond_cache]
+        store = self.condition_store
+        if missing and store is not None:  # encoded by an earlier run of this model with these options
+            found = store.get(self.info.fingerprint, missing)
+            for c, emb in found.items():
+                self._cond_cache[c] = emb.to(self.device)
+            missing = [c for c in missing if c not in found]
         if missing:
             with self.encoders_on_device():
                 embs = self._condition_batch(missing)
             for c, emb in zip(missing, embs, strict=True):
                 self._cond_cache[c] = emb.to(self.device)
+            if store is not None:
+                store.put(self.info.fingerprint, dict(zip(missing, embs, strict=True)))
         return torch.stack([self._cond_cache[c] for c in candidates])
 
     def _condition_batch(self, candidates: list) -> torch.Tensor:  # pragma: no cover - abstract
@@ -237,9 +257,15 @@ class Backbone(nn.Module):
         batch, and on SD3 / FLUX each encoding moved T5 to the accelerator and back. Kept with the conditions,
         so `clear_conditions` (a LoRA load) forgets it too."""
         null = self._cond_cache.get(NULL_KEY)
+        if null is None and self.condition_store is not None:
+            null = self.condition_store.get(self.info.fingerprint, [NULL_KEY]).get(NULL_KEY)
+            if null is not None:
+                null = self._cond_cache[NULL_KEY] = null.to(self.device)
         if null is None:
             with self.encoders_on_device():
                 null = self._cond_cache[NULL_KEY] = self._null_condition().to(self.device)
+            if self.condition_store is not None:
+                self.condition_store.put(self.info.fingerprint, {NULL_KEY: null})
         elif null.device != self.device:  # the backbone moved since
             null = self._cond_cache[NULL_KEY] = null.to(self.device)
         return null
@@ -259,8 +285,13 @@ class Backbone(nn.Module):
     def model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def denoiser_input(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` in the denoiser's weights dtype (bf16 weights take bf16 inputs; under autocast fp32 stays fp32)."""
+        return x.to(self.weights_dtype) if x.is_floating_point() else x
+
     def _output(self, x_t, t, cond) -> torch.Tensor:
-        out = self.model_output(x_t, t, cond).float()
+        # float32 on x_t's device (a split denoiser ends on another GPU): errors are reduced in fp32 from here
+        out = self.model_output(x_t, t, cond).to(x_t.device).float()
         if self.learned_variance:  # [prediction, variance] on the channel axis, as DiTPipeline splits it
             out = out[:, : x_t.shape[1]]
         return out
@@ -301,15 +332,18 @@ def require_safetensors(component_dir: Path) -> None:
     raise DiffdiscError(f"incomplete model directory: no weights (*.safetensors) in {component_dir}")
 
 
-def load_model(cls, directory: Path):
-    """`cls.from_pretrained(directory)` from safetensors only (a diffusers or transformers model class).
+def load_model(cls, directory: Path, **kwargs):
+    """`cls.from_pretrained(directory, **kwargs)` from safetensors only (a diffusers or transformers model class);
+    `torch_dtype` is passed to transformers as its `dtype`.
 
     Weights whose shapes contradict the config become one diffdisc error naming the tensor and the
     directory, instead of the loaders' advice about their own options (`ignore_mismatched_sizes`, ...).
     """
     require_safetensors(directory)
+    if "torch_dtype" in kwargs and dtype_keyword("diffusers" if hasattr(cls, "load_config") else "transformers") == "dtype":
+        kwargs["dtype"] = kwargs.pop("torch_dtype")
     try:
-        return cls.from_pretrained(directory, use_safetensors=True)
+        return cls.from_pretrained(directory, use_safetensors=True, **kwargs)
     except (ValueError, RuntimeError):
         try:
             bad = _shape_mismatch(cls, directory)
@@ -320,6 +354,19 @@ def load_model(cls, directory: Path):
         name, got, want = bad
         raise DiffdiscError(f"weights in {directory} do not match its config.json: {name} has shape "
                             f"{list(got)} in the weights, {list(want)} from the config") from None  # fmt: skip
+
+
+def dtype_keyword(library: str) -> str:
+    """`from_pretrained`'s name for the weights dtype: `dtype` where the library has renamed `torch_dtype` (and
+    warns about the old name: transformers 4.56, diffusers with `_resolve_dtype`), else `torch_dtype`."""
+    if library == "transformers":
+        import transformers
+
+        major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+        return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"
 
 
 def _shape_mismatch(cls, directory: Path) -> tuple[str, tuple, tuple] | None:
@@ -386,16 +433,36 @@ def update_digest(h, tensors) -> None:
     The one content digest of weights: model directories (`fingerprint`), loaded backbones (the feature
     cache) and, through the fingerprint, the LoRA guard all use it.
     """
-    for name, t in tensors:
+    for name, t in _plain_tensors(tensors):
         shape = tuple(t.shape) if isinstance(t, torch.Tensor) else tuple(t.get_shape())
         h.update(f"{name}{shape}".encode())
         h.update(tensor_sample(t).detach().float().cpu().numpy().tobytes())
 
 
+BIG_FILE = 256 * 2**20  # weight files above this size are fingerprinted by byte windows (`_window_digest`)
+WINDOWS, WINDOW = 8, 4096  # windows per tensor, bytes per window
+
+
+def _plain_tensors(tensors):
+    """(name, tensor) pairs with quantized tensor subclasses (torchao's Int8Tensor, ...) as their inner plain tensors
+    (int8 data, scales), which is what they hold and all that can be read as numbers."""
+    for name, t in tensors:
+        if isinstance(t, torch.Tensor) and hasattr(t, "__tensor_flatten__"):
+            inner, _ = t.__tensor_flatten__()
+            yield from _plain_tensors((f"{name}.{k}", getattr(t, k)) for k in inner)
+        else:
+            yield name, t
+
+
 def fingerprint(root: Path) -> str:
     """Identity of a model directory by content: configs and tokenizer files in full, and for each
-    safetensors file its metadata plus a strided sample of every tensor (`update_digest`).
+    safetensors file its metadata plus a sample of every tensor.
 
+    What is read of the weights: files under BIG_FILE (every shipped and test model) give a strided sample of
+    about SAMPLE values per tensor (`update_digest`), as fingerprints always did, so earlier runs still match;
+    larger files give each tensor's name, dtype, shape and WINDOWS windows of WINDOW bytes spread evenly over
+    its data, read with `pread` and no read-ahead (`_window_digest`): 32 KiB per tensor, ~40 MB of FLUX.1-dev's
+    24 GB, where the strided sample, read through a memory map, faulted in every page of the file.
     Weight-file sizes alone accepted a model retrained in place (same architecture, same sizes) into an
     old run. Paths are relative to `root`: an identical copy elsewhere has the same fingerprint.
     """
@@ -409,6 +476,9 @@ def fingerprint(root: Path) -> str:
         if p.suffix != ".safetensors":
             h.update(p.read_bytes())
             continue
+        if p.stat().st_size > BIG_FILE:
+            _window_digest(h, p)
+            continue
         try:
             with safe_open(str(p), framework="pt") as f:
                 h.update(json.dumps(f.metadata() or {}, sort_keys=True).encode())
@@ -416,6 +486,35 @@ def fingerprint(root: Path) -> str:
         except (OSError, SafetensorError) as e:  # truncated, or not safetensors at all
             raise DiffdiscError(f"cannot read weights {p}: {e}") from None
     return h.hexdigest()[:16]
+
+
+def _window_digest(h, path: Path) -> None:
+    """Feed `h` a big safetensors file's header facts and WINDOWS byte windows of each tensor (see `fingerprint`)."""
+    from .loading import safetensors_header
+
+    header, start = safetensors_header(path)
+    size = path.stat().st_size
+    h.update(json.dumps(header.pop("__metadata__", None) or {}, sort_keys=True).encode())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):  # windows far apart: read-ahead would read what is skipped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        for name in sorted(header):
+            info = header[name]
+            a, b = (start + int(x) for x in info["data_offsets"])
+            if b > size:
+                raise DiffdiscError(f"cannot read weights {path}: {name} ends past the end of the file (truncated)")
+            h.update(f"{name}{info['dtype']}{tuple(info['shape'])}".encode())
+            n = b - a
+            if n <= WINDOWS * WINDOW:
+                h.update(os.pread(fd, n, a))
+                continue
+            for i in range(WINDOWS):
+                h.update(os.pread(fd, WINDOW, a + (n - WINDOW) * i // (WINDOWS - 1)))
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise DiffdiscError(f"cannot read weights {path}: {e}") from None
+    finally:
+        os.close(fd)
 
 
 def read_metadata(root: Path) -> dict:

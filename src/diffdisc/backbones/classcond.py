@@ -12,10 +12,13 @@ import torch
 from ..errors import DiffdiscError
 from .base import Backbone, diffusion_args, load_model, read_config, read_metadata, refuse_options
 from .families import config_class, pipeline_class, register_family
+from .loading import LoadSpec, load_error
 from .process import load_scheduler
 
 
 class ClassCondBackbone(Backbone):
+    denoiser = "model"
+
     def __init__(self, model, scheduler, vae=None, name="classcond", root: Path | None = None, class_names=(), null_class=None):
         super().__init__(*diffusion_args(model.config, scheduler))
         self.model, self.vae = model, vae
@@ -38,32 +41,42 @@ class ClassCondBackbone(Backbone):
         )  # fmt: skip
 
     @classmethod
-    def from_pretrained(cls, root: str | Path, name: str | None = None, **options) -> ClassCondBackbone:
+    def from_pretrained(cls, root: str | Path, name: str | None = None, spec: LoadSpec | None = None,
+                        **options) -> ClassCondBackbone:  # fmt: skip
+        """`spec`: the denoiser's weights dtype, quantization and device map, and the VAE's dtype."""
         refuse_options(options, "class-conditional")
         from diffusers import AutoencoderKL
 
-        root = Path(root)
+        root, spec = Path(root), spec or LoadSpec()
         if (root / "transformer").is_dir():
-            from diffusers import DiTTransformer2DModel
+            from diffusers import DiTTransformer2DModel as model_cls
 
-            model = load_model(DiTTransformer2DModel, root / "transformer")
+            model_dir = root / "transformer"
         else:
-            from diffusers import UNet2DModel
+            from diffusers import UNet2DModel as model_cls
 
-            model = load_model(UNet2DModel, root / "unet" if (root / "unet").is_dir() else root)
+            model_dir = root / "unet" if (root / "unet").is_dir() else root
+        try:
+            model = load_model(model_cls, model_dir, **spec.model_kwargs(model_dir))
+        except (ValueError, RuntimeError, ImportError, TypeError) as e:
+            if spec.quantize == "none" and not spec.device_map:
+                raise
+            raise load_error(spec, e) from None
         sched_dir = root / "scheduler"
         if not (sched_dir / "scheduler_config.json").is_file():
             raise DiffdiscError(f"incomplete model directory: missing {sched_dir / 'scheduler_config.json'}")
         scheduler = load_scheduler(root)
         vae = None
         if (root / "vae").is_dir():
-            vae = load_model(AutoencoderKL, root / "vae")
+            vae = load_model(AutoencoderKL, root / "vae",
+                             torch_dtype=spec.vae_dtype_for(read_config(root / "vae" / "config.json")))  # fmt: skip
         id2label = {}
         mi = root / "model_index.json"
         if mi.is_file():
             id2label = read_config(mi).get("id2label", {}) or {}
         names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
         bb = cls(model, scheduler, vae, name=name or root.name, root=root, class_names=names)
+        bb.weights_dtype = spec.torch_dtype
         return bb.eval().requires_grad_(False)
 
     def class_id(self, c) -> int:
@@ -87,6 +100,7 @@ class ClassCondBackbone(Backbone):
         return torch.tensor(self.null_class, dtype=torch.long, device=self.device)
 
     def model_output(self, x_t, t, cond):
+        x_t = self.denoiser_input(x_t)
         if self.is_dit:
             return self.model(x_t, timestep=self.timestep_input(t), class_labels=cond).sample
         return self.model(x_t, self.timestep_input(t), class_labels=cond).sample
@@ -104,4 +118,4 @@ def _detect(root: Path) -> bool:
 
 
 register_family("classcond", _detect, ClassCondBackbone.from_pretrained, priority=10,
-                expects="unet/ or config.json of a UNet2DModel, transformer/ (DiT)", pipelines=("DiTPipeline",))  # fmt: skip
+                expects="unet/ or config.json of a UNet2DModel, transformer/ (DiT)", pipelines=("DiTPipeline",), loading=True)  # fmt: skip

@@ -23,16 +23,18 @@ class Family:
     priority: int = 0
     expects: str = ""  # the layout in words, for the "not a recognised model directory" message
     pipelines: tuple[str, ...] = ()  # model_index.json `_class_name`s it loads, for the "unsupported pipeline" message
+    loading: bool = False  # whether `load` takes `spec=` (`loading.LoadSpec`: weights dtype, quantization, placement)
 
 
 _FAMILIES: dict[str, Family] = {}
 
 
 def register_family(name: str, detect: Callable[[Path], bool], load: Callable[..., object], *, priority: int = 0,
-                    expects: str = "", pipelines: tuple[str, ...] = ()) -> Family:  # fmt: skip
-    """Add (or replace) a family; higher `priority` is asked first, ties in registration order."""
+                    expects: str = "", pipelines: tuple[str, ...] = (), loading: bool = False) -> Family:  # fmt: skip
+    """Add (or replace) a family; higher `priority` is asked first, ties in registration order. `loading`: its
+    `load` takes `spec=` (a `loading.LoadSpec`); without it, options other than fp32 weights are refused."""
     _FAMILIES.pop(name, None)
-    fam = _FAMILIES[name] = Family(name, detect, load, priority, expects, tuple(pipelines))
+    fam = _FAMILIES[name] = Family(name, detect, load, priority, expects, tuple(pipelines), loading)
     return fam
 
 

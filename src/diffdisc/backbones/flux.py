@@ -111,6 +111,7 @@ class FluxBackbone(PipelineBackbone):
     def model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """v̂ for latents (B, C, h, w): packed into 2×2 patches and called as FluxPipeline's denoising loop
         calls the transformer (timestep σ = t_model / 1000, zero text ids), unpacked back."""
+        x_t = self.denoiser_input(x_t)
         b, c, h, w = x_t.shape
         pipe, vsf = self.pipe, self.pipe.vae_scale_factor
         parts = self.cond_pack.unpack(cond, x_t.dtype)

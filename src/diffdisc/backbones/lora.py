@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import DiffdiscError
+from .loading import hooks_lifted
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 
@@ -142,7 +143,8 @@ def load_pipeline_lora(backbone, path: str | Path) -> None:
         try:
             state = pipe.lora_state_dict(str(weights.parent), weight_name=weights.name)
             wanted = {_module(k) for k in (state[0] if isinstance(state, tuple) else state) if DOWN_KEY.search(k)}
-            pipe.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name=ADAPTER)
+            with hooks_lifted(backbone):  # --offload model: diffusers would re-offload the whole pipeline
+                pipe.load_lora_weights(str(weights.parent), weight_name=weights.name, adapter_name=ADAPTER)
         except (ValueError, RuntimeError, KeyError, TypeError, OSError) as e:
             _unload(pipe, before > 0)
             raise DiffdiscError(f"LoRA {weights} does not fit {name} (made for another base model?): "

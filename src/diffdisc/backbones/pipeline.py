@@ -21,13 +21,16 @@ import torch
 from ..errors import DiffdiscError
 from .base import (
     Backbone,
+    dtype_keyword,
     has_learned_variance,
+    load_model,
     read_config,
     read_metadata,
     refuse_options,
     require_safetensors,
 )
 from .families import pipeline_class, register_family
+from .loading import LoadSpec, check_worth_quantizing, load_error, pipeline_quantization
 from .process import noise_process
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
@@ -66,23 +69,59 @@ class PipelineBackbone(Backbone):
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, root: str | Path, name: str | None = None, image_size: int | None = None,
-                        **options) -> PipelineBackbone:  # fmt: skip
-        """`image_size`: the side images are scored at (default: the denoiser's configured size)."""
-        root = Path(root)
+                        spec: LoadSpec | None = None, **options) -> PipelineBackbone:  # fmt: skip
+        """`image_size`: the side images are scored at (default: the denoiser's configured size); `spec`: how
+        the weights load (`loading_kwargs`)."""
+        root, spec = Path(root), spec or LoadSpec()
         drop = cls.dropped_components(options)
         cls.check_components(root, drop)
         import diffusers
 
         pipe_cls = getattr(diffusers, pipeline_class(root))
         try:
-            pipe = pipe_cls.from_pretrained(root, use_safetensors=True, **{c: None for c in drop})
-        except (OSError, ValueError, TypeError) as e:
+            kwargs = cls.loading_kwargs(root, spec, drop)
+            pipe = pipe_cls.from_pretrained(root, use_safetensors=True, **{c: None for c in drop}, **kwargs)
+        except DiffdiscError:
+            raise
+        except (OSError, ValueError, TypeError, RuntimeError, ImportError) as e:
+            if spec.quantize != "none" or spec.device_map:
+                raise load_error(spec, e) from None
             raise DiffdiscError(f"cannot load {pipe_cls.__name__} from {root}: {str(e).splitlines()[0]}") from None
         pipe.set_progress_bar_config(disable=True)
         bb = cls(pipe, name=name or root.name, root=root, image_size=image_size,
                  **cls.init_options(pipe, options, image_size))  # fmt: skip
+        bb.weights_dtype = spec.torch_dtype
         bb.mark_options({"image_size": image_size, **options})
         return bb.eval().requires_grad_(False)
+
+    @classmethod
+    def loading_kwargs(cls, root: Path, spec: LoadSpec, drop: tuple[str, ...] = ()) -> dict:
+        """The pipeline's `from_pretrained` keywords for `spec`: every component in the weights dtype but the VAE
+        (`LoadSpec.vae_dtype_for`); the denoiser quantized, and the T5 encoders too where the backend leaves
+        them movable between CPU and accelerator (torchao, quanto; not bitsandbytes); with a device map, the
+        denoiser loaded here, split over the GPUs, and handed to the pipeline."""
+        index = read_config(root / "model_index.json")
+        dtypes = {"default": spec.torch_dtype}
+        if (root / "vae" / "config.json").is_file():
+            dtypes["vae"] = spec.vae_dtype_for(read_config(root / "vae" / "config.json"))
+        kwargs: dict = {dtype_keyword("diffusers"): dtypes}
+        quantized: dict[str, Path] = {}
+        if spec.quantize != "none":
+            check_worth_quantizing(root / cls.denoiser)
+            quantized[cls.denoiser] = root / cls.denoiser
+            if spec.backend in ("torchao", "quanto"):
+                quantized.update({c: root / c for c, v in index.items() if c not in drop and isinstance(v, list)
+                                  and len(v) == 2 and str(v[1]).startswith("T5")})  # fmt: skip
+        if spec.device_map:
+            import diffusers
+
+            net_cls = getattr(diffusers, index[cls.denoiser][1])
+            kwargs[cls.denoiser] = load_model(net_cls, root / cls.denoiser, **spec.model_kwargs())
+            quantized.pop(cls.denoiser, None)
+        config = pipeline_quantization(spec, quantized)
+        if config is not None:
+            kwargs["quantization_config"] = config
+        return kwargs
 
     def mark_options(self, options: dict) -> None:
         """Loader options change every score (FLUX's σ shift follows the image size, guidance is an input,
@@ -176,4 +215,4 @@ class PipelineBackbone(Backbone):
 def register_pipeline_family(cls: type[PipelineBackbone], expects: str) -> None:
     """Register `cls` as the family of directories whose model_index.json names one of `cls.pipelines`."""
     register_family(cls.family, lambda root: pipeline_class(root) in cls.pipelines, cls.from_pretrained,
-                    priority=25, expects=expects, pipelines=cls.pipelines)  # fmt: skip
+                    priority=25, expects=expects, pipelines=cls.pipelines, loading=True)  # fmt: skip

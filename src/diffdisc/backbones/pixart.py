@@ -60,6 +60,7 @@ class PixArtBackbone(PipelineBackbone):
         return {"resolution": resolution, "aspect_ratio": aspect_ratio}
 
     def model_output(self, x_t, t, cond):
+        x_t = self.denoiser_input(x_t)
         c = self.pack.unpack(cond, dtype=x_t.dtype)
         return self.transformer(x_t, encoder_hidden_states=c["prompt_embeds"], encoder_attention_mask=c["mask"],
                                 timestep=self.timestep_input(t), added_cond_kwargs=self.added_cond_kwargs(len(x_t), x_t.dtype),

@@ -93,16 +93,63 @@ def _claim(root: Path) -> Family:
     raise DiffdiscError(f"{root} is not a recognised model directory (expected {expected_layouts()}){hint}")
 
 
-def create_backbone(name_or_path: str | os.PathLike, device: str | None = None, **options) -> Backbone:
+def create_backbone(name_or_path: str | os.PathLike, device: str | None = None, *, weights_dtype: str = "auto",
+                    vae_dtype: str | None = None, quantize: str = "none", offload: str = "none",
+                    device_map: str | None = None, condition_cache: str | os.PathLike | None = "auto",
+                    **options) -> Backbone:  # fmt: skip
     """Load a backbone by shipped name, local directory, or cached hub id; `options` go to the family's
-    loader (SD3's `no_t5`, FLUX's `guidance`), which refuses the ones it does not take."""
+    loader (SD3's `no_t5`, FLUX's `guidance`), which refuses the ones it does not take.
+
+    Loading (`loading.LoadSpec`): `weights_dtype` auto | fp32 | bf16 | fp16 (auto: bf16 on an accelerator that
+    has it, fp16 on one without, fp32 on the CPU), `vae_dtype` (None: the VAE's config decides), `quantize`
+    none | int8 | nf4 | fp8, `offload` none | model | group, `device_map` "balanced" (several GPUs).
+    `condition_cache`: "auto" (encoded prompts of models with large text encoders kept in
+    ~/.cache/diffdisc/conditions), a directory, or None / "off" (`condcache`).
+    """
+    from .condcache import store_for
+    from .loading import LoadSpec, describe, held_modules, place, quiet_backends
+
+    quiet_backends()
     root = resolve_model_dir(name_or_path)
     family = _claim(root)
     name = str(name_or_path) if (shipped_models_dir() / str(name_or_path)).is_dir() else root.name
+    if device is None and device_map:
+        device = "cuda:0"  # the split denoiser's inputs, the VAE and the schedule live on the first GPU
+    if not family.loading:  # auto means what the family always loaded in; anything asked for is refused
+        asked = {"--weights-dtype": weights_dtype not in ("auto", "fp32"), "--vae-dtype": vae_dtype is not None,
+                 "--quantize": quantize != "none", "--offload": offload != "none", "--device-map": device_map is not None}  # fmt: skip
+        flag = next((f for f, given in asked.items() if given), None)
+        if flag:
+            raise DiffdiscError(f"{family.name} models take no {flag} (they load their own weights in fp32)")
+        spec = LoadSpec()
+    else:
+        spec = LoadSpec.resolve(device, weights_dtype, vae_dtype, quantize, offload, device_map)
     try:
-        bb = family.load(root, name=name, **options)
+        bb = family.load(root, name=name, spec=spec, **options) if family.loading else family.load(root, name=name, **options)
     except DiffdiscError:
         raise
     except (OSError, ValueError, KeyError) as e:
         raise DiffdiscError(f"cannot load model from {root}: {str(e).splitlines()[0]}") from e
-    return bb.to(device) if device else bb
+    if family.loading:
+        mark_loading(bb, spec)
+        bb.held = held_modules(bb, spec)
+    bb = bb.to(device) if device else bb
+    if spec.offload != "none":
+        place(bb, spec, device)
+    if family.loading:
+        bb.info.metadata["loading"] = describe(spec)
+    store = store_for(bb, condition_cache)
+    if store is not None:
+        bb.condition_store = store
+    return bb
+
+
+def mark_loading(bb: Backbone, spec) -> None:
+    """The weights dtype and quantization change every score: they join the fingerprint (`LoadSpec.tag`), so a bf16
+    run never resumes as fp32, and the feature and condition caches keep them apart."""
+    import dataclasses
+
+    tag = spec.tag()
+    if tag:
+        text = ",".join(f"{k}={v}" for k, v in tag.items())
+        bb.info = dataclasses.replace(bb.info, fingerprint=f"{bb.info.fingerprint}@{text}")

@@ -12,14 +12,25 @@ from pathlib import Path
 import torch
 
 from ..errors import DiffdiscError
-from .base import Backbone, diffusion_args, load_model, read_metadata, refuse_options, require_safetensors
+from .base import (
+    Backbone,
+    diffusion_args,
+    load_model,
+    read_config,
+    read_metadata,
+    refuse_options,
+    require_safetensors,
+)
 from .families import config_class, pipeline_class, register_family
+from .loading import LoadSpec, load_error
 from .process import load_scheduler
 
 SD_PIPELINES = ("StableDiffusionPipeline",)
 
 
 class SDBackbone(Backbone):
+    denoiser = "unet"
+
     def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, name: str = "sd", root: Path | None = None):
         super().__init__(*diffusion_args(unet.config, scheduler))
         self.unet, self.text_encoder, self.tokenizer, self.vae = unet, text_encoder, tokenizer, vae
@@ -35,8 +46,11 @@ class SDBackbone(Backbone):
                                     class_names=meta.get("class_names", ()))  # fmt: skip
 
     @classmethod
-    def from_pretrained(cls, root: str | Path, name: str | None = None, **options) -> SDBackbone:
+    def from_pretrained(cls, root: str | Path, name: str | None = None, spec: LoadSpec | None = None,
+                        **options) -> SDBackbone:  # fmt: skip
+        """`spec`: weights dtype (U-Net and text encoder), the VAE's dtype, the U-Net's quantization and device map."""
         refuse_options(options, "Stable Diffusion 1.x/2.x")
+        spec = spec or LoadSpec()
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import AutoTokenizer, CLIPTextModel
 
@@ -47,14 +61,21 @@ class SDBackbone(Backbone):
             raise DiffdiscError(f"incomplete model directory: missing {root / 'tokenizer'}")
         if not (root / "scheduler" / "scheduler_config.json").is_file():
             raise DiffdiscError(f"incomplete model directory: missing {root / 'scheduler/scheduler_config.json'}")
-        unet = load_model(UNet2DConditionModel, root / "unet")
-        text_encoder = load_model(CLIPTextModel, root / "text_encoder")
+        try:
+            unet = load_model(UNet2DConditionModel, root / "unet", **spec.model_kwargs(root / "unet"))
+        except (ValueError, RuntimeError, ImportError, TypeError) as e:
+            if spec.quantize == "none" and not spec.device_map:
+                raise
+            raise load_error(spec, e) from None
+        text_encoder = load_model(CLIPTextModel, root / "text_encoder", torch_dtype=spec.torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(root / "tokenizer")
         scheduler = load_scheduler(root)
         vae = None
         if (root / "vae").is_dir():
-            vae = load_model(AutoencoderKL, root / "vae")
+            vae = load_model(AutoencoderKL, root / "vae",
+                             torch_dtype=spec.vae_dtype_for(read_config(root / "vae" / "config.json")))  # fmt: skip
         bb = cls(unet, text_encoder, tokenizer, scheduler, vae, name=name or root.name, root=root)
+        bb.weights_dtype = spec.torch_dtype
         return bb.eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ protocol
@@ -92,6 +113,7 @@ class SDBackbone(Backbone):
                                        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
     def model_output(self, x_t, t, cond):
+        x_t = self.denoiser_input(x_t)
         return self.unet(x_t, self.timestep_input(t), encoder_hidden_states=cond.to(x_t.dtype)).sample
 
 
@@ -104,4 +126,4 @@ def _detect(root: Path) -> bool:
 
 
 register_family("sd", _detect, SDBackbone.from_pretrained, priority=20, expects="unet/+text_encoder/ (Stable Diffusion)",
-                pipelines=SD_PIPELINES)
+                pipelines=SD_PIPELINES, loading=True)

@@ -87,6 +87,7 @@ class SD3Backbone(PipelineBackbone):
 
     # ------------------------------------------------------------------ denoiser
     def model_output(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        x_t = self.denoiser_input(x_t)
         c = self.cond_pack.unpack(cond, dtype=x_t.dtype)
         return self.transformer(hidden_states=x_t, timestep=self.timestep_input(t),
                                 encoder_hidden_states=c["prompt_embeds"], pooled_projections=c["pooled"],

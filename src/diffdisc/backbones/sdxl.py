@@ -59,6 +59,7 @@ class SDXLBackbone(PipelineBackbone):
         return self.pack.pack(prompt_embeds=embeds, pooled=pooled, time_ids=time_ids)
 
     def model_output(self, x_t, t, cond):
+        x_t = self.denoiser_input(x_t)
         c = self.pack.unpack(cond, dtype=x_t.dtype)
         added = {"text_embeds": c["pooled"], "time_ids": c["time_ids"]}
         return self.unet(x_t, self.timestep_input(t), encoder_hidden_states=c["prompt_embeds"],

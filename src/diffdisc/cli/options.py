@@ -97,10 +97,25 @@ Guidance = Annotated[float | None, typer.Option("--distilled-guidance", help="FL
 ImageSize = Annotated[int | None, typer.Option(help="Pipeline models (SDXL, SD3, FLUX, PixArt): image side to score at (default: the model's).")]
 
 
-def model_options(no_t5: bool = False, guidance: float | None = None, image_size: int | None = None) -> dict:
-    """The loader options given on the command line (`create_backbone` passes them to the model's family,
-    which refuses those it does not take)."""
-    return {k: v for k, v in {"no_t5": no_t5 or None, "guidance": guidance, "image_size": image_size}.items() if v is not None}
+WeightsDtype = Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16: the dtype the denoiser and text encoders load in (auto: bf16 on a GPU that has it, fp16 on one without, fp32 on the CPU). --dtype is autocast on top.")]
+VaeDtype = Annotated[str | None, typer.Option(help="fp32 | bf16 | fp16 for the VAE (default: the weights dtype, but fp32 under fp16 weights when the VAE's config says force_upcast).")]
+Quantize = Annotated[str, typer.Option(help="none | int8 | nf4 | fp8: quantize the denoiser (and T5) as it loads (int8: pip install torchao, or the diffdisc quant extra; nf4: bitsandbytes on a CUDA GPU).")]
+Offload = Annotated[str, typer.Option(help="none | model | group: the denoiser stays in CPU memory, moved to the accelerator whole for each call (model) or block by block (group: fits one larger than the GPU).")]
+DeviceMap = Annotated[str | None, typer.Option(help="balanced: split the denoiser over all visible GPUs (diffusers' device_map).")]
+ConditionCache = Annotated[str, typer.Option(help="Where encoded prompts are kept across runs: auto ($XDG_CACHE_HOME/diffdisc/conditions, for models with large text encoders), a directory, or off.")]
+
+
+def model_options(no_t5: bool = False, guidance: float | None = None, image_size: int | None = None,
+                  weights_dtype: str = "auto", vae_dtype: str | None = None, quantize: str = "none",
+                  offload: str = "none", device_map: str | None = None, condition_cache: str = "auto") -> dict:  # fmt: skip
+    """The loader options given on the command line (`create_backbone` passes the family's to the model's
+    family, which refuses those it does not take, and decides the loading ones itself: `loading.LoadSpec`)."""
+    family = {"no_t5": no_t5 or None, "guidance": guidance, "image_size": image_size}
+    loading = {"weights_dtype": weights_dtype, "vae_dtype": vae_dtype, "quantize": quantize, "offload": offload,
+               "device_map": device_map, "condition_cache": condition_cache}  # fmt: skip
+    defaults = {"weights_dtype": "auto", "quantize": "none", "offload": "none", "condition_cache": "auto"}
+    given = {k: v for k, v in loading.items() if v is not None and v != defaults.get(k)}  # create_backbone's defaults
+    return {k: v for k, v in {**family, **given}.items() if v is not None}
 
 
 def load(model: str, device: str | None = None, lora: Path | None = None, **options):
