@@ -24,7 +24,7 @@ def _dir(root, files):
 
 
 def test_builtin_families_in_detection_order():
-    assert list_families() == ["clip", "sdxl", "sd3", "flux", "pixart", "sd", "classcond"]
+    assert list_families() == ["clip", "flux", "pixart", "sd3", "sdxl", "sd", "classcond"]  # priority, then file name
 
 
 @pytest.mark.parametrize(
@@ -48,11 +48,26 @@ def test_unrecognised_dir_message_lists_every_layout(tmp_path):
     with pytest.raises(DiffdiscError) as e:
         detect_family(_dir(tmp_path, {"config.json": {"_class_name": "Other"}}))
     assert str(e.value) == (
-        f"{tmp_path} is not a recognised model directory (expected unet/+text_encoder/ (Stable Diffusion), "
-        "model_index.json of a StableDiffusionXLPipeline, model_index.json of a StableDiffusion3Pipeline, "
-        "model_index.json of a FluxPipeline, model_index.json of a PixArtAlphaPipeline / PixArtSigmaPipeline, "
-        "unet/ or config.json of a UNet2DModel, transformer/ (DiT), or open_clip_config.json (open_clip))"
+        f"{tmp_path} is not a recognised model directory (expected unet/ or config.json of a UNet2DModel, "
+        "transformer/ (DiT), open_clip_config.json (open_clip), model_index.json of a FluxPipeline, "
+        "model_index.json of a PixArtAlphaPipeline / PixArtSigmaPipeline, unet/+text_encoder/ (Stable Diffusion), "
+        "model_index.json of a StableDiffusion3Pipeline, or model_index.json of a StableDiffusionXLPipeline)"
     )
+
+
+def test_families_are_found_not_listed():
+    """Every module of the backbones package that registers a family is imported by discovery: no list to edit."""
+    import re
+    from pathlib import Path
+
+    from diffdisc.backbones import registry
+
+    src = Path(registry.__file__).parent
+    registering = {p.stem for p in src.glob("*.py") if re.search(r"^register_\w*family\(", p.read_text(), re.M)}
+    assert registering and "(\"sd\", \"sdxl\"" not in Path(registry.__file__).read_text()
+    import sys
+
+    assert all(f"diffdisc.backbones.{m}" in sys.modules for m in registering)
 
 
 class _Fake(nn.Module):
@@ -82,4 +97,4 @@ def test_priority_decides_between_claims_and_load_errors_keep_one_line(isolated,
     assert list_families()[0] == "greedy" and detect_family(classcond_dir) == "greedy"
     with pytest.raises(DiffdiscError, match=r"^cannot load model from .*: weights unreadable$"):
         create_backbone(classcond_dir)
-    assert registry.list_families()[1:] == ["clip", "sdxl", "sd3", "flux", "pixart", "sd", "classcond"]
+    assert registry.list_families()[1:] == ["clip", "flux", "pixart", "sd3", "sdxl", "sd", "classcond"]

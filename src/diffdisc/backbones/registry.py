@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import logging
 import os
+import pkgutil
 from importlib import import_module, resources
+from importlib.metadata import entry_points
 from pathlib import Path
 
 from ..errors import DiffdiscError
 from .base import Backbone
 from .families import Family, expected_layouts, families, pipeline_class, supported_pipelines
 
-# Importing a family module registers it (`families.register_family`); this order is the order the
-# "not a recognised model directory" message lists their layouts in.
-for _module in ("sd", "sdxl", "sd3", "flux", "pixart", "classcond", "contrastive"):
-    import_module(f".{_module}", __package__)
+
+def _discover_families() -> None:
+    """Import every module of this package, and every `diffdisc.families` entry point of installed packages:
+    a family module registers itself on import (`families.register_family`), so a new family is one new file
+    (or one installed package) and this list is never edited. Module names are imported in sorted order, the
+    order the "not a recognised model directory" message lists their layouts in."""
+    for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
+        if info.name != "registry":
+            import_module(f".{info.name}", __package__)
+    for ep in entry_points(group="diffdisc.families"):
+        ep.load()
+
+
+_discover_families()
 
 
 def shipped_models_dir() -> Path:
