@@ -48,10 +48,11 @@ from diffdisc.data.folders import stratified_subset  # noqa: E402
 from diffdisc.data.labelled import LabelledImages  # noqa: E402
 from diffdisc.datasets.export import coloured_classes, coloured_tree, export_coloured_test  # noqa: E402
 from diffdisc.errors import DiffdiscError  # noqa: E402
+from diffdisc.features.shortlist import FeatureHead  # noqa: E402
 from diffdisc.plotting import pyplot, save_figure  # noqa: E402
 from diffdisc.scoring.adaptive import evaluate  # noqa: E402
 from diffdisc.scoring.calibrate import temperature_key  # noqa: E402
-from diffdisc.scoring.cascade import Cascade, FeatureHead, Stage  # noqa: E402
+from diffdisc.scoring.cascade import Cascade, Stage  # noqa: E402
 from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig  # noqa: E402
 from diffdisc.scoring.engine import ScoringEngine  # noqa: E402
 from diffdisc.scoring.hierarchy import tree_search  # noqa: E402

@@ -14,9 +14,9 @@ from diffdisc.data.images import open_image, to_tensor
 from diffdisc.data.labelled import LabelledImages
 from diffdisc.errors import DiffdiscError
 from diffdisc.features.heads import HeadConfig
+from diffdisc.features.shortlist import FeatureHead
 from diffdisc.features.taps import extract
 from diffdisc.scoring.adaptive import ImageScores
-from diffdisc.scoring.cascade import FeatureHead
 from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig
 from diffdisc.scoring.engine import ScoringEngine
 from diffdisc.scoring.schedule import dc_grid

@@ -16,6 +16,7 @@ from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig
 from diffdisc.scoring.engine import ScoringEngine
 from diffdisc.scoring.hierarchy import tree_search
 from diffdisc.scoring.label_tree import LabelTree
+from diffdisc.scoring.search import ttest
 from diffdisc.scoring.timestep_weights import TimestepWeights
 from test_hierarchy import NAMES, VecBackbone
 from test_scoring import TemplateBackbone
@@ -116,7 +117,7 @@ def test_ttest_drops_zero_weight_timesteps_from_its_samples(monkeypatch):
                         scales=[1.0] * 8, informativeness={}, calibration={}, n_images=0, seed=0)  # fmt: skip
     seen = []
     real = adaptive.paired_p
-    monkeypatch.setattr(adaptive, "paired_p", lambda a, b: seen.append(a - b) or real(a, b))
+    monkeypatch.setattr(ttest, "paired_p", lambda a, b: seen.append(a - b) or real(a, b))  # where the t-test reads it
     cfg = AdaptiveConfig(strategy="ttest", min_scores=3, max_scores=8, p_value=1e-300)  # prune nobody
     res = evaluate(ScoringEngine(bb), x0, keys, conds, cfg, weights=w)
     assert all(r.calls == 10 * 8 for r in res) and seen

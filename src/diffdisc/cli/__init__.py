@@ -93,7 +93,7 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full traceba
 
 # Registration order is the order of `diffdisc --help` (commands first, then groups, each as registered).
 from . import classify, train, report, match, attention, sample, synth, baseline, features, doctor  # noqa: E402, F401, I001
-from . import timesteps, claims  # noqa: E402, F401, I001
+from . import timesteps, noise, claims, suite  # noqa: E402, F401, I001
 
 
 def main() -> None:

@@ -8,7 +8,22 @@ import typer
 
 from ..errors import DiffdiscError
 from . import group
-from .options import Device, Guidance, ImageSize, NoT5, json_flag, load, model_options, quiet_flag
+from .options import (
+    ConditionCache,
+    Device,
+    DeviceMap,
+    Guidance,
+    ImageSize,
+    NoT5,
+    Offload,
+    Quantize,
+    VaeDtype,
+    WeightsDtype,
+    json_flag,
+    load,
+    model_options,
+    quiet_flag,
+)
 
 attention_app = group("attention", "Discffusion cross- and joint-attention scoring: few-shot LoRA tuning and heat maps.")
 TextModel = Annotated[str, typer.Option(help="Text-conditional diffusion model.")]
@@ -32,6 +47,12 @@ def attention_tune(
     no_t5: NoT5 = False,
     distilled_guidance: Guidance = None,
     image_size: ImageSize = None,
+    weights_dtype: WeightsDtype = "auto",
+    vae_dtype: VaeDtype = None,
+    quantize: Quantize = "none",
+    offload: Offload = "none",
+    device_map: DeviceMap = None,
+    condition_cache: ConditionCache = "auto",
     json_out: json_flag("Print {adapter, shots} as JSON only.") = False,
     quiet: quiet_flag("No per-step loss lines.") = False,
 ):
@@ -41,7 +62,8 @@ def attention_tune(
     from ..tasks.few_shot import few_shot_groups
 
     train = few_shot_groups(shots, groups, probe, seed)
-    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
+    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size, weights_dtype, vae_dtype,
+                                             quantize, offload, device_map, condition_cache))
     show = not (quiet or json_out)
     cfg = LoraConfig(rank=rank, margin=margin, lr=lr, epochs=epochs, bias=not no_bias, seed=seed)
     path = tune(bb, train, cfg, out=out,

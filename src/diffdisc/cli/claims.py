@@ -62,7 +62,7 @@ def claims(
     from rich.table import Table
 
     from ..progress import classify_progress
-    from ..results.claims import ClaimsResult, fmt_value
+    from ..results.claims import fmt_value
     from ..runs.io import atomic_write_text
     from ..runtime import quiet_libraries
     from ..tasks.claims import ClaimsConfig, run_claims
@@ -75,7 +75,7 @@ def claims(
     show = not (quiet or json_out)
     table = run_claims(cfg, out=out, device=device, batch_size=batch_size, progress=(lambda d: classify_progress(d)) if show else None,
                        log=(lambda m: typer.echo(m, err=True)) if show else None)  # fmt: skip
-    result = ClaimsResult(table, out)
+    result = table  # the ClaimsResult read as the claims table
     if markdown:
         atomic_write_text(markdown, result.markdown())
     if json_out:

@@ -9,13 +9,19 @@ import typer
 from ..errors import DiffdiscError
 from . import app, state
 from .options import (
+    ConditionCache,
+    DeviceMap,
     Dtype,
     Guidance,
     ImageSize,
     Lora,
     NoiseSeed,
     NoT5,
+    Offload,
+    Quantize,
     UnetBatchSize,
+    VaeDtype,
+    WeightsDtype,
     json_flag,
     load,
     model_options,
@@ -31,16 +37,19 @@ MetricsJson = json_flag("Print metrics as JSON only.")
 def classify(
     model: Annotated[str, typer.Option(help="Shipped model name, diffusers directory or cached hub id.")],
     data: Annotated[Path | None, typer.Option(help="ImageFolder (class subfolders) or a flat folder of images (or --dataset).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="A standard benchmark by name (cifar10, cifar100, stl10, pets, flowers, food101, fgvc_aircraft, imagenet1k, imagenetv2, objectnet, ...) at --root, with clip_benchmark's class names and templates; also writes clip_benchmark's result JSON.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="A standard benchmark by name (cifar10, cifar100, stl10, pets, flowers, food101, fgvc_aircraft, imagenet1k, imagenetv2, objectnet, ...) at --root, with clip_benchmark's class names and templates; or hf:NAME, hf:NAME/CONFIG or hf:DIR, a Hugging Face dataset read offline; also writes clip_benchmark's result JSON.")] = None,
     root: Annotated[Path | None, typer.Option(help="--dataset: the folder holding it (nothing is downloaded).")] = None,
     split: Annotated[str, typer.Option(help="--dataset: its split (test = ImageNet's val, as clip_benchmark).")] = "test",
     template_set: Annotated[str | None, typer.Option(help="--dataset: clip_benchmark (its zero-shot templates, the default) | li (Li et al.'s one prompt per dataset).")] = None,
+    image_column: Annotated[str | None, typer.Option(help="--dataset hf:...: the image column (default: its one Image feature).")] = None,
+    label_column: Annotated[str | None, typer.Option(help="--dataset hf:...: the label column (default: its one ClassLabel feature).")] = None,
     classes: Annotated[str | None, typer.Option(help="Comma-separated class names, or @FILE (one per line; default: the data's or model's).")] = None,
     templates: Annotated[list[str] | None, typer.Option("--template", help="Prompt template(s) or set name (text models).")] = None,
     strategy: Annotated[str, typer.Option(help="exhaustive | halving | ttest")] = "exhaustive",
     timesteps: timesteps_option("Timesteps per candidate (exhaustive):", count_only=True, then="Default 20: 89.0 % at 200 U-Net calls/image (10 classes, shipped fmnist-classcond, docs/results.md).") = 20,
     timestep_schedule: Annotated[str, typer.Option(help="even (official grid) | stratified")] = "even",
     timestep_weights: Annotated[Path | None, typer.Option(help="Learned timestep weights from `diffdisc timesteps fit` (fitted on training images): every strategy evaluates the informative t first and weights the errors; --timesteps N = the top N.")] = None,
+    noise: Annotated[Path | None, typer.Option(help="Learned noise from `diffdisc noise fit` (fitted on training images): its ε_t for every image instead of random draws; every timestep the strategy scores must be in it.")] = None,
     tree: Annotated[str | None, typer.Option(help="Hierarchical search (HDC): auto (clusters of the candidates' conditions) | wordnet (ImageNet ids; needs nltk's WordNet) | FILE.json; scores the coarse nodes first and expands the best --beam per level.")] = None,
     beam: Annotated[int, typer.Option(help="--tree: branches kept per level.")] = 1,
     tree_branching: Annotated[int, typer.Option(help="--tree auto: children per node.")] = 4,
@@ -74,6 +83,12 @@ def classify(
     no_t5: NoT5 = False,
     distilled_guidance: Guidance = None,
     image_size: ImageSize = None,
+    weights_dtype: WeightsDtype = "auto",
+    vae_dtype: VaeDtype = None,
+    quantize: Quantize = "none",
+    offload: Offload = "none",
+    device_map: DeviceMap = None,
+    condition_cache: ConditionCache = "auto",
     temperature: Annotated[float | None, typer.Option(help="Softmax temperature for probabilities.")] = None,
     rank: Annotated[int, typer.Option(envvar="RANK", help="This process's shard (set by torchrun / accelerate launch).")] = 0,
     world_size: Annotated[int, typer.Option(envvar="WORLD_SIZE", help="Number of processes sharing the run.")] = 1,
@@ -98,30 +113,32 @@ def classify(
     if dataset is not None:
         from ..data.benchmarks import open_benchmark
 
-        if root is None:
+        if root is None and not dataset.startswith("hf:"):  # hf: reads the Hugging Face cache (--root: its cache_dir)
             raise DiffdiscError(f"--dataset {dataset} needs --root, the folder that holds it (nothing is downloaded)")
-        data, names_, tpl = open_benchmark(dataset, root, split, templates=template_set)
+        data, names_, tpl = open_benchmark(dataset, root, split, templates=template_set, image_column=image_column,
+                                           label_column=label_column)  # fmt: skip
         names, templates, bench = names or names_, templates or list(tpl), data
     if shortlist_model is not None and shortlist is None:
         raise DiffdiscError("--shortlist-model needs --shortlist K (how many candidates it keeps per image)")
     dev = process_device(rank, world_size, device, state["threads"])
-    bb = load(model, dev, lora, **model_options(no_t5, distilled_guidance, image_size))
+    bb = load(model, dev, lora, **model_options(no_t5, distilled_guidance, image_size, weights_dtype,
+                                                vae_dtype, quantize, offload, device_map, condition_cache))
     score = ScoreConfig(loss=loss, weighting=weighting or default_weighting(bb), batch_size=batch_size, dtype=dtype,
                         seed=seed, compile=compile, channels_last=channels_last, scorer=scorer)  # fmt: skip
     config = ClassifyConfig(classes=names, templates=templates or None, score=score, adaptive=adaptive, labels_csv=labels,
                             on_error=on_error, chunk_images=chunk, limit=limit, limit_seed=limit_seed,
                             temperature=temperature, shortlist=shortlist, shortlist_timesteps=shortlist_timesteps,
                             tree=tree, beam=beam, tree_branching=tree_branching, tree_top=tree_top,
-                            tree_prompt=tree_prompt)  # fmt: skip
+                            tree_prompt=tree_prompt, noise=str(noise) if noise else None)  # fmt: skip
     cheap = _shortlist_model(shortlist_model, dev) if shortlist is not None else None
     out = out or Path("runs") / f"classify-{bb.info.label.replace('/', '_')}-{strategy}"
     with classify_progress("classify", enabled=not (quiet or json_out)) as cb:
         result = run(bb, data, config, out=out, progress=cb, rank=rank, world_size=world_size, shortlist_model=cheap)
-    if not (out / "metrics.json").is_file():
+    metrics = result.stored_metrics  # metrics.json, as this run merged it (or an earlier merge: other shards run)
+    if metrics is None:
         typer.echo(f"shard {rank}/{world_size} done; other shards still running: run `diffdisc merge {out}` when all finish")
         return
-    metrics = json.loads((out / "metrics.json").read_text())
-    if bench is not None:  # a diffusion row beside CLIP rows in one clip_benchmark table
+    if bench is not None and not bench.name.startswith("hf:"):  # a diffusion row beside CLIP rows in one clip_benchmark table
         from ..results.clip_benchmark import write_clip_benchmark_json
 
         write_clip_benchmark_json(out, bench.name, bb.info.label, metrics, classnames=list(names), templates=list(config.templates or ()),
@@ -139,7 +156,7 @@ def _shortlist_model(spec: str | None, device):
     """--shortlist-model: None / "self" (the deciding model), a features sweep directory (its head), else a model."""
     if spec is None or spec == "self":
         return None
-    from ..scoring.cascade import FeatureHead
+    from ..features.shortlist import FeatureHead
 
     return FeatureHead.from_dir(spec) if FeatureHead.is_dir(spec) else load(spec, device)
 

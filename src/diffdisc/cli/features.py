@@ -10,7 +10,9 @@ import typer
 from ..errors import DiffdiscError
 from . import group
 from .options import (
+    ConditionCache,
     Device,
+    DeviceMap,
     Dtype,
     FeatureBatchSize,
     FeatureModel,
@@ -21,10 +23,14 @@ from .options import (
     ImageSize,
     MaxTrain,
     NoT5,
+    Offload,
     Pooling,
+    Quantize,
     TrainLabels,
+    VaeDtype,
     ValFraction,
     WeightDecays,
+    WeightsDtype,
     json_flag,
     load,
     model_options,
@@ -80,13 +86,21 @@ def features_blocks(
     no_t5: NoT5 = False,
     distilled_guidance: Guidance = None,
     image_size: ImageSize = None,
+    weights_dtype: WeightsDtype = "auto",
+    vae_dtype: VaeDtype = None,
+    quantize: Quantize = "none",
+    offload: Offload = "none",
+    device_map: DeviceMap = None,
+    condition_cache: ConditionCache = "auto",
     json_out: json_flag("Print [{name, module, shape}] as JSON only.") = False,
     quiet: quiet_flag("Only the list (no warnings).") = False,
 ):
     """List the tappable blocks (stable names for --blocks) with their output shape [C, H, W]."""
     from ..features.taps import describe_blocks
 
-    found = describe_blocks(load(model, device, **model_options(no_t5, distilled_guidance, image_size)), detail)
+    found = describe_blocks(load(model, device, **model_options(no_t5, distilled_guidance, image_size,
+                                                                weights_dtype, vae_dtype, quantize, offload,
+                                                                device_map, condition_cache)), detail)
     if json_out:
         typer.echo(json.dumps([{"name": b.name, "module": b.module, "shape": list(b.shape)} for b in found]))
         return
@@ -111,6 +125,12 @@ def features_extract(
     no_t5: NoT5 = False,
     distilled_guidance: Guidance = None,
     image_size: ImageSize = None,
+    weights_dtype: WeightsDtype = "auto",
+    vae_dtype: VaeDtype = None,
+    quantize: Quantize = "none",
+    offload: Offload = "none",
+    device_map: DeviceMap = None,
+    condition_cache: ConditionCache = "auto",
     json_out: json_flag("Print the counts as JSON only.") = False,
     quiet: quiet_flag("No progress bar; only the summary line.") = False,
 ):
@@ -120,7 +140,8 @@ def features_extract(
     from ..features.taps import ExtractStats
     from ..progress import step_progress
 
-    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
+    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size, weights_dtype, vae_dtype,
+                                             quantize, offload, device_map, condition_cache))
     names, ts = _blocks_and_timesteps(bb, blocks, timesteps)
     imgs, cache = LabelledImages.from_folder(data), _cache(cache)
     x = imgs.tensors(bb.info.image_size, bb.info.image_channels)
@@ -162,6 +183,12 @@ def features_sweep(
     no_t5: NoT5 = False,
     distilled_guidance: Guidance = None,
     image_size: ImageSize = None,
+    weights_dtype: WeightsDtype = "auto",
+    vae_dtype: VaeDtype = None,
+    quantize: Quantize = "none",
+    offload: Offload = "none",
+    device_map: DeviceMap = None,
+    condition_cache: ConditionCache = "auto",
     json_out: json_flag("Print features_sweep.json only.") = False,
     quiet: quiet_flag("No progress bar or table: only the best-cell line.") = False,
 ):
@@ -169,7 +196,8 @@ def features_sweep(
     from ..progress import step_progress
     from ..tasks.features import FeatureConfig, SweepConfig, sweep
 
-    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
+    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size, weights_dtype, vae_dtype,
+                                             quantize, offload, device_map, condition_cache))
     train, test = _feature_data(data, test_data, labels, max_train, seed)
     names, ts = _blocks_and_timesteps(bb, blocks, timesteps)
     fcfg = FeatureConfig(pooling=pooling, condition=condition, seed=seed, batch_size=batch_size, dtype=dtype, val_fraction=val_fraction)
@@ -219,6 +247,12 @@ def features_probe(
     no_t5: NoT5 = False,
     distilled_guidance: Guidance = None,
     image_size: ImageSize = None,
+    weights_dtype: WeightsDtype = "auto",
+    vae_dtype: VaeDtype = None,
+    quantize: Quantize = "none",
+    offload: Offload = "none",
+    device_map: DeviceMap = None,
+    condition_cache: ConditionCache = "auto",
     json_out: json_flag("Print the result as JSON only.") = False,
     quiet: quiet_flag("No progress bar: only the result line.") = False,
 ):
@@ -226,7 +260,8 @@ def features_probe(
     from ..progress import step_progress
     from ..tasks.features import CellConfig, FeatureConfig, parse_cells, probe
 
-    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
+    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size, weights_dtype, vae_dtype,
+                                             quantize, offload, device_map, condition_cache))
     train, test = _feature_data(data, test_data, labels, max_train, seed)
     fcfg = FeatureConfig(pooling=pooling, condition=condition, seed=seed, batch_size=batch_size, val_fraction=val_fraction)
     config = CellConfig(parse_cells(cells), features=fcfg, head=_head_config(head, optimizer, weight_decays, seed))

@@ -10,13 +10,19 @@ import typer
 from ..errors import DiffdiscError
 from . import app
 from .options import (
+    ConditionCache,
     Device,
+    DeviceMap,
     Guidance,
     ImageSize,
     Lora,
     NoiseSeed,
     NoT5,
+    Offload,
+    Quantize,
     UnetBatchSize,
+    VaeDtype,
+    WeightsDtype,
     json_flag,
     load,
     model_options,
@@ -34,7 +40,7 @@ def _fmt(m: dict) -> str:
 def match(
     model: Annotated[str, typer.Option(help="Shipped name or model directory (diffusion or open_clip).")],
     groups: Annotated[Path | None, typer.Option(help="groups.jsonl / .csv (images + captions), or a Winoground dir (or --dataset).")] = None,
-    dataset: Annotated[str | None, typer.Option(help="A matching benchmark by name at --root: winoground (as Hugging Face ships it) | sugar_crepe/<task> (add_att, swap_obj, ...; as clip_benchmark reads it); also writes clip_benchmark's result JSON.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="A matching benchmark by name at --root: winoground (as Hugging Face ships it) | sugar_crepe/<task> (add_att, swap_obj, ...; as clip_benchmark reads it) | aro/<task> (vg_relation, vg_attribution, coco_order, flickr30k_order) | eqben, eqben/<subset> | clevr/<task> (pair_binding_color, ...); also writes clip_benchmark's result JSON.")] = None,
     root: Annotated[Path | None, typer.Option(help="--dataset: the folder holding it (nothing is downloaded).")] = None,
     out: Annotated[Path, typer.Option(help="Run directory (resumable).")] = Path("runs/match"),
     timesteps: timesteps_option("Timesteps per pair:", count_only=True) = 20,
@@ -45,6 +51,12 @@ def match(
     no_t5: NoT5 = False,
     distilled_guidance: Guidance = None,
     image_size: ImageSize = None,
+    weights_dtype: WeightsDtype = "auto",
+    vae_dtype: VaeDtype = None,
+    quantize: Quantize = "none",
+    offload: Offload = "none",
+    device_map: DeviceMap = None,
+    condition_cache: ConditionCache = "auto",
     scorer: Annotated[str, typer.Option(help="denoise | attention (Discffusion)")] = "denoise",
     lora: Lora = None,
     json_out: json_flag("Print metrics as JSON.") = False,
@@ -59,17 +71,18 @@ def match(
 
     n_timesteps = timestep_count(timesteps, "match")
     gs, bench = _groups(groups, dataset, root)
-    bb = load(model, device, lora, **model_options(no_t5, distilled_guidance, image_size))
+    bb = load(model, device, lora, **model_options(no_t5, distilled_guidance, image_size, weights_dtype,
+                                                   vae_dtype, quantize, offload, device_map, condition_cache))
     score = ScoreConfig(batch_size=batch_size, dtype=dtype, seed=seed, scorer=scorer)
     with classify_progress("match", enabled=not (json_out or quiet)) as cb:
-        recs = run(bb, gs, MatchConfig(n_timesteps=n_timesteps), score=score, out=out, progress=cb, benchmark=bench)
-    m = json.loads((out / "metrics.json").read_text())
+        res = run(bb, gs, MatchConfig(n_timesteps=n_timesteps), score=score, out=out, progress=cb, benchmark=bench)
+    m = res.stored_metrics  # what metrics.json holds
     cb_file = None
     if bench is not None:  # a diffusion row beside CLIP rows in one clip_benchmark table
         from ..results.clip_benchmark import write_clip_benchmark_json
 
-        calls = [r.get("calls", 0) for r in recs]
-        cb_file = write_clip_benchmark_json(out, bench["name"], bb.info.label, m,
+        calls = res.calls
+        cb_file = write_clip_benchmark_json(out, bench["name"], bb.info.label, m, task="image_caption_selection",
                                             extra={"unet_calls_per_group": sum(calls) / len(calls), "n_groups": m["n_groups"]})  # fmt: skip
     if json_out:
         typer.echo(json.dumps(m, indent=2))
@@ -118,6 +131,12 @@ def probe(
     no_t5: NoT5 = False,
     distilled_guidance: Guidance = None,
     image_size: ImageSize = None,
+    weights_dtype: WeightsDtype = "auto",
+    vae_dtype: VaeDtype = None,
+    quantize: Quantize = "none",
+    offload: Offload = "none",
+    device_map: DeviceMap = None,
+    condition_cache: ConditionCache = "auto",
     scorer: Annotated[str, typer.Option(help="denoise | attention (diffusion models)")] = "denoise",
     lora: Annotated[Path | None, typer.Option(help="LoRA adapter for the diffusion model(s).")] = None,
     json_out: json_flag("Print rows as JSON.") = False,
@@ -137,7 +156,8 @@ def probe(
 
     n_timesteps = timestep_count(timesteps, "probe")
     names_ = model or ["fmnist-scenes-text", "fmnist-scenes-clip"]
-    models = [load(m, device, **model_options(no_t5, distilled_guidance, image_size)) for m in names_]
+    models = [load(m, device, **model_options(no_t5, distilled_guidance, image_size, weights_dtype, vae_dtype,
+                                              quantize, offload, device_map, condition_cache)) for m in names_]
     if lora:
         from ..tasks.attention import load_lora
 

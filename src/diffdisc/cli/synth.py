@@ -11,17 +11,23 @@ from . import group
 from .options import (
     BatchSize,
     ClassifierJson,
+    ConditionCache,
     Device,
+    DeviceMap,
     Epochs,
     Guidance,
     ImageSize,
     MaxMinutes,
     MixedPrecision,
     NoT5,
+    Offload,
     PeakLr,
+    Quantize,
     Scheduler,
     Seed,
     TimmModel,
+    VaeDtype,
+    WeightsDtype,
     json_flag,
     load,
     model_options,
@@ -50,6 +56,12 @@ def synth_generate(
     no_t5: NoT5 = False,
     distilled_guidance: Guidance = None,
     image_size: ImageSize = None,
+    weights_dtype: WeightsDtype = "auto",
+    vae_dtype: VaeDtype = None,
+    quantize: Quantize = "none",
+    offload: Offload = "none",
+    device_map: DeviceMap = None,
+    condition_cache: ConditionCache = "auto",
     json_out: json_flag("Print {out, images, classes} as JSON only.") = False,
     quiet: quiet_flag("No progress lines.") = False,
 ):
@@ -64,7 +76,8 @@ def synth_generate(
     cfg = SynthConfig(per_class=per_class, tricks=tuple(t for t in tricks.split(",") if t), guidance=guidance,
                       guidance_range=(lo, hi), steps=steps, scheduler=scheduler, seed=seed, batch_size=batch_size)  # fmt: skip
     names = parse_classes(classes)
-    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
+    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size, weights_dtype, vae_dtype,
+                                             quantize, offload, device_map, condition_cache))
     names = names or list(bb.info.class_names)
     with step_progress("synth generate", enabled=not (quiet or json_out)) as cb:
         path = generate(bb, names, cfg, out=out, progress=cb)

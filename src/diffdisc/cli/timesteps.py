@@ -10,11 +10,17 @@ import typer
 from ..errors import DiffdiscError
 from . import group
 from .options import (
+    ConditionCache,
+    DeviceMap,
     Dtype,
     Guidance,
     ImageSize,
     NoT5,
+    Offload,
+    Quantize,
     UnetBatchSize,
+    VaeDtype,
+    WeightsDtype,
     json_flag,
     load,
     model_options,
@@ -27,7 +33,9 @@ BUDGETS = (1, 2, 5, 10, 20, 50)  # the calibration curve's rows printed (all of 
 
 
 @timesteps_app.command("fit", epilog="Example: diffdisc timesteps fit --model fmnist-classcond --data data/train "
-                                     "--out runs/ts/timestep_weights.json --max-images 200")
+                                     "--out runs/ts/timestep_weights.json --max-images 200 --grid 20  (cost: images x "
+                                     "classes x grid U-Net calls, here 200 x 10 x 20 = 40,000; the default --grid 50 "
+                                     "costs 100,000)")
 def timesteps_fit(
     model: Annotated[str, typer.Option(help="Shipped model name, diffusers directory or cached hub id.")],
     data: Annotated[Path, typer.Option(help="Labelled TRAINING images (ImageFolder, or a flat folder + --labels): a calibration split, never the test images.")],
@@ -51,14 +59,21 @@ def timesteps_fit(
     no_t5: NoT5 = False,
     distilled_guidance: Guidance = None,
     image_size: ImageSize = None,
+    weights_dtype: WeightsDtype = "auto",
+    vae_dtype: VaeDtype = None,
+    quantize: Quantize = "none",
+    offload: Offload = "none",
+    device_map: DeviceMap = None,
+    condition_cache: ConditionCache = "auto",
     json_out: json_flag("Print the weights file as JSON only.") = False,
     quiet: quiet_flag("No progress bar.") = False,
 ):
     """Fit which timesteps discriminate, and their weights, on labelled training images (--timestep-weights of classify).
 
-    Scores every image for every class at --grid timesteps (a classify run), then fits weights w_t >= 0 and an
-    order (most informative first) with cross-validation over the images, and reports the cross-validated
-    accuracy of the fitted weighting beside the even grid's at each budget of timesteps."""
+    Scores every image for every class at --grid timesteps (a classify run; its cost is said first), then fits
+    weights w_t >= 0 and an order (most informative first), and checks them on held-out training images (k-fold
+    cross-validation) against the even grid at each number of timesteps. At a number where nothing learned beat
+    the even grid the file says so, is not recommended there, and classify scores the even grid instead."""
     from ..backbones.registry import resolve_model_dir
     from ..progress import classify_progress
     from ..scoring.config import ScoreConfig, default_weighting
@@ -75,13 +90,20 @@ def timesteps_fit(
     if target.resolve().is_relative_to(root):
         raise DiffdiscError(f"--out {out} is inside the model directory {root}: a file there changes the model's "
                             "fingerprint (its runs and these weights would no longer match it); write it elsewhere")  # fmt: skip
-    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
+    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size, weights_dtype, vae_dtype,
+                                             quantize, offload, device_map, condition_cache))
     score = ScoreConfig(loss=loss, weighting=weighting or default_weighting(bb), batch_size=batch_size, dtype=dtype,
                         seed=seed, scorer=scorer)  # fmt: skip
     cfg = TimestepFitConfig(grid=grid, max_images=max_images, seed=seed, folds=folds, score=score, sigmas=sigmas,
                             classes=parse_classes(classes), templates=templates or None, labels_csv=labels,
                             chunk_images=chunk)  # fmt: skip
     run = run or target.parent / f"{target.stem}-calibration-grid{grid}"
+    if not (quiet or json_out):
+        from ..tasks.timestep_fit import calibration_cost
+
+        c = calibration_cost(bb, data, cfg)
+        typer.echo(f"calibration: {c['images']} images x {c['conditions']} classes/prompts x {c['grid']} timesteps = "
+                   f"{c['calls']:,} U-Net calls (a rerun resumes {run})", err=True)  # fmt: skip
     with classify_progress("calibration", enabled=not (quiet or json_out)) as cb:
         weights = fit_timesteps(bb, data, cfg, out=target, run_dir=run, progress=cb)
     if json_out:
@@ -95,25 +117,47 @@ def _not_training_dir(record: logging.LogRecord) -> bool:
 
 
 def print_weights(weights) -> None:
-    """The most informative timesteps, then calibration accuracy of the fitted weighting vs the even grid."""
+    """The order the timesteps are taken in, the held-out check at each number of timesteps, and in plain words
+    where the file helps and where it does not."""
     from rich.console import Console
     from rich.table import Table
 
     cal = weights.calibration
-    top = Table(title=f"timestep weights in {weights.path}")
+    g = len(weights.grid)
+    top = Table(title=f"timestep weights in {weights.path}: the order the learned timesteps are taken in",
+                caption="each next t is the one that most improved the first ones on the training images (greedy), "
+                        "so the order is not by weight")  # fmt: skip
     for c in ("rank", "t", "weight", "accuracy alone"):
         top.add_column(c, justify="right")
     alone = dict(zip(weights.grid, weights.informativeness["accuracy"], strict=True))
     for i, (t, w) in enumerate(zip(weights.order[:10], weights.weights, strict=False), start=1):
         top.add_row(str(i), str(t), f"{w:.3f}", f"{alone[t]:.3f}")
-    curve = Table(title=f"calibration accuracy, {cal['folds']}-fold cross-validated over {weights.n_images} training images")
-    for c in ("timesteps", "fitted (first n)", "even grid"):
+    curve = Table(title=f"accuracy on held-out training images ({weights.n_images} images, each scored by a fit "
+                        f"that had not seen it: {cal['folds']}-fold cross-validation)")  # fmt: skip
+    cols = ["timesteps", "learned timesteps", "even grid + weights", "even grid", "the file uses"]
+    for c in cols:
         curve.add_column(c, justify="right")
-    n_all = cal["curve"]["n"]
-    for n in sorted({b for b in BUDGETS if b < len(n_all)} | {len(n_all)}):
-        curve.add_row(str(n), f"{cal['curve']['fitted'][n - 1]:.3f}", f"{cal['curve']['even'][n - 1]:.3f}")
+    budgets = sorted({b for b in BUDGETS if b < g} | {g})
+    words = {"learned": "learned t", "even_weighted": "even + weights", "even": "nothing (even grid)"}
+    for n in budgets:
+        c = weights.budget_check(n)
+        ew = "-" if c["even_weighted"] is None else f"{c['even_weighted']:.3f}"
+        curve.add_row(str(n), f"{c['learned']:.3f}", ew, f"{c['even']:.3f}", words[weights.plan(n)])
     console = Console()
     console.print(top)
     console.print(curve)
-    console.print(f"{len(weights.informative)} of {len(weights.grid)} timesteps weighted (L2 {cal['l2']:g}); "
-                  f"use with: diffdisc classify ... --timestep-weights {weights.path}")  # fmt: skip
+    lam = cal["l2"]
+    tried = [float(v) for v in cal.get("l2_cv", {})] or [lam]
+    strongest = " (the strongest tried: the weights stay close to each timestep's average evidence)" if lam == max(tried) else ""
+    console.print(f"{len(weights.informative)} of {g} timesteps have a weight above 0; L2 penalty {lam:g}, chosen by "
+                  f"cross-validation{strongest}.")  # fmt: skip
+    good = [n for n in budgets if weights.recommended(n)]
+    bad = [n for n in budgets if not weights.recommended(n)]
+    if good:
+        console.print(f"Recommended at --timesteps {', '.join(map(str, good))}: diffdisc classify ... --timestep-weights "
+                      f"{weights.path} --timesteps N")  # fmt: skip
+    if bad:
+        console.print(f"Not recommended at --timesteps {', '.join(map(str, bad))}: nothing learned beat the even grid on "
+                      "held-out training images there; classify ignores the file at those numbers and scores the "
+                      "even grid (with a warning)." if good else "Not recommended at any number of timesteps: nothing "
+                      "learned beat the even grid on held-out training images; classify without --timestep-weights.")  # fmt: skip

@@ -327,14 +327,22 @@ def benchmark_templates(b: Benchmark | str, template_set: str | None = None) -> 
     return resolve_templates(template_set)
 
 
-def open_benchmark(name: str, root: str | Path, split: str = "test", templates: str | None = None
+def open_benchmark(name: str, root: str | Path | None, split: str = "test", templates: str | None = None,
+                   image_column: str | None = None, label_column: str | None = None
                    ) -> tuple[BenchmarkDataset, list[str], tuple[str, ...]]:  # fmt: skip
     """`name` at `root` -> (dataset, class names, templates), as clip_benchmark evaluates it.
+
+    `hf:NAME[/CONFIG]` or `hf:DIR` is a Hugging Face dataset read offline (`data.hf.open_hf`: `root` is then its
+    optional cache_dir; `image_column` / `label_column` override the detected columns).
 
     `split` is the dataset's own ("test" is ImageNet's val, as in clip_benchmark); `templates` a template set
     (see `benchmark_templates`). Image ids are paths relative to `root` for datasets of files, "<split>/<index>"
     for in-memory ones: stable keys for noise seeds and resuming.
     """
+    if str(name).startswith("hf:"):
+        from .hf import open_hf
+
+        return open_hf(name, root, split, templates, image_column, label_column)
     b = resolve_benchmark(name)
     split = _split_for(b, split)
     tpl = benchmark_templates(b, templates)  # an unknown template set fails before any file is read

@@ -107,7 +107,12 @@ def _images_in(d: Path) -> list[Path]:
 
 
 def open_image_dataset(root: str | Path, labels_csv: str | Path | None = None) -> ImageDataset:
-    """ImageFolder if `root` has class subfolders holding images, else a flat folder (+ optional CSV)."""
+    """ImageFolder if `root` has class subfolders holding images, else a flat folder (+ optional CSV); `hf:...`
+    is a Hugging Face dataset (`data.hf.open_hf_dataset`)."""
+    if str(root).startswith("hf:"):
+        from .hf import open_hf_dataset
+
+        return open_hf_dataset(str(root), labels_csv)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DiffdiscError(f"data directory {root} does not exist")

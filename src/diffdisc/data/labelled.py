@@ -15,7 +15,7 @@ import torch
 
 from ..errors import DiffdiscError
 from .folders import open_image_dataset, stratified_subset
-from .images import array_to_tensor, open_image
+from .images import array_to_tensor
 
 
 @dataclass
@@ -61,7 +61,7 @@ class LabelledImages:
         keep = stratified_subset(labels, max_images, seed)
         items, labels = [ds.items[i] for i in keep], [labels[i] for i in keep]
         source = str(Path(root).resolve()) + (f" [{len(keep)} of {len(ds)}, stratified, seed {seed}]" if len(keep) < len(ds) else "")
-        pixels = [np.asarray(open_image(it.path)) for it in items]
+        pixels = [np.asarray(ds.open(it)) for it in items]  # ds.open: files, or a dataset held in memory (hf:)
         return cls(pixels, np.asarray(labels), [it.image_id for it in items], names, source)
 
     def subset(self, idx) -> LabelledImages:

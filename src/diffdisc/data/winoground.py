@@ -20,12 +20,13 @@ from pathlib import Path
 
 from ..errors import DiffdiscError
 from ..jsonfile import check_strings, jsonl_rows, parse_json, read_json_text
+from .compositional import COMPOSITIONAL_BENCHMARKS, canonical, open_compositional
 from .groups import Group
 from .images import IMAGE_SUFFIXES
 
 COLLAPSED_TAGS = ("Object", "Relation", "Both")
 SUGAR_CREPE_TASKS = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
-MATCH_BENCHMARKS = ("winoground", *(f"sugar_crepe/{t}" for t in SUGAR_CREPE_TASKS))
+MATCH_BENCHMARKS = ("winoground", *(f"sugar_crepe/{t}" for t in SUGAR_CREPE_TASKS), *COMPOSITIONAL_BENCHMARKS)
 _LAYOUT = "data/examples.jsonl and data/images.zip (or an unpacked data/images/), as the Hugging Face dataset facebook/winoground ships them"
 
 
@@ -139,6 +140,8 @@ def open_match_benchmark(name: str, root: str | Path, **kwargs) -> list[Group]:
         return open_winoground(root, **kwargs)
     if key.startswith("sugar_crepe"):
         return open_sugar_crepe(root, key.partition("/")[2] or "?")
+    if canonical(key) in COMPOSITIONAL_BENCHMARKS:  # ARO, EqBen, CLEVR (data.compositional)
+        return open_compositional(key, root, **kwargs)
     raise DiffdiscError(f"unknown matching benchmark {name!r}; known: {', '.join(MATCH_BENCHMARKS)}")
 
 

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from ..errors import DiffdiscError
+from ..scoring.config import ScoreConfig
+from ..scoring.engine import ScoringEngine
 from ..scoring.scorers import is_contrastive
 from .pooling import parse_pooling, pool, to_map
 
@@ -208,9 +210,6 @@ def extract(
 
     One encode per image, one U-Net forward per (image, t) for all blocks and poolings together.
     """
-    from ..scoring.config import ScoreConfig
-    from ..scoring.engine import ScoringEngine
-
     if batch_size < 1:
         raise DiffdiscError(f"batch_size must be >= 1, got {batch_size}")
     if len(keys) != len(images):

@@ -315,6 +315,16 @@ def _claims(run: Run) -> dict | None:
             "plot": figures.robustness_png(points, "clean vs shifted accuracy") if points else None}
 
 
+def _suite(run: Run) -> dict | None:
+    """The table of a `diffdisc suite` directory: a column per model (values as the Markdown table has them)."""
+    s = run.suite
+    if s is None:
+        return None
+    return {"labels": s.labels, "rows": s.rows(), "skipped": s.skipped, "errors": s.errors, "path": str(s.path),
+            "suite": s.table.get("suite"), "settings": s.table.get("settings", {}), "command": s.table.get("command"),
+            "models": s.models}  # fmt: skip
+
+
 def _glyph_note(runs: list[Run]) -> str | None:
     """Said once on the page when figures must draw some class names' characters as boxes (no installed font
     has them; the tables, drawn by the browser, show them)."""
@@ -359,6 +369,7 @@ def build_context(runs: list[Run], title: str, generated: str | None = None) -> 
                       for r in runs],
         "synth": [_synth(r) or None for r in runs],
         "claims": [_claims(r) for r in runs],
+        "suite": [_suite(r) for r in runs],
     }  # fmt: skip
     if not any(d and d.get("pruning") for d in per_run):
         cols["pruning"] = [None] * len(runs)  # only exhaustive runs: nothing to trace
@@ -374,6 +385,7 @@ def build_context(runs: list[Run], title: str, generated: str | None = None) -> 
         ("attention", "Cross-attention overlays"),
         ("synth", "Synthetic samples"),
         ("claims", "The papers' claims, tested"),
+        ("suite", "Benchmark suite"),
     ]
     present = [(k, t) for k, t in sections if any(v is not None for v in cols[k])]
     return {

@@ -23,6 +23,7 @@ from ..results import (
     FeatureProbeResult,
     MatchResult,
     Result,
+    SuiteResult,
     SweepResult,
     SynthResult,
 )
@@ -72,6 +73,7 @@ class Run:
     synth: list[SynthResult] = field(default_factory=list)
     baselines: list[BaselineResult] = field(default_factory=list)
     claims: ClaimsResult | None = None  # a `diffdisc claims` directory's table
+    suite: SuiteResult | None = None  # a `diffdisc suite` directory's table
     problems: list[str] = field(default_factory=list)  # partial or unreadable data, said plainly
 
     @property
@@ -95,7 +97,7 @@ class Run:
     @property
     def empty(self) -> bool:
         return not (self.classification or self.matchings or self.sweeps or self.feature_probes or self.overlays
-                    or self.synth or self.baselines or self.claims)  # fmt: skip
+                    or self.synth or self.baselines or self.claims or self.suite)  # fmt: skip
 
 
 def load_runs(paths: list[str | Path]) -> list[Run]:
@@ -128,6 +130,9 @@ def _found(path: Path, kind: type[Result], exclude: set[Path]) -> list[Path]:
 def load_run(path: Path, name: str | None = None, exclude: set[Path] = frozenset()) -> Run:
     """Everything under `path` (files inside the `exclude` directories belong to other runs)."""
     run = Run(name or path.resolve().name or str(path), path)
+    if SuiteResult.claims(path):  # a suite directory is its table: its runs are the table's cells
+        run.suite = SuiteResult.read(path, run.problems)
+        return run
     if ClaimsResult.claims(path):
         run.claims = ClaimsResult.read(path, run.problems)
     if ClassificationResult.claims(path):

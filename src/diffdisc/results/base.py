@@ -78,6 +78,41 @@ class Result:
         raise NotImplementedError
 
 
+class DictResult(dict, Result):
+    """A Result that is also the dict its task returned before results were objects (colour prior, calibration,
+    claims table): the same keys, so `r["share"]`, `json.dumps(r)` and scripts written then keep working."""
+
+    path: Path | None = None
+
+    def __init__(self, data: dict, path: str | Path | None = None):
+        super().__init__(data)
+        self.path, self.problems = Path(path) if path else None, []
+
+    def metrics(self) -> dict:
+        return dict(self)
+
+
+class PathResult(Result):
+    """A Result that stands for its directory as the `Path` its task returned before (a synthetic set, a LoRA
+    adapter): `os.fspath(r)`, `r / "file"`, `str(r)` and Path's methods (`r.rglob`), so callers keep working."""
+
+    path: Path
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __truediv__(self, other) -> Path:
+        return self.path / other
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name == "path":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.path, name)
+
+
 class ShardedResult(Result):
     """A run written through `RunStore` with shards (classify, match, probe): run.json's settings, the shards'
     finished records, and metrics.json once merged. Subclasses read the records in `__init__` and may add

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import DiffdiscError
-from .base import Result, load_object
+from .base import DictResult, load_object
 
 TABLE = "claims_table.json"  # written by tasks.claims.run_claims
 VERDICTS = ("holds", "does not hold", "inconclusive")
@@ -24,12 +24,14 @@ def fmt_value(row: dict) -> str:
     return text
 
 
-class ClaimsResult(Result):
+class ClaimsResult(DictResult):
+    """The claims table; `run_claims` returns it, and it is also that table as a dict (claims_table.json's keys)."""
+
     marker = TABLE
     depth = 0
 
     def __init__(self, table: dict, path: Path):
-        self.path, self.table, self.problems = path, table, []
+        super().__init__(table, path)
         rows = table.get("claims")
         if not isinstance(rows, list):
             raise DiffdiscError(f"{path / TABLE} has no claims list")
@@ -44,6 +46,10 @@ class ClaimsResult(Result):
         if not (run_dir / TABLE).is_file():
             raise DiffdiscError(f"{run_dir} is not a diffdisc claims directory (no {TABLE})")
         return cls(load_object(run_dir / TABLE), run_dir)
+
+    @property
+    def table(self) -> dict:
+        return self
 
     @property
     def size(self) -> str:

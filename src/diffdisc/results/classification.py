@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import DiffdiscError
 from ..runs.io import atomic_write_text, json_safe, write_jsonl
 from ..runs.store import RUN_JSON, run_task
-from .base import ShardedResult, model_label, optional_json
+from .base import DictResult, ShardedResult, model_label, optional_json
 
 N_BOOT = 2000  # bootstrap resamples of the images (as scoring.match_metrics.bootstrap_ci)
 CROSS_FITTED = "cross-fitted: T fitted on one half of these images, ECE measured on the other, and back"
@@ -366,12 +366,22 @@ class ClassificationResult(ShardedResult):
             {"image_id": r["image_id"], "path": r.get("path"), "label": r.get("label"), "pred": r["pred"],
              "pred_name": self.classes[r["pred"]], "prob": float(p[i, r["pred"]]), "calls": r["calls"]}
             for i, r in enumerate(self.records)))  # fmt: skip
-        atomic_write_text(run_dir / "metrics.json", json.dumps(json_safe(metrics), indent=2))
+        text = json.dumps(json_safe(metrics), indent=2)
+        atomic_write_text(run_dir / "metrics.json", text)
+        self.stored_metrics = json.loads(text)  # what the command line prints: the file just written, as read back
 
     def probabilities(self, temperature: float) -> np.ndarray:
         from ..scoring.calibrate import probabilities
 
         return probabilities(self.scores, temperature) if len(self) else np.zeros((0, len(self.classes)))
+
+
+class CalibrationResult(DictResult):
+    """What `calibrate` fitted (calibration.json: `temperature`, `platt_log_calls`, `fitted_on`, `n`), plus
+    `applied_metrics` when it rewrote another run's metrics; the dict `calibrate` returned before."""
+
+    def metrics(self) -> dict:
+        return {k: self.get(k) for k in ("temperature", "platt_log_calls", "n")}
 
 
 def summary_lines(metrics: dict) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runs.store import run_task
-from .base import ShardedResult, model_label
+from .base import Result, ShardedResult, model_label
 
 # probe group ids are "<probe>-<version>[-train]-s<seed>-<index>": the probe a run scored, from its settings
 _PROBE_ID = re.compile(r"^(?P<probe>.+?)-v[^-]+(?:-train)?-s\d+-\d+$")
@@ -17,12 +17,15 @@ _PROBE_ID = re.compile(r"^(?P<probe>.+?)-v[^-]+(?:-train)?-s\d+-\d+$")
 class MatchResult(ShardedResult):
     """Score matrices S[image, caption] per group (lower = better), U-Net calls per group, the run's settings.
 
-    Probe runs are match runs (`diffdisc probe` writes one per probe and model), so they share this reader."""
+    Probe runs are match runs (`diffdisc probe` writes one per probe and model), so they share this reader.
+    `match` returns one, in the order of its groups; it also reads as the list of records `match` returned
+    before (`len`, iteration, `[i]`, `==`), so scripts written then keep working."""
 
     depth = 3  # probe output is OUT/<probe>-<version>-s<seed>-n<n>/<model>/run.json
 
     def __init__(self, settings: dict, records: list[dict], path: str | Path | None = None):
         self.settings, self.path, self.problems = settings, Path(path) if path else None, []
+        self.records: list[dict] = []
         self.score_mats: list[np.ndarray] = []
         self.calls: list[int] = []
         for r in records:
@@ -30,6 +33,7 @@ class MatchResult(ShardedResult):
                 mat, calls = np.array(r["scores"], dtype=np.float64), int(r.get("calls", 0))
             except (KeyError, TypeError, ValueError):
                 continue
+            self.records.append(r)
             self.score_mats.append(mat)
             self.calls.append(calls)
         self.stored_metrics: dict | None = None
@@ -41,6 +45,19 @@ class MatchResult(ShardedResult):
 
     def __len__(self) -> int:
         return len(self.score_mats)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __getitem__(self, i):
+        return self.records[i]
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, MatchResult):
+            return self.records == other.records
+        return self.records == other if isinstance(other, list) else NotImplemented
+
+    __hash__ = None  # compared by its records, like the list it stands for
 
     @property
     def model(self) -> str:
@@ -65,7 +82,27 @@ class MatchResult(ShardedResult):
         return (names.pop() if len(names) == 1 else None) or self.title
 
     def metrics(self) -> dict:
-        """Winoground text/image/group (or R@k) scores with bootstrap intervals, over the groups finished so far."""
+        """metrics.json: Winoground text/image/group (or R@k) scores with bootstrap intervals, over the groups
+        finished so far, and "by_tag" when groups are tagged Object / Relation / Both (Winoground)."""
+        from ..data.winoground import tag_breakdown
         from ..scoring.match_metrics import match_metrics
 
-        return match_metrics(self.score_mats)
+        out = match_metrics(self.score_mats)
+        by_tag = {k: v for k, v in tag_breakdown(self.records).items() if k != "all"}  # "all" is `out` itself
+        if by_tag:
+            out["by_tag"] = by_tag
+        return out
+
+
+class ProbeResult(list, Result):
+    """`run_probes`' rows, one per (probe, model): what `diffdisc probe` prints. A list of the row dicts, as
+    `run_probes` returned before, so scripts and `json.dumps` keep working; each row names its match run."""
+
+    def __init__(self, rows: list[dict], path: str | Path | None = None):
+        super().__init__(rows)
+        self.path, self.problems = Path(path) if path else None, []
+
+    def metrics(self) -> dict:
+        """{"<probe> / <model>": text/image/group scores (and shape_bias), with calls per group}."""
+        skip = ("probe", "version", "model", "kind", "n", "run_dir")
+        return {f"{r['probe']} / {r['model']}": {k: v for k, v in r.items() if k not in skip} for r in self}

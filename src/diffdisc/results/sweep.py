@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import DiffdiscError
+from ..features import SWEEP_DETAILS, SWEEP_JSON
 from ..runs.io import atomic_write_text
 from .base import Result, load_json, optional_json
 
 if TYPE_CHECKING:
     from ..features.heads import FittedHead
 
-SWEEP_JSON = "features_sweep.json"
-SWEEP_DETAILS = "features_sweep_details.json"
 SWEEP_PNG = "features_sweep.png"
 _KEYS = ("model", "blocks", "timesteps", "val_acc", "best", "test_acc", "head", "pooling", "n_train", "n_val", "n_test")
 _EXTRA = ("test_acc", "head", "pooling", "n_train", "n_val", "n_test")

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import Result, load_object
+from .base import PathResult, load_object
 
 SYNTH_JSON = "synth.json"
 METADATA = "metadata.jsonl"
@@ -43,8 +43,9 @@ class SynthSample:
     guidance: float | None
 
 
-class SynthResult(Result):
-    """Settings, images per class and a few samples per class of one generated set."""
+class SynthResult(PathResult):
+    """Settings, images per class and a few samples per class of one generated set (`generate` returns it, and
+    it stands for the set's folder as the path returned before)."""
 
     marker = SYNTH_JSON
 

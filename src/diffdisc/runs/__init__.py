@@ -17,10 +17,22 @@ from .io import (
     temp_path,
     write_jsonl,
 )
-from .store import RUN_JSON, RUNTIME_KEYS, RunStore, read_records, run_task
+from .store import (
+    RUN_JSON,
+    RUN_VERSION,
+    RUNTIME_KEYS,
+    UNUSED,
+    RunStore,
+    model_identity,
+    read_records,
+    run_settings,
+    run_task,
+    write_header,
+)
 
 __all__ = [
-    "MEANINGFUL_KEYS", "RUNTIME_KEYS", "RUN_JSON", "TMP_MARK", "RunStore", "append_text", "atomic_write",
-    "atomic_write_bytes", "atomic_write_text", "check_settings", "describe_diffs", "json_safe", "pid_alive",
-    "read_records", "remove_stale_temps", "repair_jsonl", "run_task", "setting_diffs", "temp_path", "write_jsonl",
+    "MEANINGFUL_KEYS", "RUNTIME_KEYS", "RUN_JSON", "RUN_VERSION", "TMP_MARK", "UNUSED", "RunStore", "append_text",
+    "atomic_write", "atomic_write_bytes", "atomic_write_text", "check_settings", "describe_diffs", "json_safe",
+    "model_identity", "pid_alive", "read_records", "remove_stale_temps", "repair_jsonl", "run_settings", "run_task",
+    "setting_diffs", "temp_path", "write_header", "write_jsonl",
 ]  # fmt: skip

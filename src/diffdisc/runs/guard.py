@@ -46,12 +46,16 @@ def describe_diffs(diffs: list[tuple[str, object, object]], n: int = 3) -> str:
 
 def check_settings(path: str | Path, settings: dict, *, runtime_keys: Collection[str] = (), section: str | None = None,
                    where: str | Path | None = None, verb: str = "made", hint: str = "use another --out or delete it",
-                   predates: Callable[[str, object], None] | None = None) -> dict | None:  # fmt: skip
+                   predates: Callable[[str, object], None] | None = None,
+                   unversioned: Collection[str] = ()) -> dict | None:  # fmt: skip
     """Raise DiffdiscError if the JSON at `path` (its `section`, if given) holds other settings than `settings`.
 
     Returns the stored settings (None: no file yet, nothing to compare). `predates(key, value)`: settings may
     be older than an option; a top-level key missing from either side is then no difference, and each key new
-    since is reported to it. Writing the file is the caller's (some write once, some on every run).
+    since is reported to it. `unversioned`: top-level keys a settings file without a "version" never held (the
+    config fields run.json records since `RunStore` takes a config): skipped where such a file lacks them, so a
+    run made before resumes with the same command. Writing the file is the caller's (some write once, some on
+    every run).
     """
     path = Path(path)
     if not path.is_file():
@@ -60,6 +64,8 @@ def check_settings(path: str | Path, settings: dict, *, runtime_keys: Collection
     if section is not None:
         stored = stored.get(section) or {}
     now = json.loads(json.dumps(settings))  # tuples -> lists, as stored
+    if unversioned and "version" not in stored:
+        now = {k: v for k, v in now.items() if k in stored or k not in unversioned}
     if predates is not None:
         for k in [k for k in now if k not in stored]:
             predates(k, now.pop(k))

@@ -74,7 +74,8 @@ class ScoreConfig(ConfigMixin):
 
 @dataclass(frozen=True)
 class AdaptiveConfig(ConfigMixin):
-    """Which candidates get which timesteps.
+    """Which candidates get which timesteps, in the flat form of the command line and of run.json's `adaptive`
+    (`scoring.search.from_adaptive` gives the search config it stands for; the strategies live there).
 
     exhaustive: every candidate at `n_timesteps` evenly spaced t (the official grid).
     halving: Li et al. stages `((n_t, keep), ...)`; errors of earlier stages are reused and the score is
@@ -85,7 +86,7 @@ class AdaptiveConfig(ConfigMixin):
     sigmas (flow models): where the grid's t fall on σ: `scheduler` (rows of the scheduler's own σ table,
     its shift included), `uniform` (evenly spaced σ) or `logit_normal` (quantiles of SD3's training density).
     timestep_weights: learned from labelled training images (`diffdisc timesteps fit`): every strategy
-    evaluates the most informative t first and averages errors with the learned weights (`adaptive.evaluate`).
+    evaluates the most informative t first and averages errors with the learned weights (`search.learned`).
     exit_z (halving, ours): after any stage, an image whose leader beats the runner-up by more than `exit_z`
     standard errors of their paired differences stops there (0 = off): easy images skip the later stages.
 
@@ -118,20 +119,41 @@ class AdaptiveConfig(ConfigMixin):
             raise DiffdiscError("learned timestep weights fix the timesteps: they do not combine with stratified ones")
         check_choice("timesteps", self.timesteps, ("even", "stratified"))
         object.__setattr__(self, "stages", tuple((int(n), int(k)) for n, k in self.stages))
-        if self.n_timesteps < 1:
-            raise DiffdiscError(f"n_timesteps must be >= 1, got {self.n_timesteps}")
+        check_count("n_timesteps", self.n_timesteps)
         if self.strategy == "halving":
-            if not self.stages:
-                raise DiffdiscError("halving needs at least one stage (n_timesteps, keep)")
-            if self.stages[-1][1] != 1:
-                raise DiffdiscError(f"the last halving stage must keep 1 candidate, got {self.stages[-1]}")
-            ns = [n for n, _ in self.stages]
-            if ns != sorted(ns) or len(set(ns)) != len(ns):
-                raise DiffdiscError(f"halving stage sizes must increase, got {ns}")
-        if self.exit_z < 0:
-            raise DiffdiscError(f"exit_z must be >= 0, got {self.exit_z}")
-        if self.strategy == "ttest" and not 2 <= self.min_scores <= self.max_scores:
-            raise DiffdiscError(f"ttest needs 2 <= min_scores <= max_scores, got {self.min_scores}, {self.max_scores}")
+            check_stages(self.stages)
+        check_non_negative("exit_z", self.exit_z)
+        if self.strategy == "ttest":
+            check_ttest(self.min_scores, self.max_scores)
+
+
+# The checks of the search configs (`scoring.search`), shared with the flat AdaptiveConfig above.
+def check_count(name: str, n: int) -> None:
+    if n < 1:
+        raise DiffdiscError(f"{name} must be >= 1, got {n}")
+
+
+def check_non_negative(name: str, v: float) -> None:
+    if v < 0:
+        raise DiffdiscError(f"{name} must be >= 0, got {v}")
+
+
+def check_stages(stages) -> tuple[tuple[int, int], ...]:
+    """Halving stages as int pairs: at least one, sizes increasing, the last keeping 1."""
+    stages = tuple((int(n), int(k)) for n, k in stages)
+    if not stages:
+        raise DiffdiscError("halving needs at least one stage (n_timesteps, keep)")
+    if stages[-1][1] != 1:
+        raise DiffdiscError(f"the last halving stage must keep 1 candidate, got {stages[-1]}")
+    ns = [n for n, _ in stages]
+    if ns != sorted(ns) or len(set(ns)) != len(ns):
+        raise DiffdiscError(f"halving stage sizes must increase, got {ns}")
+    return stages
+
+
+def check_ttest(min_scores: int, max_scores: int) -> None:
+    if not 2 <= min_scores <= max_scores:
+        raise DiffdiscError(f"ttest needs 2 <= min_scores <= max_scores, got {min_scores}, {max_scores}")
 
 
 def parse_stages(text: str) -> tuple[tuple[int, int], ...]:

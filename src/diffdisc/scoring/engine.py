@@ -54,9 +54,12 @@ class ScoringEngine:
     back, so the caller gets its model back as it gave it.
     """
 
-    def __init__(self, backbone: Backbone, config: ScoreConfig | None = None):
+    def __init__(self, backbone: Backbone, config: ScoreConfig | None = None, noise=None):
         self.backbone = backbone
         self.config = config or ScoreConfig()
+        # `scoring.learned_noise.LearnedNoise` (`diffdisc noise fit`): ε_t from its file for every image, refusing a
+        # t it does not cover; None: the seeded draws below
+        self.learned_noise = noise
         self.calls = 0
         # None until tuned (batch_size 0 = auto); may shrink after an out-of-memory error.
         self.batch_size: int | None = self.config.batch_size or None
@@ -105,6 +108,8 @@ class ScoringEngine:
     # ------------------------------------------------------------------ noise
     def noise(self, keys: list[str], ts: list[int], shape: tuple[int, ...]) -> torch.Tensor:
         """ε for each (key, t) pair, drawn on the CPU so every device and process sees the same numbers."""
+        if self.learned_noise is not None:
+            return self.learned_noise.draw(ts, shape)
         g = torch.Generator()
         out = torch.empty((len(ts), *shape))
         for i, (k, t) in enumerate(zip(keys, ts, strict=True)):

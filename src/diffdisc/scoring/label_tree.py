@@ -22,6 +22,7 @@ import torch
 
 from ..errors import DiffdiscError
 from ..jsonfile import parse_json, read_json_text
+from ..templates import fill
 
 FILE_KEYS = {"name", "prompt", "prompts", "children", "candidate"}
 
@@ -85,8 +86,6 @@ class LabelTree:
     def with_prompts(self, templates: str | list[str] | tuple[str, ...]) -> LabelTree:
         """Give every internal node without prompts the prompts `templates` make of its name (HDC's coarse
         prompts: "a photo of a {}." with the WordNet lemma); in place, returns self."""
-        from ..data.templates import fill
-
         tpl = [templates] if isinstance(templates, str) else list(templates)
         for node in self.internal[1:]:  # the root is never scored
             if not node.prompts and node.cond is None:

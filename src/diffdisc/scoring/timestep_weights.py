@@ -16,6 +16,15 @@ by the typical spread between candidates at that t, so every t speaks on one sca
   robust, nearly parameter-free weighting); a small λ fits the weights discriminatively.
 - order: greedy forward selection of the weighted timesteps by calibration accuracy of the prefix (ties by
   its mean margin), so each prefix is a good small budget; zero-weight t follow, by their own accuracy.
+- plans, the check that keeps it from hurting: at every budget n, three ways of spending n timesteps are
+  scored on held-out training images (k-fold: each image by a fit that never saw it): the learned first n,
+  the grid's n evenly spread points with the learned weights, and those points' plain mean (what classify
+  does without a file). The plain even grid is kept unless a learned plan gets more of those images right
+  (`choose_plans`, `Z_MIN`; ties: the even grid). Measured on the shipped model (bench/timestep_fit_check.py,
+  docs/benchmarks.md, 20 splits of 200 training images): the learned order wins by 26 points at 1 timestep
+  (the even grid's lone t = 525 is a poor one there) and its gain fades by half the grid, where the learned
+  first 10 lost to the even 10 in 7 of 20 splits; with the check, 3 of 20. Where the even grid is kept the
+  file is not recommended and a run ignores it (`for_run`, with a warning that says why).
 
 A weighting belongs to the model (fingerprint), the kind of score (scorer, loss, weighting) and the σ placement
 it was fitted with: `TimestepWeights.check` refuses another.
@@ -24,6 +33,7 @@ it was fitted with: `TimestepWeights.check` refuses another.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +49,13 @@ FILENAME = "timestep_weights.json"
 KIND = "diffdisc timestep weights"
 VERSION = 1
 L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+PLANS = ("even", "even_weighted", "learned")  # per budget, simplest first: a tie goes to the simpler
+# A learned plan replaces the even grid only when it beats it by more than Z_MIN standard errors of the paired
+# difference. 0: strictly more held-out images right. Measured (20 splits of 200 shipped training images,
+# docs/benchmarks.md): 1 lost fewer splits at 10 timesteps (1 vs 3 of 20) but fell back at 2-3 timesteps where
+# the learned order wins by 4-14 points (mean 72.2 vs 75.7 % at 2); 2 kept the even grid almost everywhere.
+Z_MIN = 0.0
+log = logging.getLogger("diffdisc")
 
 
 @dataclass
@@ -61,6 +78,7 @@ class TimestepWeights:
     calibration: dict
     n_images: int
     seed: int
+    plans: list[str] | None = None
     path: Path | None = field(default=None, compare=False)
 
     def __post_init__(self):
@@ -73,8 +91,13 @@ class TimestepWeights:
             raise DiffdiscError(f"{where}: 'weights' must align with 'order' and 'scales' with 'grid'")
         if any(not np.isfinite(w) or w < 0 for w in self.weights) or any(not np.isfinite(s) or s <= 0 for s in self.scales):
             raise DiffdiscError(f"{where}: weights must be finite and >= 0, scales finite and > 0")
+        if self.plans is not None:
+            self.plans = [str(p) for p in self.plans]
+            if len(self.plans) != len(self.grid) or not set(self.plans) <= set(PLANS):
+                raise DiffdiscError(f"{where}: 'plans' must name one of {', '.join(PLANS)} for each budget 1..{len(self.grid)}")
         w = dict(zip(self.order, self.weights, strict=True))
         self._factor = {t: w[t] / s for t, s in zip(self.grid, self.scales, strict=True)}
+        self._warned: set[int] = set()
 
     # ------------------------------------------------------------------ applying
     @property
@@ -82,12 +105,77 @@ class TimestepWeights:
         """The timesteps with a positive weight, most informative first."""
         return [t for t, w in zip(self.order, self.weights, strict=True) if w > 0]
 
+    def plan(self, n: int) -> str:
+        """Which timesteps the fit chose for a budget of n (`PLANS`): `learned` (the first n of `order`),
+        `even_weighted` (the grid's n evenly spread points, errors weighted) or `even` (the same points, plain
+        mean: the file has nothing to add). Files without plans: `learned`."""
+        return self.plans[n - 1] if self.plans is not None and 1 <= n <= len(self.plans) else "learned"
+
     def ordered_grid(self, n: int) -> list[int]:
-        """The `n` most informative timesteps, most informative first."""
+        """The n timesteps to score at a budget of n (`plan`), the most informative first where learned. n = the
+        whole grid keeps the learned order (the t-test takes them in turn). Said once, as a warning, when the
+        fit found the plain even grid better at n."""
         if not 1 <= n <= len(self.order):
             raise DiffdiscError(f"{self.path or 'timestep weights'} ranks {len(self.order)} timesteps; {n} were asked for "
                                 f"(fit with `diffdisc timesteps fit --grid {max(n, 1)}` or more)")  # fmt: skip
-        return self.order[:n]
+        plan = self.plan(n)
+        if plan == "even" and n not in self._warned:
+            self._warned.add(n)
+            log.warning("%s; using the file anyway, as asked", self.verdict(n))
+        if plan == "learned" or n == len(self.order):
+            return self.order[:n]
+        return stage_subset(self.grid, n)
+
+    def for_run(self, search) -> TimestepWeights | None:
+        """These weights for a run of `search` (a search config, or the flat `AdaptiveConfig`), or None, with a
+        warning, where the fit found the plain even grid better at the run's budget (its largest grid: exhaustive
+        n, halving's last stage, the t-test's cap): the run then scores the even grid as if no file were given.
+        Learned timesteps that lost on held-out training images are not used."""
+        n = run_budget(search, len(self.order))
+        if n is None or not 1 <= n <= len(self.order) or self.plan(n) != "even":
+            return self  # out of range: ordered_grid refuses it with its own message
+        self._warned.add(n)
+        log.warning("%s; scoring the even grid without the weights file", self.verdict(n))
+        return None
+
+    def budget_check(self, n: int) -> dict | None:
+        """The held-out comparison at `n` timesteps: the learned first n vs the even grid's n, accuracy on
+        cross-validated held-out training images (None: not recorded, e.g. a hand-written file)."""
+        cal = self.calibration or {}
+        curve = cal.get("curve") or {}
+        ns = list(curve.get("n") or [])
+        if n not in ns:
+            return None
+        i = ns.index(n)
+        ew = curve.get("even_weighted")
+        return {"n": n, "learned": float(curve["fitted"][i]), "even": float(curve["even"][i]),
+                "even_weighted": float(ew[i]) if ew else None, "plan": self.plan(n),
+                "images": int(cal.get("images", self.n_images)), "folds": cal.get("folds")}  # fmt: skip
+
+    def recommended(self, n: int) -> bool | None:
+        """Whether the file beat the plain even grid at n on held-out training images (None: unchecked). A tie is
+        not a recommendation: the even grid is as good and needs no file."""
+        if self.plans is not None:
+            return self.plan(n) != "even"
+        c = self.budget_check(n)
+        return None if c is None else c["learned"] > c["even"]
+
+    def verdict(self, n: int) -> str:
+        """The held-out comparison at n timesteps in plain words."""
+        c = self.budget_check(n)
+        where = self.path or "these timestep weights"
+        if c is None:
+            return f"{where} records no held-out check at {n} timesteps"
+        how = (f"on {c['images']} training images, each scored by a fit that had not seen it ({c['folds']}-fold "
+               "cross-validation)")  # fmt: skip
+        txt = f"at {n} timesteps: learned timesteps {c['learned']:.1%}, "
+        if c.get("even_weighted") is not None:
+            txt += f"even grid with learned weights {c['even_weighted']:.1%}, "
+        txt += f"even grid {c['even']:.1%} {how}"
+        if self.recommended(n):
+            best = "the learned timesteps" if self.plan(n) == "learned" else "the even grid's timesteps with the learned weights"
+            return f"{txt}: the file uses {best} there"
+        return f"{txt}: nothing learned beat the even grid there; --timesteps {n} without --timestep-weights is as good or better"
 
     def factor(self, t: int) -> float:
         """The multiplier of a raw error at t (w_t / scale_t); a t off the grid takes its nearest grid point's."""
@@ -132,7 +220,7 @@ class TimestepWeights:
         return {"kind": KIND, "version": VERSION, "model": self.model, "score": self.score, "sigmas": self.sigmas,
                 "grid": self.grid, "order": self.order, "weights": self.weights, "scales": self.scales,
                 "informativeness": self.informativeness, "calibration": self.calibration,
-                "n_images": self.n_images, "seed": self.seed}  # fmt: skip
+                "n_images": self.n_images, "seed": self.seed, **({"plans": self.plans} if self.plans is not None else {})}  # fmt: skip
 
     def save(self, path: str | Path) -> Path:
         """Write to `path` (a directory gets `timestep_weights.json` inside), whole or not at all."""
@@ -161,7 +249,20 @@ class TimestepWeights:
         missing = [k for k in keys if k not in d]
         if missing:
             raise DiffdiscError(f"{path}: timestep weights without {', '.join(missing)}")
-        return cls(**{k: d[k] for k in keys}, path=path)
+        return cls(**{k: d[k] for k in keys}, plans=d.get("plans"), path=path)
+
+
+def run_budget(search, ranked: int) -> int | None:
+    """The largest number of timesteps a run of `search` (a search config, or the flat `AdaptiveConfig`) scores
+    each candidate at (a t-test: its cap, at most the `ranked` timesteps of a weights file); None when it
+    places none. Read by shape (`walk`, `grid_sizes`), so this module needs no import of the strategies."""
+    if hasattr(search, "strategy"):  # AdaptiveConfig: the flat options
+        sizes = {"exhaustive": [search.n_timesteps], "halving": [n for n, _ in search.stages],
+                 "ttest": [min(search.max_scores, ranked)]}.get(search.strategy, [])  # fmt: skip
+    else:
+        sizes = [min(c.max_scores, ranked) if c.kind == "ttest" else max(c.grid_sizes(), default=0)
+                 for c in search.walk() if hasattr(c, "grid_sizes")]  # fmt: skip
+    return max(sizes, default=0) or None
 
 
 def ordered_grid(weights: TimestepWeights, n: int) -> list[int]:
@@ -240,7 +341,9 @@ def _nll(z: np.ndarray, labels: np.ndarray, w: np.ndarray) -> float:
 
 def _greedy_order(z: np.ndarray, labels: np.ndarray, w: np.ndarray) -> list[int]:
     """Grid indices: weighted t by greedy forward selection (prefix accuracy, then mean margin of the weighted
-    average, then grid order), then zero-weight t by their own accuracy and margin."""
+    average, then grid order), then zero-weight t by their own accuracy and margin. (Tried for issue 27: the
+    fitted model's NLL of the prefix instead; on the shipped model it picked redundant heavily weighted t and
+    lost 3-5 points at 3-5 timesteps, bench/timestep_fit_check.py.)"""
     n, m, g = z.shape
     chosen: list[int] = []
     rest = [k for k in range(g) if w[k] > 0]
@@ -264,6 +367,37 @@ def _prefix_correct(z: np.ndarray, labels: np.ndarray, w: np.ndarray, order: lis
     return margins(np.cumsum(z[..., order] * w[order], axis=2), labels) > 0
 
 
+def _even_weighted_correct(z: np.ndarray, labels: np.ndarray, w: np.ndarray, errors: np.ndarray) -> np.ndarray:
+    """[N, G] whether image i is right with the weighted mean over `stage_subset(grid, n)` (plain mean of raw
+    `errors` where every weight there is 0, as `weighted_mean` does), n = 1..G."""
+    g = z.shape[2]
+    idx = list(range(g))
+    out = []
+    for n in range(1, g + 1):
+        sub = stage_subset(idx, n)
+        score = z[..., sub] @ w[sub] if w[sub].sum() > 0 else errors[..., sub].mean(axis=2)
+        out.append(margins(score, labels) > 0)
+    return np.stack(out, axis=1)
+
+
+def choose_plans(hits: dict[str, np.ndarray], z_min: float = Z_MIN) -> list[str]:
+    """Per budget, the plan to use, from held-out correctness hits[plan] [N, G]: the plain even grid unless a
+    learned plan beats it by more than `z_min` standard errors of the paired difference (images it gets right
+    and the even grid wrong, minus the reverse, over √ of their sum); among those, the most accurate (a tie goes
+    to the simpler, `PLANS` order). The even grid is the default: a plan has to earn its place."""
+    g = hits["even"].shape[1]
+    out = []
+    for i in range(g):
+        ok = ["even"]
+        for p in PLANS[1:]:
+            b = int((hits[p][:, i] & ~hits["even"][:, i]).sum())
+            c = int((hits["even"][:, i] & ~hits[p][:, i]).sum())
+            if b > c and (b - c) > z_min * np.sqrt(b + c):
+                ok.append(p)
+        out.append(max(ok, key=lambda p: (hits[p][:, i].mean(), -PLANS.index(p))))
+    return out
+
+
 def _even_correct(errors: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """[N, G] whether image i is right with the plain mean of raw errors over `stage_subset(grid, n)`, n = 1..G:
     the fixed schedule at the same budget (centred strata of the grid, as halving takes its stages)."""
@@ -285,7 +419,7 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def fit_weights(errors, labels, grid: list[int], *, folds: int = 3, l2=L2_GRID, seed: int = 0, model: dict | None = None,
-                score: str = "", sigmas: str = "scheduler", data: str | None = None) -> TimestepWeights:  # fmt: skip
+                score: str = "", sigmas: str = "scheduler", data: str | None = None, z_min: float = Z_MIN) -> TimestepWeights:  # fmt: skip
     """Fit a `TimestepWeights` on exhaustive calibration errors E [N images, M candidates, G timesteps] (lower =
     better) with true candidates `labels` [N] and the G timesteps `grid` (any order; stored ascending).
 
@@ -330,12 +464,15 @@ def fit_weights(errors, labels, grid: list[int], *, folds: int = 3, l2=L2_GRID, 
         cv[lam] = (hits / n, nll / n, ws)
     lam = min(l2, key=lambda v: (-cv[v][0], cv[v][1], -v))  # ties: the stronger penalty
 
-    # the cross-validated curve at λ: weights and order refitted per fold
-    fitted_hits = np.zeros(g)
+    # the held-out check at λ: weights and order refitted per fold, each image scored by the fold that left it out
+    hits = {p: np.zeros((n, g), dtype=bool) for p in PLANS}
+    hits["even"] = _even_correct(e, y)
     for (tr, te, z_tr, z_te), w in zip(per_fold, cv[lam][2], strict=True):
         w = _unit(w)
-        fitted_hits += _prefix_correct(z_te, y[te], w, _greedy_order(z_tr, y[tr], w)).sum(0)
-    even = _even_correct(e, y).mean(0)
+        hits["learned"][te] = _prefix_correct(z_te, y[te], w, _greedy_order(z_tr, y[tr], w))
+        hits["even_weighted"][te] = _even_weighted_correct(z_te, y[te], w, e[te])
+    acc = {p: h.mean(0) for p, h in hits.items()}
+    plans = choose_plans(hits, z_min)
 
     z, scales = normalise(e)
     w = _unit(_logistic(z, y, lam))
@@ -348,16 +485,20 @@ def fit_weights(errors, labels, grid: list[int], *, folds: int = 3, l2=L2_GRID, 
         "folds": k,
         "l2": lam,
         "l2_cv": {str(v): {"accuracy": cv[v][0], "nll": cv[v][1]} for v in l2},
-        "accuracy": {"fitted": float(fitted_hits[-1] / n), "even": float(even[-1])},
-        "curve": {"n": list(range(1, g + 1)), "fitted": (fitted_hits / n).tolist(), "even": even.tolist()},
-        "how": f"{k}-fold cross-validated over the calibration images (fitted); the plain mean over n evenly "
-               "spaced grid points (even, nothing to fit); λ chosen on the same folds",
+        "z_min": z_min,
+        "accuracy": {"fitted": float(acc["learned"][-1]), "even": float(acc["even"][-1])},
+        "curve": {"n": list(range(1, g + 1)), "fitted": acc["learned"].tolist(), "even": acc["even"].tolist(),
+                  "even_weighted": acc["even_weighted"].tolist(), "plan": plans},
+        "how": f"{k}-fold cross-validated over the calibration images: each image scored by weights and an order "
+               "fitted without it (fitted: the first n of the order, weighted; even_weighted: the n evenly spread "
+               "grid points, weighted); even: their plain mean, nothing to fit. Per budget n the file uses the best "
+               "(`plans`; a tie goes to the simpler). λ chosen on the same folds",
     }  # fmt: skip
     return TimestepWeights(
         model=dict(model or {}), score=score, sigmas=sigmas, grid=grid, order=[grid[j] for j in order],
         weights=[float(w[j]) for j in order], scales=scales.tolist(),
         informativeness={"accuracy": (single > 0).mean(0).tolist(), "margin": single.mean(0).tolist()},
-        calibration=calibration, n_images=n, seed=seed,
+        calibration=calibration, n_images=n, seed=seed, plans=plans,
     )  # fmt: skip
 
 

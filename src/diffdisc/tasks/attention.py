@@ -21,12 +21,13 @@ from ..backbones.lora import mark_lora
 from ..config import ConfigMixin
 from ..data.groups import Group
 from ..errors import DiffdiscError
+from ..results.adapter import ADAPTER_CONFIG, AdapterResult
 from ..runs.io import atomic_write
 from ..scoring.attention import CrossAttentionCapture, attention_score, make_capture
 from .match import _image_tensor
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-WEIGHTS, CONFIG = "adapter_model.safetensors", "adapter_config.json"
+WEIGHTS, CONFIG = "adapter_model.safetensors", ADAPTER_CONFIG
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,9 @@ def tune(
     out: str | Path,
     progress: Callable[[int, int, float], None] | None = None,
     **overrides,
-) -> Path:
-    """Train a LoRA adapter on `groups` (image i matches caption i) and save it to `out`.
+) -> AdapterResult:
+    """Train a LoRA adapter on `groups` (image i matches caption i) and save it to `out`; returns it read back
+    (an `AdapterResult`, which stands for the folder as the path returned before).
 
     `overrides` (rank=, margin=, lr=, epochs=, bias=, seed=) replace fields of `config`, so keyword calls
     `tune(bb, groups, out=out, lr=1e-2)` as made before `LoraConfig` existed still work."""
@@ -162,10 +164,11 @@ def tune(
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     capture = CrossAttentionCapture(unet)
     g, order = torch.Generator().manual_seed(seed), list(range(len(groups)))
-    step, total = 0, epochs * len(groups)
+    step, total, losses = 0, epochs * len(groups), []
     unet.train()
     for epoch in range(epochs):
         random.Random(seed * 1009 + epoch).shuffle(order)
+        losses.clear()  # the last epoch's, for the record
         for gi in order:
             loss = group_loss(backbone, capture, groups[gi], g, margin, bias)
             opt.zero_grad(set_to_none=True)
@@ -173,12 +176,13 @@ def tune(
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             step += 1
+            losses.append(loss.item())
             if progress:
-                progress(step, total, loss.item())
+                progress(step, total, losses[-1])
     unet.eval().requires_grad_(False)
     meta = {"shots": len(groups), "epochs": epochs, "margin": margin, "lr": lr, "bias": bias, "seed": seed,
-            "train_groups": [grp.id for grp in groups][:1000]}  # fmt: skip
-    return save_lora(backbone, out, meta)
+            "train_groups": [grp.id for grp in groups][:1000], "loss": sum(losses) / len(losses) if losses else None}  # fmt: skip
+    return AdapterResult.load(save_lora(backbone, out, meta))
 
 
 @torch.inference_mode()

@@ -100,8 +100,8 @@ def train_classifier(data: str | Path, cfg: ClassifierConfig | None = None, *, o
     (diffdisc.progress.step_progress). `max_minutes` stops once that much time has passed, checkpointed
     mid-epoch (rerun to continue) with the best model so far saved. `synthetic` labels validation accuracy as
     measured on generated images (the log says so and classifier.json also gets the historical
-    `val_acc_synthetic` key). The run's store guards the config (the `config` of checkpoints/last/state.json)
-    and keeps a second trainer out of `out`."""
+    `val_acc_synthetic` key). The run's store guards the config (the `config` of checkpoints/last/state.json),
+    writes the run.json header and keeps a second trainer out of `out`."""
     from accelerate import Accelerator
 
     cfg, out, log = cfg or ClassifierConfig(), Path(out), print if log is None else log
@@ -114,7 +114,8 @@ def train_classifier(data: str | Path, cfg: ClassifierConfig | None = None, *, o
     steps_per_epoch = -(-len(tr) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     model, opt, sched = acc.prepare(model, opt, sched)
-    with RunStore(out, None, cfg.to_dict(), settings_file=STATE_JSON, section="config", shards=False, runtime_keys=(),
+    task = "synth-train" if synthetic else "baseline"  # named in the run.json header beside classifier.json
+    with RunStore(out, task, cfg, settings_file=STATE_JSON, section="config", shards=False, runtime_keys=(),
                   verb="trained", hint="use another --out") as store:  # fmt: skip
         state = {"epoch": 0, "step": 0, "best_val": -1.0, "compute_s": 0.0, "total_s": 0.0, "images": 0}
         if store.stored is not None:

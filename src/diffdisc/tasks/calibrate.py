@@ -9,15 +9,17 @@ from pathlib import Path
 
 from ..errors import DiffdiscError
 from ..results import ClassificationResult
+from ..results.classification import CalibrationResult
 from ..runs.io import atomic_write_text
 from ..scoring.calibrate import fit_platt_calls, fit_temperature
 from .classify import finalize
 
 
 def calibrate(run_dir: str | Path, apply_to: str | Path | None = None, *,
-              log: Callable[[str], None] | None = None) -> dict:  # fmt: skip
-    """Fit on `run_dir`'s labelled images; writes `run_dir`/calibration.json and returns it, with
-    `applied_metrics` when `apply_to` is given (that run's metrics rewritten at the fitted temperature).
+              log: Callable[[str], None] | None = None) -> CalibrationResult:  # fmt: skip
+    """Fit on `run_dir`'s labelled images; writes `run_dir`/calibration.json and returns it (a
+    `CalibrationResult`), with `applied_metrics` when `apply_to` is given (that run's metrics rewritten at the
+    fitted temperature).
 
     Platt scaling needs positive call counts that differ between images: a run scored without U-Net calls
     (contrastive models) or with the same count for every image (exhaustive) gets the temperature only
@@ -39,4 +41,4 @@ def calibrate(run_dir: str | Path, apply_to: str | Path | None = None, *,
     atomic_write_text(Path(run_dir) / "calibration.json", json.dumps(cal, indent=2))
     if apply_to:
         cal["applied_metrics"] = finalize(Path(apply_to), ClassificationResult.load(apply_to), T)
-    return cal
+    return CalibrationResult(cal, run_dir)

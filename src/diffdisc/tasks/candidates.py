@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..backbones.base import Backbone
-from ..data.templates import fill, resolve_templates
 from ..errors import DiffdiscError
+from ..templates import fill, resolve_templates
 
 
 @dataclass(frozen=True)

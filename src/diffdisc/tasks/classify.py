@@ -4,9 +4,11 @@ Pure function of (backbone, data, configs): no globals. Images stream through in
 chunk is appended to the run's result store before the next starts, so a killed run loses at most the
 chunk in flight and a rerun of the same call resumes.
 
-With `shortlist=K` a cheap scorer (the same model at a few timesteps, a contrastive model, a fitted features
-head) ranks every candidate first and the run's own strategy decides among each image's top K
-(`scoring.cascade`); both stages' costs are charged to the image.
+Which candidates get which timesteps is one search (`scoring.search`): the flat options (a strategy, a label
+tree, a shortlist, learned timestep weights) stand for a composed one (`ClassifyConfig.search_config`), or
+`search=` gives any, nested as wished. With a cascade, a cheap scorer (the same model at a few timesteps, a
+contrastive model, a fitted features head) ranks every candidate first and the rest of the search decides
+among each image's top K; both stages' costs are charged to the image.
 """
 
 from __future__ import annotations
@@ -28,17 +30,29 @@ from ..config import SPEED_ONLY, ConfigMixin
 from ..data.folders import ImageDataset, Item, open_image_dataset, stratified_subset
 from ..data.images import resize_note, to_tensor
 from ..errors import DiffdiscError
+from ..features.shortlist import FeatureHead
 from ..results import ClassificationResult
-from ..runs.store import RUNTIME_KEYS, RunStore
-from ..scoring.adaptive import ranked_scores
+from ..runs.store import RUNTIME_KEYS, UNUSED, RunStore, model_identity
 from ..scoring.calibrate import model_temperature, temperature_key
-from ..scoring.cascade import Cascade, FeatureHead, Stage
 from ..scoring.config import AdaptiveConfig, ScoreConfig
 from ..scoring.engine import ScoringEngine
-from ..scoring.hierarchy import TreeStage
 from ..scoring.schedule import check_sigma_grid, dc_grid
 from ..scoring.scorers import is_contrastive, make_scorer
+from ..scoring.search import (
+    CascadeConfig,
+    ExhaustiveConfig,
+    Inputs,
+    LearnedOrderConfig,
+    SearchConfig,
+    SearchContext,
+    Tree,  # fmt: skip
+    TreeConfig,
+    from_adaptive,
+)
+from ..scoring.search.base import GridConfig, ranked_scores
+from ..scoring.timestep_weights import TimestepWeights
 from .candidates import Candidates, build_candidates  # noqa: F401 (Candidates: part of this module's API)
+from .noise_fit import load_for_run
 from .shortlist import make_shortlist
 
 log = logging.getLogger("diffdisc")
@@ -56,10 +70,14 @@ class ClassifyConfig(ConfigMixin):
     scorer scores every candidate at `shortlist_timesteps` evenly spaced t. `tree` (HDC: `auto`, `wordnet` or a
     JSON file, `scoring.label_tree.load_tree`): score the label tree's coarse nodes first and expand the best
     `beam` per level (auto trees: `tree_branching` children, `tree_top` top-level clusters; `tree_prompt`: a
-    template for the coarse nodes' prompts, else the mean of their leaves' conditions).
+    template for the coarse nodes' prompts, else the mean of their leaves' conditions). `noise`: a learned noise
+    file (`diffdisc noise fit`, `scoring.learned_noise`): ε_t from it for every image instead of random draws.
 
-    Not saved as such: run.json stores what changes a number in its own, older form (score and adaptive as
-    their `to_dict()`); `from_dict(to_dict())` still gives this config back, nested configs included."""
+    `search`: the whole search as one nested config (`scoring.search`, e.g. a cascade whose decider is a tree
+    running halving) instead of the flat options adaptive, tree and shortlist.
+
+    run.json records it whole (`RunStore`), with what the run resolved it to (classes, prompts, the tree's
+    outline, the shortlist's model) in place of the fields of those names."""
 
     config_label = "classify config"
 
@@ -67,11 +85,13 @@ class ClassifyConfig(ConfigMixin):
     templates: str | tuple[str, ...] | None = None
     score: ScoreConfig = ScoreConfig()
     adaptive: AdaptiveConfig = AdaptiveConfig()
-    labels_csv: str | Path | None = None
-    on_error: str = "fail"
+    # which images, and how an unreadable one is handled, never a score: a resume may change them (the labels'
+    # content is guarded as the run's "labels" identity)
+    labels_csv: str | Path | None = field(default=None, metadata=SPEED_ONLY)
+    on_error: str = field(default="fail", metadata=SPEED_ONLY)
     chunk_images: int = field(default=16, metadata=SPEED_ONLY)
-    limit: int | None = None
-    limit_seed: int = 0
+    limit: int | None = field(default=None, metadata=SPEED_ONLY)
+    limit_seed: int = field(default=0, metadata=SPEED_ONLY)
     temperature: float | None = None
     shortlist: int | None = None
     shortlist_timesteps: int = 2
@@ -80,6 +100,10 @@ class ClassifyConfig(ConfigMixin):
     tree_branching: int = 4
     tree_top: int | None = None
     tree_prompt: str | None = None
+    search: SearchConfig | None = None
+    noise: str | Path | None = None
+
+    added = ("search",)  # runs made before it have no such key
 
     def __post_init__(self):
         if self.beam < 1:
@@ -96,6 +120,25 @@ class ClassifyConfig(ConfigMixin):
                 object.__setattr__(self, name, tuple(v))
         object.__setattr__(self, "score", self.score or ScoreConfig())  # None: the defaults, as before
         object.__setattr__(self, "adaptive", self.adaptive or AdaptiveConfig())
+        if self.search is not None and (self.adaptive != AdaptiveConfig() or self.tree or self.shortlist is not None):
+            raise DiffdiscError("give the search either whole (search=) or by the flat options (adaptive, tree, "
+                                "shortlist), not both")  # fmt: skip
+
+    def search_config(self) -> SearchConfig:
+        """The run's search: `search` as given, else what the flat options stand for: the strategy, deciding each
+        level of the tree, deciding after the shortlist (`shortlist_timesteps` even t on the same σ placement),
+        all on the learned timestep order when there is one."""
+        if self.search is not None:
+            return self.search
+        a = self.adaptive
+        s = from_adaptive(a, weights=False)
+        if self.tree:
+            s = TreeConfig(tree=self.tree, beam=self.beam, branching=self.tree_branching, top=self.tree_top,
+                           prompt=self.tree_prompt, inner=s)  # fmt: skip
+        if self.shortlist is not None:
+            s = CascadeConfig(keep=self.shortlist, shortlist=ExhaustiveConfig(n_timesteps=self.shortlist_timesteps,
+                                                                               sigmas=a.sigmas), decide=s)  # fmt: skip
+        return LearnedOrderConfig(weights=a.timestep_weights, inner=s) if a.timestep_weights else s
 
 
 def classify(
@@ -120,7 +163,7 @@ def classify(
     or a `FeatureHead` fitted on `backbone`'s features.
     """
     cfg = replace(config or ClassifyConfig(), **overrides)
-    score, adaptive, labels_csv, temperature = cfg.score, cfg.adaptive, cfg.labels_csv, cfg.temperature
+    score, labels_csv, temperature = cfg.score, cfg.labels_csv, cfg.temperature
     classes = cfg.classes
     ds = data if isinstance(data, ImageDataset) else open_image_dataset(data, labels_csv)
     if not classes and ds.class_names and backbone.info.conditioning == "text":
@@ -130,47 +173,61 @@ def classify(
     if len(cand.classes) == 1:
         log.warning("one candidate class (%s): every image gets it, so accuracy is the share of images labelled "
                     "so and the scores decide nothing; give at least two classes", cand.classes[0])  # fmt: skip
-    weights = _timestep_weights(backbone, score, adaptive, ds)
-    check_scoring(backbone, score, adaptive, weights)  # before `out` exists: a corrected rerun starts clean
+    search_cfg = cfg.search_config()
+    learned = search_cfg.find(LearnedOrderConfig)
+    weights = _timestep_weights(backbone, score, learned, ds, search_cfg)
+    if learned is not None and weights is None:  # the file's own check found the plain even grid better here
+        search_cfg = search_cfg.map(lambda c: c.inner if isinstance(c, LearnedOrderConfig) else c)
+    check_scoring(backbone, score, search_cfg, weights)  # before `out` exists: a corrected rerun starts clean
     cheap = make_shortlist(backbone, cand, cfg, shortlist_model)
-    if cheap is not None and cheap.kind != "head":
-        check_scoring(cheap.model, cheap.score, cheap.adaptive)
+    if cheap is None:  # no cascade, or one whose shortlist would keep every candidate
+        search_cfg = search_cfg.map(lambda c: c.decide if isinstance(c, CascadeConfig) else c)
+    elif cheap.kind != "head":
+        check_scoring(cheap.model, cheap.score, cheap.search)
+    noise = _learned_noise(backbone, cfg, search_cfg, weights, ds, cheap)
     labels = ds.label_index(cand.classes)
     keep = stratified_subset(labels, cfg.limit, cfg.limit_seed)
     items = [(i, (ds.items[i], labels[i])) for i in keep]  # i: the image's place in the folder, the run's order
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="diffdisc-"))
-    settings = {  # every input that changes a number (docs/methods.md, "What a run directory guards")
-        "task": "classify",
-        "model": {"name": backbone.info.name, "fingerprint": backbone.info.fingerprint, "label": backbone.info.label},
+    identity = {  # what the config resolved to on this model and data (docs/methods.md, "What a run directory guards")
+        "model": model_identity(backbone.info),
         "data": str(Path(ds.root).resolve()),
         "labels": _file_identity(labels_csv),
         "classes": cand.classes,
         "candidates": cand.classes,
         "prompts": [str(k) for k in cand.keys],
-        "score": score.to_dict(),
-        "adaptive": adaptive.to_dict(),
-        "temperature": temperature,
-        # fitted on unweighted scores: no model temperature for a run with learned timestep weights
-        "model_temperature": None if weights else model_temperature(backbone.info.metadata,
+        # fitted on unweighted scores of random noise: none for a run with learned timestep weights or noise
+        "model_temperature": None if weights or noise else model_temperature(backbone.info.metadata,
                                                                       temperature_key(score, is_contrastive(backbone))),
+        "timestep_weights": _file_identity(learned.weights) if weights is not None else UNUSED,
+        "noise": _file_identity(cfg.noise) if noise is not None else UNUSED,
+        "benchmark": benchmark or UNUSED,
+        # a search given whole as it runs (a cascade whose shortlist would keep every candidate: its decider),
+        # else the flat options as the config holds them
+        **({"search": search_cfg, "adaptive": UNUSED} if cfg.search is not None else {}),
     }  # fmt: skip
-    if weights is not None:
-        settings["timestep_weights"] = _file_identity(adaptive.timestep_weights)
-    if benchmark:
-        settings["benchmark"] = benchmark
-    tree = _tree(backbone, cand, cfg)
-    if tree is not None:  # its outline: another tree (or beam) is another run
-        settings["tree"] = {"tree": tree.to_dict(), "beam": cfg.beam}
-    if cheap is not None:  # only then: a run without one has the settings it always had
-        settings["shortlist"] = cheap.settings
-    # speed-only settings (compile, channels_last, batch size) may change on a resume
-    runtime = RUNTIME_KEYS | ScoreConfig.speed_only_keys("score", "shortlist.score")
+    ctx = SearchContext(backbone, cand.classes, cand.keys, cand.groups)
+    search = search_cfg.build(ctx)  # a tree is built here, once per run (an auto tree from the conditions)
+    tree = next((s for s in search.walk() if isinstance(s, Tree)), None)
+    # a tree by its outline (another tree or beam is another run), a shortlist by what it kept (one that would
+    # keep every candidate is none); the options of either are unused without it, as before
+    if tree is not None:
+        identity["tree"] = {"tree": tree.tree.to_dict(), "beam": tree.beam}
+    else:
+        identity |= dict.fromkeys(("tree", "beam", "tree_branching", "tree_top", "tree_prompt"), UNUSED)
+    if cheap is not None:
+        identity["shortlist"] = cheap.settings
+    else:
+        identity |= dict.fromkeys(("shortlist", "shortlist_timesteps"), UNUSED)
+    # the config's speed-only fields may change on a resume (the store reads them); the shortlist's score too
+    runtime = RUNTIME_KEYS | ScoreConfig.speed_only_keys("shortlist.score")
     # the store stays locked until the last chunk is saved; the engine gives the backbone back as it came
-    with RunStore(out, "classify", settings, rank=rank, runtime_keys=runtime) as store, contextlib.ExitStack() as stack:
+    with RunStore(out, "classify", cfg, identity=identity, rank=rank, runtime_keys=runtime) as store, \
+            contextlib.ExitStack() as stack:  # fmt: skip
         done = store.done()
         todo = [(i, it, y) for i, (it, y) in items if i % world_size == rank and it.image_id not in done]
-        engine = stack.enter_context(ScoringEngine(backbone, score))
-        conds = backbone.conditions(cand.keys)
+        engine = stack.enter_context(ScoringEngine(backbone, score, noise=noise))
+        conds = ctx.conds
         if cheap is not None:
             cheap.open(engine, conds, stack)
         shapes = [(backbone.info.image_size, backbone.info.image_channels)] + ([cheap.shape] if cheap and cheap.shape else [])
@@ -187,24 +244,16 @@ def classify(
             pixels = torch.stack(tensors[0])
             x0 = backbone.encode(pixels)
             keys = [it.image_id for _, it, _ in kept]
-            if tree is not None:
-                decide = TreeStage(engine, x0, conds, tree, cand.groups, adaptive, cfg.beam, weights)
-            else:
-                decide = Stage(engine, x0, conds, cand.groups, adaptive, weights)
-            if cheap is None:
-                res = [(r, _tree_extra(r)) for r in decide.evaluate(keys)]
-            else:
-                cheap_pixels = torch.stack(tensors[1]) if cheap.shape else pixels
-                cascade = Cascade(cheap.stage(x0, cheap_pixels), decide, cheap.keep)
-                res = [(c.scores, {"calls": c.calls, "shortlist": c.shortlist, "shortlist_calls": c.cheap_calls,
-                                   "contrastive_forwards": c.cheap_forwards}) for c in cascade.run(keys)]  # fmt: skip
+            # the cascade's cheap scorer for this chunk, its images read at its own size
+            stage = cheap and cheap.stage(x0, torch.stack(tensors[1]) if cheap.shape else pixels)
+            res = search(Inputs(engine, x0, conds, cand.groups, weights, cheap=stage), keys)
             records = []
-            for (i, it, y), (r, extra) in zip(kept, res, strict=True):
+            for (i, it, y), r in zip(kept, res, strict=True):
                 ranked = r.ranking()  # once: prediction, stored ranking and scores all follow it
                 records.append({
                     "image_id": it.image_id, "order": i, "path": str(it.path), "label": y, "pred": ranked[0],
                     "ranking": ranked, "scores": ranked_scores(r.errors, ranked, weights), "n_calls": r.n_calls, "calls": r.calls,
-                    "timesteps": r.timesteps, "errors": r.error_matrix(), **extra,
+                    "timesteps": r.timesteps, "errors": r.error_matrix(), **r.record,
                 })  # fmt: skip
                 stats["calls"] += records[-1]["calls"]
                 stats["images"] += 1
@@ -233,51 +282,47 @@ def classify(
     return result
 
 
-def check_scoring(backbone: Backbone, score: ScoreConfig, adaptive: AdaptiveConfig, weights=None) -> None:
+def check_scoring(backbone: Backbone, score: ScoreConfig, search: SearchConfig | AdaptiveConfig, weights=None) -> None:
     """Every refusal scoring would make, made up front: a scorer or weighting the model cannot score, a σ grid of
-    an ε-model, more timesteps than the model has or than learned `weights` rank. Run before the run directory
-    is made, so a refused setting never reaches run.json and the corrected command resumes the same --out."""
+    an ε-model, more timesteps than the model has or than learned `weights` rank, at every level of `search`.
+    Run before the run directory is made, so a refused setting never reaches run.json and the corrected command
+    resumes the same --out."""
+    if isinstance(search, AdaptiveConfig):
+        search = from_adaptive(search)
     if not make_scorer(backbone, score).needs_noise:
         return  # a contrastive model: one score per candidate, no timesteps
-    check_sigma_grid(backbone, adaptive.sigmas)
-    sizes = {"exhaustive": [adaptive.n_timesteps], "halving": [n for n, _ in adaptive.stages]}.get(adaptive.strategy, [])
-    for n in sizes:  # the t-test takes at most what there is
-        if weights is not None:
-            weights.ordered_grid(n)
-        else:
-            dc_grid(backbone.num_train_timesteps, n)
+    for c in search.walk():
+        if not isinstance(c, GridConfig):
+            continue
+        check_sigma_grid(backbone, c.sigmas)
+        for n in c.grid_sizes():  # the t-test takes at most what there is
+            if weights is not None:
+                weights.ordered_grid(n)
+            else:
+                dc_grid(backbone.num_train_timesteps, n)
 
 
-def _timestep_weights(backbone: Backbone, score: ScoreConfig, adaptive: AdaptiveConfig, ds: ImageDataset):
-    """The run's learned timestep weights (None: the fixed schedules), refused when fitted for another model or
-    score, or on this very folder (they are fitted on training images, never on the images they classify)."""
-    if not adaptive.timestep_weights:
+def _timestep_weights(backbone: Backbone, score: ScoreConfig, learned: LearnedOrderConfig | None, ds: ImageDataset,
+                      search: SearchConfig | None = None):  # fmt: skip
+    """The run's learned timestep weights (None: the fixed schedules, also where the file's own held-out check
+    found the plain even grid better at the run's budget: a warning says so), refused when fitted for another
+    model or score, or on this very folder (they are fitted on training images, never on the images they
+    classify)."""
+    if learned is None:
         return None
-    from ..scoring.timestep_weights import TimestepWeights
+    w = TimestepWeights.load(learned.weights)
+    sigmas = next((c.sigmas for c in learned.walk() if isinstance(c, GridConfig)), "scheduler")
+    w.check(backbone, score, sigmas, data=ds.root)
+    return w if search is None else w.for_run(search)
 
-    w = TimestepWeights.load(adaptive.timestep_weights)
-    w.check(backbone, score, adaptive.sigmas, data=ds.root)
-    return w
 
-
-def _tree(backbone: Backbone, cand: Candidates, cfg: ClassifyConfig):
-    """The run's label tree (None: flat), built once per run (an auto tree from the candidates' conditions)."""
-    if not cfg.tree:
+def _learned_noise(backbone: Backbone, cfg: ClassifyConfig, search: SearchConfig, weights, ds: ImageDataset, cheap):
+    """The run's learned noise (None: random draws), refused for another model or score, the folder it was fitted
+    on, or a timestep of the run (a self shortlist's included) it has no noise for."""
+    if not cfg.noise:
         return None
-    from ..scoring.label_tree import load_tree
-
-    conds = backbone.conditions(cand.keys)
-    tree = load_tree(cfg.tree, cand.classes, backbone, conds, cand.groups, branching=cfg.tree_branching, top=cfg.tree_top)
-    if cfg.tree_prompt:
-        tree.with_prompts(cfg.tree_prompt)
-    return tree
-
-
-def _tree_extra(r) -> dict:
-    """What a tree search spent above the leaves, for the record (nothing for a flat run)."""
-    if not hasattr(r, "node_calls"):
-        return {}
-    return {"node_calls": int(sum(r.node_calls.values())), "expanded": list(r.expanded)}
+    extra = (cheap.settings.get("timesteps") or ()) if cheap is not None and cheap.kind == "self" else ()
+    return load_for_run(cfg.noise, backbone, cfg.score, search, weights, data=ds.root, extra=extra)
 
 
 def finalize(out: Path, result: ClassificationResult, temperature: float | None = None) -> dict:

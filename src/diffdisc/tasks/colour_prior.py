@@ -13,15 +13,18 @@ loosely to read a colour prior from them.)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..config import ConfigMixin
 from ..data.images import array_to_tensor
 from ..datasets.fashion_mnist import CLASS_NAMES, load_shipped_subset
 from ..datasets.scenes import COLOURS, Item, class_colour, describe, make_scene
-from ..runs.store import RunStore
+from ..results.colour_prior import ColourPriorResult
+from ..runs.store import RunStore, model_identity
 from ..scoring.match_metrics import bootstrap_ci
 from ..scoring.schedule import dc_grid
 from ..scoring.scorers import is_contrastive
@@ -82,18 +85,30 @@ def contrastive_choices(bb, prompts: list[str], per_class: int, seed: int) -> li
     return out
 
 
+@dataclass(frozen=True)
+class ColourPriorConfig(ConfigMixin):
+    """`per_class` seeded test items per class (`seed`), each scored at `n_timesteps` evenly spaced t (diffusion
+    models; a contrastive model has none)."""
+
+    config_label = "colour prior config"
+
+    per_class: int = 8
+    seed: int = 0
+    n_timesteps: int = 10
+
+
 def colour_prior(backbone, per_class: int = 8, seed: int = 0, n_timesteps: int = 10, *,
-                 out: str | Path | None = None) -> dict:  # fmt: skip
+                 out: str | Path | None = None) -> ColourPriorResult:  # fmt: skip
     """How strongly `backbone` ties class names to class colours: {"share" (class colour chosen, mean over
     items), "ci95", "per_class" shares, "choices" (per class, per item), "correct" (per item, class-major),
-    "prompts", "chance"}.
+    "prompts", "chance"}, as a `ColourPriorResult` (that dict, with `metrics()`).
 
     With `out` the result is stored there (run.json guards model, items and t) and a rerun reads it back; the
     measurement is short and its noise is drawn in sequence, so it is stored whole, not per item."""
     contrastive = is_contrastive(backbone)
-    settings = {"model": {"name": backbone.info.name, "fingerprint": backbone.info.fingerprint},
-                "per_class": per_class, "seed": seed, "n_timesteps": None if contrastive else n_timesteps}  # fmt: skip
-    store = RunStore(out, "colour_prior", settings) if out is not None else None
+    cfg = ColourPriorConfig(per_class, seed, n_timesteps)
+    identity = {"model": model_identity(backbone.info)} | ({"n_timesteps": None} if contrastive else {})
+    store = RunStore(out, "colour_prior", cfg, identity=identity) if out is not None else None
     prompts = class_prompts()
     try:
         done = {r["image_id"]: r for r in store.records()} if store else {}
@@ -113,6 +128,6 @@ def colour_prior(backbone, per_class: int = 8, seed: int = 0, n_timesteps: int =
             store.close()
     correct = [float(h == class_colour(c)) for c, ch in enumerate(choices) for h in ch]
     lo, hi = bootstrap_ci(np.array(correct))
-    return {"share": float(np.mean(correct)), "ci95": [lo, hi],
-            "per_class": [float(np.mean([h == class_colour(c) for h in ch])) for c, ch in enumerate(choices)],
-            "choices": choices, "correct": correct, "prompts": prompts, "chance": CHANCE}  # fmt: skip
+    return ColourPriorResult({"share": float(np.mean(correct)), "ci95": [lo, hi],
+                              "per_class": [float(np.mean([h == class_colour(c) for h in ch])) for c, ch in enumerate(choices)],
+                              "choices": choices, "correct": correct, "prompts": prompts, "chance": CHANCE}, out)  # fmt: skip

@@ -22,13 +22,12 @@ import torch
 from ..config import SPEED_ONLY, ConfigMixin
 from ..data.groups import Group, groups_digest
 from ..data.images import array_to_tensor, open_image, to_tensor
-from ..data.winoground import tag_breakdown
 from ..errors import DiffdiscError
+from ..results.match import MatchResult
 from ..runs.io import atomic_write_text
-from ..runs.store import RUNTIME_KEYS, RunStore, read_records
+from ..runs.store import RunStore, model_identity, read_records
 from ..scoring.config import ScoreConfig
 from ..scoring.engine import ScoringEngine, Work
-from ..scoring.match_metrics import match_metrics
 from ..scoring.schedule import dc_grid
 from ..scoring.scorers import make_scorer
 
@@ -108,10 +107,12 @@ def match(
     progress: Callable[[dict], None] | None = None,
     benchmark: dict | None = None,
     **overrides,
-) -> list[dict]:
-    """Score every group (resuming from `out`); returns records {id, scores, tags, calls} in group order.
+) -> MatchResult:
+    """Score every group (resuming from `out`); returns the run's `MatchResult`, whose records {id, scores, tags,
+    calls} are in group order (it reads as the list of them `match` returned before) and whose `metrics()`
+    are metrics.json's.
 
-    `benchmark` ({"name", "root"} of a benchmark read by name) goes into the run's settings, so a resume with
+    `benchmark` ({"name", "root"} of a benchmark read by name) goes into the run's identity, so a resume with
     another benchmark is refused even where group ids repeat. Groups tagged Object / Relation / Both
     (Winoground) add their per-tag scores to metrics.json as "by_tag".
     `overrides` (n_timesteps=, chunk_groups=) replace fields of `config`: the keyword calls made before
@@ -124,19 +125,18 @@ def match(
     if backbone.info.conditioning != "text":
         raise DiffdiscError(f"matching needs a text-conditional or contrastive model; {backbone.info.name} is "
                             f"{backbone.info.conditioning}-conditional")  # fmt: skip
-    # a scorer without timesteps (contrastive) records none: run.json as it always was
+    # a scorer without timesteps (contrastive) records none, and no count of them
     needs_noise = make_scorer(backbone, score).needs_noise  # refuses what cannot score, before `out` exists
     ts = dc_grid(backbone.info.num_train_timesteps, n_timesteps) if needs_noise else []
-    settings = {"task": "match", "model": {"name": backbone.info.name, "fingerprint": backbone.info.fingerprint,
-                                  "label": backbone.info.label},
-                "groups": [g.id for g in groups], "groups_sha256": groups_digest(groups), "score": score.to_dict(),
-                "timesteps": ts}  # fmt: skip
+    identity = {"model": model_identity(backbone.info), "groups": [g.id for g in groups],
+                "groups_sha256": groups_digest(groups), "score": score, "timesteps": ts}  # fmt: skip
+    if not needs_noise:
+        identity["n_timesteps"] = None
     if benchmark:  # only then: a run without one has the settings it always had
-        settings["benchmark"] = benchmark
+        identity["benchmark"] = benchmark
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="diffdisc-match-"))
-    runtime = RUNTIME_KEYS | ScoreConfig.speed_only_keys("score")
     # closed however the run ends: an interrupted match (a notebook's Ctrl-C) must not lock out its own retry
-    with RunStore(out, "match", settings, runtime_keys=runtime) as store, ScoringEngine(backbone, score) as engine:
+    with RunStore(out, "match", cfg, identity=identity) as store, ScoringEngine(backbone, score) as engine:
         done = store.done()
         todo = [g for g in groups if g.id not in done]
         stats = {"done": len(done), "total": len(groups), "start": time.time(), "calls": 0, "images": 0,
@@ -158,10 +158,8 @@ def match(
             if progress:
                 progress(stats)
     by_id = {r["image_id"]: r for r in read_records(out / "shards")}
-    records = [by_id[g.id] for g in groups]
-    metrics = match_metrics([np.array(r["scores"]) for r in records])
-    by_tag = {k: v for k, v in tag_breakdown(records).items() if k != "all"}  # "all" is `metrics` itself
-    if by_tag:
-        metrics["by_tag"] = by_tag
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    return records
+    result = MatchResult(store.stored or store.settings, [by_id[g.id] for g in groups], out)
+    text = json.dumps(result.metrics(), indent=2)
+    atomic_write_text(out / "metrics.json", text)
+    result.stored_metrics = json.loads(text)  # what the command line prints: the file, as read back
+    return result

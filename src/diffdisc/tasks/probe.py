@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..config import ConfigMixin
 from ..datasets.probes import PROBE_VERSIONS, PROBES, make_probe
+from ..results.match import ProbeResult
 from ..scoring.config import ScoreConfig
 from ..scoring.match_metrics import match_metrics
 from ..scoring.scorers import scorer_class
@@ -40,8 +41,9 @@ def model_tag(bb) -> str:
 
 
 def run_probes(models: list, names: list[str] | None = None, config: ProbeConfig | None = None, *,
-               out: str | Path = "runs/probes", progress_factory=None, **overrides) -> list[dict]:  # fmt: skip
-    """One row per (probe, model): text/image/group score with bootstrap 95% intervals and chance levels.
+               out: str | Path = "runs/probes", progress_factory=None, **overrides) -> ProbeResult:  # fmt: skip
+    """One row per (probe, model): text/image/group score with bootstrap 95% intervals and chance levels (a
+    `ProbeResult`: the list of rows it always returned, with `metrics()`).
 
     cue-conflict rows have a text score only (one image, shape vs colour caption), also given as `shape_bias`.
 
@@ -72,11 +74,11 @@ def run_probes(models: list, names: list[str] | None = None, config: ProbeConfig
             finally:
                 if ctx:
                     ctx.__exit__(None, None, None)
-            m = match_metrics([np.array(r["scores"]) for r in recs])
+            m = match_metrics(recs.score_mats)
             row = {"probe": name, "version": version, "model": label(bb), "kind": scorer.kind,
-                   "n": len(recs), "calls_per_group": float(np.mean([r["calls"] for r in recs])), **m,
+                   "n": len(recs), "calls_per_group": float(np.mean(recs.calls)), **m,
                    "run_dir": str(run_dir)}  # fmt: skip
             if name == "cue-conflict":  # 2 captions: decisions follow either shape or colour
                 row["shape_bias"] = m["text"]
             rows.append(row)
-    return rows
+    return ProbeResult(rows, out)

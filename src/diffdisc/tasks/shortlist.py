@@ -1,5 +1,6 @@
-"""The cheap stage of a cascade (`classify`'s `shortlist`): the same model at a few timesteps, a contrastive model,
-another diffusion model, or a fitted features head, checked against the candidates before the run starts."""
+"""The cheap stage of a cascade (`classify`'s `shortlist`, a `CascadeConfig` in its search): the same model at a
+few timesteps, a contrastive model, another diffusion model, or a fitted features head, checked against the
+candidates before the run starts and handed to the cascade with each chunk (`Inputs.cheap`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import torch
 
 from ..backbones.base import Backbone
 from ..errors import DiffdiscError
-from ..scoring.cascade import FeatureHead, HeadStage, Stage
-from ..scoring.config import AdaptiveConfig, ScoreConfig
+from ..features.cache import model_fingerprint
+from ..features.shortlist import FeatureHead, HeadStage
+from ..scoring.config import ScoreConfig
 from ..scoring.engine import ScoringEngine
 from ..scoring.schedule import dc_grid, sigma_rows
 from ..scoring.scorers import is_contrastive
+from ..scoring.search import Bound, CascadeConfig, ExhaustiveConfig, Inputs, SearchConfig
+from ..scoring.search.base import GridConfig
 from .candidates import Candidates, build_candidates
 
 log = logging.getLogger("diffdisc")
@@ -34,7 +38,7 @@ class Shortlist:
     keys: list | None = None  # its condition keys (prompts / class ids) and their groups, when its own
     groups: list[list[int]] | None = None
     columns: list[int] | None = None  # head: its class index of each candidate
-    adaptive: AdaptiveConfig | None = None
+    search: SearchConfig | None = None  # how it searches the candidates (not a head: it scores once)
     score: ScoreConfig | None = None
     shape: tuple[int, int] | None = None
     engine: ScoringEngine | None = None
@@ -50,28 +54,29 @@ class Shortlist:
             self.engine = stack.enter_context(ScoringEngine(self.model, self.score))
             self.conds = self.model.conditions(self.keys)
 
-    def stage(self, x0: torch.Tensor, pixels: torch.Tensor) -> Stage | HeadStage:
-        """The stage for one chunk: `x0` the deciding model's encoding, `pixels` the images at `shape`."""
+    def stage(self, x0: torch.Tensor, pixels: torch.Tensor) -> Bound | HeadStage:
+        """The cheap scorer for one chunk: `x0` the deciding model's encoding, `pixels` the images at `shape`."""
         if self.kind == "head":
             return HeadStage(self.model, self.decider, pixels, self.columns)
         mine = x0 if self.kind == "self" else self.model.encode(pixels)
-        return Stage(self.engine, mine, self.conds, self.groups, self.adaptive)
+        return Bound(Inputs(self.engine, mine, self.conds, self.groups), self.search.build())
 
 
 def make_shortlist(backbone: Backbone, cand: Candidates, cfg, model) -> Shortlist | None:
-    """The run's cheap stage (None: no cascade), refused when it cannot score these candidates."""
-    if cfg.shortlist is None:
+    """The run's cheap stage (None: no cascade in `cfg`'s search, a `ClassifyConfig`), refused when it cannot
+    score these candidates."""
+    cascade = cfg.search_config().find(CascadeConfig)
+    if cascade is None:
         if model is not None and not (isinstance(model, str) and model == "self"):
             raise DiffdiscError("a shortlist model was given without a shortlist size (--shortlist K)")
         return None
     if is_contrastive(backbone):
         raise DiffdiscError(f"{backbone.info.name} is a contrastive model: it scores every candidate in one table, so a "
                             "shortlist saves nothing (shortlists are for a diffusion model deciding)")  # fmt: skip
-    K, n, M = cfg.shortlist, cfg.shortlist_timesteps, len(cand.classes)
+    K, search, M = cascade.keep, cascade.shortlist, len(cand.classes)
     if model is None or (isinstance(model, str) and model == "self"):
-        sl = Shortlist(K, "self", backbone, {}, keys=cand.keys, groups=cand.groups,
-                        adaptive=AdaptiveConfig(n_timesteps=n, sigmas=cfg.adaptive.sigmas), score=cfg.score)  # fmt: skip
-        sl.settings = {"keep": K, "scorer": "self", "model": _identity(backbone), "timesteps": _grid(backbone, n, cfg.adaptive.sigmas)}
+        sl = Shortlist(K, "self", backbone, {}, keys=cand.keys, groups=cand.groups, search=search, score=cfg.score)
+        sl.settings = {"keep": K, "scorer": "self", "model": _identity(backbone), **_timesteps(backbone, search)}
     elif isinstance(model, str):
         raise DiffdiscError(f"shortlist model {model!r}: pass 'self', a loaded backbone or a FeatureHead")
     elif isinstance(model, FeatureHead):
@@ -79,20 +84,21 @@ def make_shortlist(backbone: Backbone, cand: Candidates, cfg, model) -> Shortlis
     elif is_contrastive(model):
         mine = build_candidates(model, cand.classes, cfg.templates)
         _check_prompts(model, mine.keys)
-        sl = Shortlist(K, "contrastive", model, {}, keys=mine.keys, groups=mine.groups, adaptive=AdaptiveConfig(),
+        sl = Shortlist(K, "contrastive", model, {}, keys=mine.keys, groups=mine.groups, search=search,
                         score=ScoreConfig(batch_size=cfg.score.batch_size),
                         shape=(model.info.image_size, model.info.image_channels))  # fmt: skip
         sl.settings = {"keep": K, "scorer": "contrastive", "model": _identity(model), "prompts": [str(k) for k in mine.keys]}
-    else:  # another diffusion model at a few timesteps
+    else:  # another diffusion model at a few timesteps, on its own σ table (the decider's placement is the decider's)
         if model.info.conditioning == "class":
             _check_class_names(model.info.name, model.info.class_names, cand.classes)
         mine = build_candidates(model, cand.classes, cfg.templates if model.info.conditioning == "text" else None)
         if model.info.conditioning == "text":
             _check_prompts(model, mine.keys)
         score = replace(cfg.score, scorer="denoise")
-        sl = Shortlist(K, "diffusion", model, {}, keys=mine.keys, groups=mine.groups, adaptive=AdaptiveConfig(n_timesteps=n),
+        search = replace(search, sigmas="scheduler") if isinstance(search, GridConfig) else search
+        sl = Shortlist(K, "diffusion", model, {}, keys=mine.keys, groups=mine.groups, search=search,
                         score=score, shape=(model.info.image_size, model.info.image_channels))  # fmt: skip
-        sl.settings = {"keep": K, "scorer": "diffusion", "model": _identity(model), "timesteps": _grid(model, n, "scheduler"),
+        sl.settings = {"keep": K, "scorer": "diffusion", "model": _identity(model), **_timesteps(model, search),
                        "prompts": [str(k) for k in mine.keys], "score": score.to_dict()}  # fmt: skip
     if K >= M:
         log.warning("shortlist %d >= the %d candidates: every candidate would pass; running without the cascade", K, M)
@@ -101,8 +107,6 @@ def make_shortlist(backbone: Backbone, cand: Candidates, cfg, model) -> Shortlis
 
 
 def _head_shortlist(backbone: Backbone, cand: Candidates, head: FeatureHead, K: int) -> Shortlist:
-    from ..features.cache import model_fingerprint
-
     if model_fingerprint(backbone) != head.model_fingerprint:
         raise DiffdiscError(f"the features head in {head.path} was fitted on features of {head.model_label}, not of "
                             f"{backbone.info.label}: it shortlists only for the model it read")  # fmt: skip
@@ -118,10 +122,13 @@ def _identity(bb: Backbone) -> dict:
     return {"name": bb.info.name, "fingerprint": bb.info.fingerprint}
 
 
-def _grid(bb: Backbone, n: int, sigmas: str) -> list[int]:
-    """The cheap stage's timesteps (its strategy: exhaustive on the even grid), for the run settings."""
-    ts = dc_grid(bb.num_train_timesteps, n)
-    return ts if sigmas == "scheduler" else sigma_rows(bb.process.sigmas, ts, sigmas)
+def _timesteps(bb: Backbone, search: SearchConfig) -> dict:
+    """The cheap stage's search for the run settings: its timesteps when it is exhaustive on the even grid (every
+    run made before searches nested), else its config."""
+    if not (isinstance(search, ExhaustiveConfig) and search.timesteps == "even"):
+        return {"search": search.to_dict()}
+    ts = dc_grid(bb.num_train_timesteps, search.n_timesteps)
+    return {"timesteps": ts if search.sigmas == "scheduler" else sigma_rows(bb.process.sigmas, ts, search.sigmas)}
 
 
 def _check_class_names(who: str, names, candidates: list[str]) -> None:

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import torch
 
-from ..config import ConfigMixin
+from ..config import SPEED_ONLY, ConfigMixin
 from ..data.templates import fill
 from ..datasets.export import folder_name, png_bytes
 from ..errors import DiffdiscError
 from ..generation.sampler import sample
-from ..results.synth import CLASSES_JSON, METADATA, SYNTH_JSON, done_files, metadata_rows
+from ..results.synth import CLASSES_JSON, METADATA, SYNTH_JSON, SynthResult, done_files, metadata_rows
 from ..runs.io import append_text, repair_jsonl
 from ..runs.io import atomic_write_bytes as write_atomic
 from ..runs.store import RunStore
@@ -36,11 +36,14 @@ from ..scoring.scorers import is_contrastive
 
 TRICKS = ("template", "domain", "guidance")
 DEFAULT_TEMPLATES = ("{a} {}", "an image of {a} {}", "{a} {} on black")
-RUNTIME_KEYS = ("batch_size",)  # a resume may change it: every image's noise comes from its own seed
 
 
 @dataclass(frozen=True)
 class SynthConfig(ConfigMixin):
+    """How `generate` renders a set: `per_class` images per class with the diversity `tricks`, fixed
+    `guidance` or a per-image draw from `guidance_range`, `steps` of `scheduler`, all from `seed`;
+    `batch_size` images per call (speed only: every image's noise comes from its own seed)."""
+
     config_label = "synth config"
 
     per_class: int = 100
@@ -50,7 +53,7 @@ class SynthConfig(ConfigMixin):
     steps: int = 25
     scheduler: str = "ddim"
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata=SPEED_ONLY)
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     domains: tuple[str, ...] = ()  # default: the model's `domains` metadata, else the embedded palette
 
@@ -65,6 +68,9 @@ class SynthConfig(ConfigMixin):
             raise DiffdiscError(f"guidance range is reversed: {lo} > {hi}")
         if lo < 0 or self.guidance < 0:
             raise DiffdiscError("guidance scales must be >= 0")
+
+
+RUNTIME_KEYS = tuple(sorted(SynthConfig.speed_only_keys("")))  # what a resume may change ("batch_size")
 
 
 @dataclass
@@ -109,19 +115,19 @@ def _palette() -> tuple[str, ...]:
 
 
 def generate(backbone, classes: list[str], cfg: SynthConfig, *, out: str | Path,
-             progress: Callable[[int, int], None] | None = None) -> Path:  # fmt: skip
-    """Render the plan into `out` (ImageFolder + classes.json + metadata.jsonl + synth.json); resumable."""
+             progress: Callable[[int, int], None] | None = None) -> SynthResult:  # fmt: skip
+    """Render the plan into `out` (ImageFolder + classes.json + metadata.jsonl + synth.json, and the run.json
+    header); resumable. Returns the set read back, which stands for its folder as the path returned before did."""
     if is_contrastive(backbone):
         raise DiffdiscError(f"{backbone.info.name} is a contrastive model: it cannot generate images")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"model": backbone.info.name, "fingerprint": backbone.info.fingerprint, "classes": list(classes),
-                **cfg.to_dict()}
+    identity = {"model": backbone.info.name, "fingerprint": backbone.info.fingerprint, "classes": list(classes)}
     # synth.json is rewritten on every run: it follows the batch size a resume changed
-    with RunStore(out, None, settings, settings_file=SYNTH_JSON, shards=False, rewrite=True, sort_keys=False,
-                  runtime_keys=RUNTIME_KEYS, verb="generated", hint="use another --out"):
+    with RunStore(out, "synth", cfg, identity=identity, settings_file=SYNTH_JSON, shards=False, rewrite=True,
+                  sort_keys=False, runtime_keys=(), verb="generated", hint="use another --out"):  # fmt: skip
         _render(backbone, classes, out, cfg, progress)
-    return out
+    return SynthResult.load(out)
 
 
 def _render(backbone, classes: list[str], out: Path, cfg: SynthConfig, progress) -> None:

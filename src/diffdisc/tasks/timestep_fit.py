@@ -24,6 +24,7 @@ from ..scoring.config import AdaptiveConfig, ScoreConfig
 from ..scoring.schedule import SIGMA_GRIDS
 from ..scoring.scorers import is_contrastive
 from ..scoring.timestep_weights import L2_GRID, TimestepWeights, fit_weights
+from .candidates import build_candidates
 from .classify import ClassifyConfig, classify
 
 
@@ -62,6 +63,16 @@ class TimestepFitConfig(ConfigMixin):
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
                 object.__setattr__(self, name, tuple(v))
+
+
+def calibration_cost(backbone, data: str | Path | ImageDataset, config: TimestepFitConfig) -> dict:
+    """What the calibration run will cost before it starts: images × conditions (classes × templates) × grid
+    U-Net calls (the `--help` example once cost 100,000 calls without saying so)."""
+    ds = data if isinstance(data, ImageDataset) else open_image_dataset(data, config.labels_csv)
+    classes = config.classes or (ds.class_names if ds.class_names and backbone.info.conditioning == "text" else None)
+    conds = len(build_candidates(backbone, classes, config.templates).keys)
+    n = len(ds) if config.max_images is None else min(config.max_images, len(ds))
+    return {"images": n, "conditions": conds, "grid": config.grid, "calls": n * conds * config.grid}
 
 
 def fit_timesteps(backbone, data: str | Path | ImageDataset, config: TimestepFitConfig | None = None, *,

@@ -17,12 +17,14 @@ from pathlib import Path
 
 from ...config import ConfigMixin, check_choice
 from ...errors import DiffdiscError
+from ...results.claims import ClaimsResult
 from ...runs.io import atomic_write_text
+from ...runs.store import write_header
 from .base import FAILS, HOLDS, INCONCLUSIVE, Claim, ClaimContext, ModelSpec, check_knob, paired, verdict
 
 STAGES = ("zero_shot", "compositional", "shape_bias", "attention_lora", "features", "diversity", "robustness")
 SIZE_NAMES = ("tiny", "quick", "full")
-TABLE = "claims_table.json"
+TABLE = ClaimsResult.marker  # claims_table.json
 STAGE_FILE = "stage.json"
 
 
@@ -95,8 +97,9 @@ def _model_identity(ctx: ClaimContext) -> dict:
 
 
 def run_claims(config: ClaimsConfig | None = None, *, out: str | Path, device: str | None = None, batch_size: int = 64,
-               progress: Callable | None = None, log: Callable[[str], None] | None = None) -> dict:  # fmt: skip
-    """Run the selected stages into `out` and write the claims table (also returned as a dict).
+               progress: Callable | None = None, log: Callable[[str], None] | None = None) -> ClaimsResult:  # fmt: skip
+    """Run the selected stages into `out` and write the claims table (returned as a `ClaimsResult`, which is
+    the table's dict too) and the run.json header (config and model identities).
 
     `progress(description)`: a context manager yielding a classify/match progress callback (the CLI passes
     `classify_progress`); `log(line)`: one line per stage. `batch_size`: the U-Net batch of every score (0:
@@ -111,6 +114,7 @@ def run_claims(config: ClaimsConfig | None = None, *, out: str | Path, device: s
                        batch_size, progress, log)  # fmt: skip
     models = _model_identity(ctx)
     stages = cfg.selected()
+    write_header(out, "claims", {**cfg.to_dict(), "models": models})
     prior = _read_table(out / TABLE)
     rows, done, used = {}, {}, {}
     for i, s in enumerate(stages, 1):
@@ -144,7 +148,7 @@ def run_claims(config: ClaimsConfig | None = None, *, out: str | Path, device: s
              "stages": {s: done.get(s) or (prior or {}).get("stages", {}).get(s) for s in by_stage},
              "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}  # fmt: skip
     atomic_write_text(out / TABLE, json.dumps(table, indent=1))
-    return table
+    return ClaimsResult(table, out)
 
 
 def _changed(stage: str, size: str, knobs: dict) -> dict:
