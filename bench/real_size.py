@@ -15,11 +15,12 @@ file), and runs a forward at batch 1 and batch 4 at `--res` px (default 256) wit
 needs at its native text length. Measured: parameters, build time, load time (warm page cache), peak RSS of
 the load and of the forwards (VmHWM of the measurer), seconds per forward.
 
-`--depth N` measures real width at depth 1 and N (transformer blocks; FLUX: N double + 2N single blocks; U-Nets:
-`layers_per_block` and `transformer_layers_per_block` capped at N) and *computes* the full-depth row by a
-straight line in the parameter count (the full model's count is exact: it is built on the meta device); rows
-are marked `computed`. `--depth full` measures full depth, refused (with the reason) for a row whose weights
-would not fit `--max-rss-gb`.
+`--depth N` (or per model: `--depth 4,flux=2,pixart=full`) measures real width at depth 1 and N (transformer
+blocks; FLUX: N double + 2N single blocks; U-Nets: `layers_per_block` and `transformer_layers_per_block` capped
+at N) and *computes* the full-depth row by a straight line in the parameter count (the full model's count is
+exact: it is built on the meta device); rows are marked `computed` (peaks: see PEAK_HELD). `--depth full`
+measures full depth, refused (with the reason) for a row whose weights would not fit `--max-rss-gb`.
+`--report a.json,b.json` recomputes the computed rows of saved runs and prints the tables.
 
 GPU (`--device cuda`): each model built at full depth directly on the device in the weights dtype; per
 resolution (512 and the native one): calls/s of the raw denoiser forward for batch 1, 2, 4, ... (the best
@@ -407,20 +408,22 @@ def _fwd_overhead(r: dict) -> float:
 
 
 def recompute(rows: list[dict]) -> list[dict]:
-    """Rows of saved JSON files with their computed rows made again (after the measured rows they come from)."""
+    """Rows of saved JSON files with their computed rows made again: for each (model, weights, file dtype), from
+    the smallest and largest measured depths below full depth (a measured full-depth row stays beside it)."""
     measured = [r for r in rows if not r.get("source", "").startswith("computed")]
     out = []
     for r in measured:
         out.append(r)
         if r.get("source") != "measured":
             continue
-        same = [m for m in measured if m.get("source") == "measured" and
-                (m["model"], m["dtype"], m.get("file_dtype")) == (r["model"], r["dtype"], r.get("file_dtype"))]  # fmt: skip
         spec = MODELS[r["model"]]
         cfg = load_config(spec)
         D = full_depth(spec, cfg)
-        if len(same) == 2 and r is max(same, key=lambda m: m["depth"]) and r["depth"] < D:
-            out.append(extrapolate(same, meta_elements(spec, cfg), D))
+        same = [m for m in measured if m.get("source") == "measured" and m["depth"] < D and
+                (m["model"], m["dtype"], m.get("file_dtype")) == (r["model"], r["dtype"], r.get("file_dtype"))]  # fmt: skip
+        pair = [min(same, key=lambda m: m["depth"]), max(same, key=lambda m: m["depth"])] if same else []
+        if len(same) >= 2 and pair[0]["depth"] < pair[1]["depth"] and r is pair[1]:
+            out.append(extrapolate(pair, meta_elements(spec, cfg), D))
     return out
 
 
@@ -519,8 +522,10 @@ def gpu_model(spec: Spec, cfg: dict, dtype: str, dev, args, base: dict) -> list[
     prev = torch.get_default_dtype()
     torch.set_default_dtype(torch_dtype(dtype))
     try:
-        with torch.device(dev):
-            model = build(spec, cfg).eval().requires_grad_(False)
+        with torch.device(
+            dev
+        ):  # float32 buffers (position tables) follow the weights, as from_pretrained does
+            model = build(spec, cfg).eval().requires_grad_(False).to(torch_dtype(dtype))
     finally:
         torch.set_default_dtype(prev)
     if dtype == "int8":
