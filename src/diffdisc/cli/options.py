@@ -45,8 +45,6 @@ FeatureModel = Annotated[str, typer.Option(help="Diffusion model (shipped name o
 FeatureTrainData = Annotated[Path, typer.Option(help="Labelled training ImageFolder (the validation split is carved "
                                                      "from it).")]  # fmt: skip
 FeatureBatchSize = Annotated[int, typer.Option(help="U-Net batch size.")]
-FeatureCache = Annotated[Path, typer.Option(help="Feature cache directory.")]
-FEATURE_CACHE = Path("runs/features-cache")
 Pooling = Annotated[str, typer.Option(help="gap | avgK (avg2, avg4) | flat")]
 Head = Annotated[str, typer.Option(help="linear | attention (needs avgK/flat pooling)")]
 WeightDecays = Annotated[str | None, typer.Option(help="Comma-separated decay grid (chosen on validation).")]
