@@ -79,18 +79,42 @@ def classcond_dir(tmp_path_factory):
     return make_classcond_dir(tmp_path_factory.mktemp("cc"))
 
 
-@pytest.fixture(scope="session")
-def image_folder(tmp_path_factory):
-    """ImageFolder of coloured squares: red/green/blue, 3 images each."""
-    root = tmp_path_factory.mktemp("imgs")
-    rng = np.random.default_rng(0)
+def make_squares(root, per_class=3, seed=0):
+    """ImageFolder of coloured squares: red/green/blue, `per_class` 20x20 images each."""
+    rng = np.random.default_rng(seed)
     for ci, name in enumerate(CLASSES):
-        (root / name).mkdir()
-        for k in range(3):
+        (root / name).mkdir(parents=True)
+        for k in range(per_class):
             a = (rng.random((20, 20, 3)) * 60).astype(np.uint8)
             a[..., ci] = 200
             Image.fromarray(a).save(root / name / f"{k}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    """ImageFolder of coloured squares: red/green/blue, 3 images each."""
+    return make_squares(tmp_path_factory.mktemp("imgs"))
+
+
+@pytest.fixture(scope="module")
+def grey_folder(tmp_path_factory):
+    """A user's ImageFolder: 2 classes x 3 grey 28x28 images (the tiny recipe trains at 16x16)."""
+    root = tmp_path_factory.mktemp("mydata")
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["dots", "bars"]):
+        (root / name).mkdir()
+        for i in range(3):
+            Image.fromarray((rng.random((28, 28)) * 100 + 100 * c).astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tree_world():
+    """The label-tree world (`label_trees.make_tree_world`): (backbone, x0, keys, conditions, labels)."""
+    from label_trees import make_tree_world
+
+    return make_tree_world()
 
 
 def make_noise_folder(root, per_class=20, seed=0, size=16):

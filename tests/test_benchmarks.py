@@ -51,10 +51,9 @@ def cifar_unchecked(monkeypatch):
     monkeypatch.setattr(cifar, "check_integrity", lambda fpath, md5=None: os.path.isfile(fpath))
 
 
-@pytest.fixture(scope="module")
-def pets_root(tmp_path_factory):
-    """torchvision's Oxford-IIIT Pet layout: images/<breed>_<n>.jpg, annotations/<split>.txt (id class species breed)."""
-    root = tmp_path_factory.mktemp("pets")
+def make_pets(root):
+    """torchvision's Oxford-IIIT Pet layout (as clip_benchmark reads it): images/<breed>_<n>.jpg,
+    annotations/<split>.txt (id class species breed), both splits the same three images."""
     base = root / "oxford-iiit-pet"
     (base / "images").mkdir(parents=True)
     (base / "annotations").mkdir()
@@ -65,6 +64,11 @@ def pets_root(tmp_path_factory):
     (base / "annotations" / "test.txt").write_text(lines)
     (base / "annotations" / "trainval.txt").write_text(lines)
     return root
+
+
+@pytest.fixture(scope="module")
+def pets_root(tmp_path_factory):
+    return make_pets(tmp_path_factory.mktemp("pets"))
 
 
 @pytest.fixture(scope="module")

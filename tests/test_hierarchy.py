@@ -13,32 +13,8 @@ from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig
 from diffdisc.scoring.engine import ScoringEngine
 from diffdisc.scoring.hierarchy import TreeStage, tree_search
 from diffdisc.scoring.label_tree import LabelTree, condition_features, load_tree
+from label_trees import NAMES, SHORT, VecBackbone
 from test_scoring import TemplateBackbone
-
-NAMES = ["a0", "a1", "b0", "b1", "c0", "c1"]  # three clusters of two
-SHORT = {"a": ["a0", "a1"], "b": ["b0", "b1"], "c": ["c0", "c1"]}
-
-
-class VecBackbone(TemplateBackbone):
-    """Conditions are the templates themselves, so a coarse node's mean condition is the mean of its templates."""
-
-    def _condition_batch(self, candidates):
-        return self.templates[torch.as_tensor(candidates)].flatten(1)
-
-    def model_output(self, x_t, t, cond):
-        sa, sb = self.process.coef(t, x_t)
-        return (x_t - sa * cond.view_as(x_t)) / sb
-
-
-@pytest.fixture(scope="module")
-def world():
-    g = torch.Generator().manual_seed(0)
-    centres = torch.randn(3, 1, 8, 8, generator=g)
-    templates = centres.repeat_interleave(2, 0) + 0.3 * torch.randn(6, 1, 8, 8, generator=g)
-    labels = [0, 3, 5, 2]
-    x0 = templates[labels] + 0.05 * torch.randn(4, 1, 8, 8, generator=g)
-    bb = VecBackbone(templates)
-    return bb, x0, [f"i{i}" for i in range(4)], bb.conditions(list(range(6))), labels
 
 
 def _engine(bb):
@@ -46,8 +22,8 @@ def _engine(bb):
 
 
 @pytest.mark.parametrize("shape, beam", [(SHORT, 3), ({"ab": SHORT["a"] + [SHORT["b"]], "c": SHORT["c"]}, 6)])
-def test_full_expansion_equals_exhaustive(world, shape, beam):
-    bb, x0, keys, conds, labels = world
+def test_full_expansion_equals_exhaustive(tree_world, shape, beam):
+    bb, x0, keys, conds, labels = tree_world
     cfg = AdaptiveConfig(n_timesteps=4)
     ex = evaluate(_engine(bb), x0, keys, conds, cfg)
     got = tree_search(_engine(bb), x0, keys, conds, LabelTree.from_dict(shape, NAMES), cfg, beam=beam)
@@ -59,8 +35,8 @@ def test_full_expansion_equals_exhaustive(world, shape, beam):
 
 
 @pytest.mark.parametrize("beam", [1, 2])
-def test_pruning_counts_every_call_at_every_level(world, beam):
-    bb, x0, keys, conds, labels = world
+def test_pruning_counts_every_call_at_every_level(tree_world, beam):
+    bb, x0, keys, conds, labels = tree_world
     # two prompts per candidate (the template and a slightly shifted copy): a leaf costs 2 calls per t
     both = torch.cat([conds, conds + 0.01])
     groups = [[c, 6 + c] for c in range(6)]
@@ -79,8 +55,8 @@ def test_pruning_counts_every_call_at_every_level(world, beam):
 
 
 @pytest.mark.parametrize("strategy", ["halving", "ttest"])
-def test_halving_and_ttest_run_at_each_level(world, strategy):
-    bb, x0, keys, conds, labels = world
+def test_halving_and_ttest_run_at_each_level(tree_world, strategy):
+    bb, x0, keys, conds, labels = tree_world
     cfg = AdaptiveConfig(strategy=strategy, stages=((2, 2), (4, 1)), min_scores=3, max_scores=6)
     got = tree_search(_engine(bb), x0, keys, conds, LabelTree.from_dict(SHORT, NAMES), cfg, beam=1)
     assert [r.prediction for r in got] == labels
@@ -88,8 +64,8 @@ def test_halving_and_ttest_run_at_each_level(world, strategy):
         assert [r.calls for r in got] == [3 * 2 + 2 * 2 + 2 * 2 + 2 * 2] * 4
 
 
-def test_shortlist_restricts_the_search(world):
-    bb, x0, keys, conds, labels = world
+def test_shortlist_restricts_the_search(tree_world):
+    bb, x0, keys, conds, labels = tree_world
     tree = LabelTree.from_dict(SHORT, NAMES)
     allowed = [[0, 1, 4], [3, 5], [5], [2, 4]]
     got = tree_search(_engine(bb), x0, keys, conds, tree, AdaptiveConfig(n_timesteps=2), beam=1, candidates=allowed)
@@ -128,8 +104,8 @@ def test_file_forms_agree():
     assert LabelTree.from_dict(tree.to_dict(), NAMES).describe() == tree.describe()
 
 
-def test_auto_tree_covers_every_candidate_once(world):
-    bb, _, _, conds, _ = world
+def test_auto_tree_covers_every_candidate_once(tree_world):
+    bb, _, _, conds, _ = tree_world
     feats = condition_features(bb, conds)
     tree = LabelTree.auto(feats, NAMES, branching=2, top=3)
     assert sorted(tree.root.leaves()) == list(range(6))
@@ -176,13 +152,13 @@ def test_prompted_nodes_are_scored_through_the_backbone():
             assert list(r.node_errors[node].values()) == pytest.approx(coarse[i, node - 1].tolist(), rel=1e-6)
 
 
-def test_class_conditional_models_are_refused(world):
-    bb = TemplateBackbone(world[0].templates)  # conditions are class ids
+def test_class_conditional_models_are_refused(tree_world):
+    bb = TemplateBackbone(tree_world[0].templates)  # conditions are class ids
     conds = bb.conditions([0, 1, 2, 3, 4, 5])
     with pytest.raises(DiffdiscError, match="class-conditional"):
         condition_features(bb, conds)
     with pytest.raises(DiffdiscError, match="class-conditional"):
-        tree_search(ScoringEngine(bb), world[1], world[2], conds, LabelTree.from_dict(SHORT, NAMES), AdaptiveConfig(n_timesteps=1))
+        tree_search(ScoringEngine(bb), tree_world[1], tree_world[2], conds, LabelTree.from_dict(SHORT, NAMES), AdaptiveConfig(n_timesteps=1))
 
 
 def test_paths_merge_and_chains_collapse():
@@ -210,10 +186,10 @@ def test_wordnet_tree():
         LabelTree.from_wordnet(["n01440764", "n99999999"])
 
 
-def test_tree_decides_a_cascade(world):
+def test_tree_decides_a_cascade(tree_world):
     from diffdisc.scoring.cascade import Cascade, Stage
 
-    bb, x0, keys, conds, labels = world
+    bb, x0, keys, conds, labels = tree_world
     cheap = Stage(_engine(bb), x0, conds, adaptive=AdaptiveConfig(n_timesteps=1))
     tree = TreeStage(_engine(bb), x0, conds, LabelTree.from_dict(SHORT, NAMES), adaptive=AdaptiveConfig(n_timesteps=2))
     got = Cascade(cheap, tree, keep=4)(keys)
@@ -223,8 +199,8 @@ def test_tree_decides_a_cascade(world):
         assert set(r.errors) <= set(c.ranking()[:4]) and r.calls == 6 * 1 + sum(r.node_calls.values()) + 2 * len(r.errors)
 
 
-def test_load_tree_by_name(world, tmp_path):
-    bb, _, _, conds, _ = world
+def test_load_tree_by_name(tree_world, tmp_path):
+    bb, _, _, conds, _ = tree_world
     assert sorted(load_tree("auto", NAMES, bb, conds, branching=3).root.leaves()) == list(range(6))
     (tmp_path / "t.json").write_text(json.dumps(SHORT))
     assert load_tree(tmp_path / "t.json", NAMES).describe() == LabelTree.from_dict(SHORT, NAMES).describe()

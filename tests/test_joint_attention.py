@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from diffdisc.backbones.classcond import ClassCondBackbone
+from diffdisc.backbones.pixart import PixArtBackbone
+from diffdisc.backbones.sd3 import SD3Backbone
 from diffdisc.errors import DiffdiscError
 from diffdisc.scoring.joint_attention import JointAttentionCapture
 
@@ -228,17 +231,17 @@ def test_refusals(sd3, flux):
     with pytest.raises(DiffdiscError, match="SD3 or FLUX transformer"):
         JointAttentionCapture(torch.nn.Linear(2, 2))
 
-    def fake(family, conditioning="text", **mods):
+    def fake(family, cls, conditioning="text", **mods):  # a backbone of `family` with what its class `cls` declares
         info = SimpleNamespace(name="m", family=family, conditioning=conditioning)
-        return SimpleNamespace(info=info, **{"unet": None, "transformer": None, **mods})
+        return SimpleNamespace(info=info, capabilities=cls.capabilities, **{"unet": None, "transformer": None, **mods})
 
-    assert isinstance(make_capture(fake("sd3", transformer=net)), JointAttentionCapture)
-    with pytest.raises(DiffdiscError, match="text-conditional U-Net; m is not one"):
-        make_capture(fake("classcond", "class"))
-    with pytest.raises(DiffdiscError, match="text-conditional U-Net; m is not one"):  # a class DiT too
-        make_capture(fake("classcond", "class", transformer=torch.nn.Linear(2, 2)))
-    with pytest.raises(DiffdiscError, match="U-Net or an SD3 / FLUX transformer; m \\(pixart\\) is neither"):
-        make_capture(fake("pixart", transformer=torch.nn.Linear(2, 2)))
+    assert isinstance(make_capture(fake("sd3", SD3Backbone, transformer=net)), JointAttentionCapture)
+    with pytest.raises(DiffdiscError, match="m is a class-conditional .*no text attention .*use a text-conditional U-Net"):
+        make_capture(fake("classcond", ClassCondBackbone, "class"))
+    with pytest.raises(DiffdiscError, match="m is a class-conditional .*no text attention"):  # a class DiT too
+        make_capture(fake("classcond", ClassCondBackbone, "class", transformer=torch.nn.Linear(2, 2)))
+    with pytest.raises(DiffdiscError, match="m is a text-conditional diffusion model \\(pixart\\): it has no text attention"):
+        make_capture(fake("pixart", PixArtBackbone, transformer=torch.nn.Linear(2, 2)))
 
 
 # ---------------------------------------------------------------------- end to end on the tiny pipelines

@@ -3,29 +3,15 @@ elsewhere, and used by classify in place of random draws."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import CLASSES, make_classcond_dir, run_main
+from conftest import make_classcond_dir, make_squares, run_main
 from diffdisc.errors import DiffdiscError
 from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig
 from diffdisc.scoring.learned_noise import LearnedNoise, noise_stats, white
 
 TS = (100, 500)  # timesteps of the fixture noise (classify --timesteps 2 would score 250, 750)
-
-
-def squares(root, per_class=4, seed=1):
-    """Coloured squares like conftest's `image_folder`, other draws: training images of the same task."""
-    rng = np.random.default_rng(seed)
-    for ci, name in enumerate(CLASSES):
-        (root / name).mkdir(parents=True)
-        for k in range(per_class):
-            a = (rng.random((20, 20, 3)) * 60).astype(np.uint8)
-            a[..., ci] = 200
-            Image.fromarray(a).save(root / name / f"{k}.png")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +23,7 @@ def bb(classcond_dir):
 
 @pytest.fixture(scope="module")
 def train(tmp_path_factory):
-    return squares(tmp_path_factory.mktemp("train"))
+    return make_squares(tmp_path_factory.mktemp("train"), per_class=4, seed=1)  # other draws than `image_folder`
 
 
 @pytest.fixture(scope="module")

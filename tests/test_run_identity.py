@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from diffdisc.backbones.capabilities import DIFFUSION, Capability
 from diffdisc.backbones.registry import create_backbone
 from diffdisc.config import SPEED_ONLY, ConfigMixin
 from diffdisc.data.groups import Group, groups_digest
@@ -143,8 +144,7 @@ def test_colour_prior_resumes_todays_run_json_and_returns_the_dict_it_did(tmp_pa
     from diffdisc.tasks import colour_prior as cp
 
     info = SimpleNamespace(name="m", fingerprint="f", label="m")
-    bb = SimpleNamespace(info=info)
-    monkeypatch.setattr(cp, "is_contrastive", lambda b: True)
+    bb = SimpleNamespace(info=info, capabilities={Capability.MATCH})  # contrastive: no noise, no timesteps
     monkeypatch.setattr(cp, "contrastive_choices", lambda b, prompts, per, seed: [["red"] * per for _ in prompts])
     first = cp.colour_prior(bb, 2, 0, out=tmp_path / "new")
     assert first["share"] == first.metrics()["share"] and json.loads(json.dumps(first)) == dict(first)
@@ -166,7 +166,7 @@ def test_synth_set_keeps_synth_json_and_gets_the_header(tmp_path, monkeypatch):
     from diffdisc.tasks import synth
 
     assert synth.RUNTIME_KEYS == ("batch_size",)  # read from the field's metadata
-    stub = SimpleNamespace(info=SimpleNamespace(name="m", fingerprint="f", family="classcond"))
+    stub = SimpleNamespace(info=SimpleNamespace(name="m", fingerprint="f", family="classcond"), capabilities=DIFFUSION)
     cfg = synth.SynthConfig(per_class=2)
     legacy = {"model": "m", "fingerprint": "f", "classes": ["a"], **json.loads(json.dumps(cfg.__dict__))}
     (tmp_path / "synth.json").write_text(json.dumps({**legacy, "batch_size": 7}))

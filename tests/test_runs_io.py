@@ -9,8 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from diffdisc.backbones.capabilities import DIFFUSION
 from diffdisc.errors import DiffdiscError
 from diffdisc.runs import (
+    HOST,
     atomic_write,
     atomic_write_bytes,
     atomic_write_text,
@@ -43,7 +45,7 @@ def test_failed_writes_keep_the_old_file_and_leave_no_temp(tmp_path):
         atomic_write_text(tmp_path / "d", "x")
     assert not _leftovers(tmp_path)
     assert atomic_write_bytes(tmp_path / "a" / "b.png", b"png") and not atomic_write_bytes(tmp_path / "a" / "b.png", b"png")
-    assert temp_path(target).name == f".w.bin.tmp-{os.getpid()}"
+    assert temp_path(target).name == f".w.bin.tmp-{HOST}@{os.getpid()}"
 
 
 def test_stale_temps_of_dead_writers_are_removed_live_ones_kept(tmp_path):
@@ -72,7 +74,7 @@ def test_result_store_guard(tmp_path):
 def test_synth_guard(tmp_path):
     from diffdisc.tasks import synth
 
-    stub = SimpleNamespace(info=SimpleNamespace(name="m", fingerprint="f", family="classcond"))
+    stub = SimpleNamespace(info=SimpleNamespace(name="m", fingerprint="f", family="classcond"), capabilities=DIFFUSION)
     cfg = synth.SynthConfig(per_class=2)
     settings = {"model": "m", "fingerprint": "f", "classes": ["a"], **json.loads(json.dumps(cfg.__dict__))}
     (tmp_path / "synth.json").write_text(json.dumps({**settings, "per_class": 3}))

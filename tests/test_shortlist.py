@@ -19,7 +19,7 @@ from diffdisc.features.taps import extract
 from diffdisc.scoring.adaptive import ImageScores
 from diffdisc.scoring.config import AdaptiveConfig, ScoreConfig
 from diffdisc.scoring.engine import ScoringEngine
-from diffdisc.scoring.schedule import dc_grid
+from diffdisc.scoring.schedule import dc_grid, stage_subset
 from diffdisc.tasks.classify import ClassifyConfig, classify
 from diffdisc.tasks.features import FeatureConfig, SweepConfig, sweep
 from diffdisc.tasks.shortlist import Shortlist
@@ -49,15 +49,17 @@ def _metrics(out):
 def test_self_shortlist_counts_calls_exactly_and_keeps_the_cheap_top_k(cc, image_folder, tmp_path, one_thread):
     res = classify(cc, image_folder, ClassifyConfig(adaptive=FAST, shortlist=K, shortlist_timesteps=T_CHEAP), out=tmp_path / "s")
     plain = classify(cc, image_folder, ClassifyConfig(adaptive=FAST), out=tmp_path / "p")
-    # the cheap stage, independently: every candidate at the 2-point grid under the run's noise
+    # the cheap stage, independently: every candidate at 2 t of the decider's 4-point grid under the run's noise
     engine = ScoringEngine(cc, ScoreConfig())
     recs = _records(tmp_path / "s")
     x0 = cc.encode(torch.stack([to_tensor(open_image(r["path"]), 16, 3) for r in recs]))
-    cheap = engine.exhaustive(x0, [r["image_id"] for r in recs], cc.conditions(CLASSES), dc_grid(1000, T_CHEAP)).mean(-1)
+    on_grid = stage_subset(dc_grid(1000, T_DECIDE), T_CHEAP)
+    cheap = engine.exhaustive(x0, [r["image_id"] for r in recs], cc.conditions(CLASSES), on_grid).mean(-1)
     for i, r in enumerate(recs):
         assert r["shortlist"] == cheap[i].argsort().tolist()[:K]
         assert r["shortlist_calls"] == M * T_CHEAP and r["contrastive_forwards"] == 0
-        assert r["calls"] == M * T_CHEAP + K * T_DECIDE == sum(r["n_calls"])  # 6 + 8, computed from the settings alone
+        # 6 + 4, computed from the settings alone: the decider reuses the shortlist's 2 t of its 4
+        assert r["calls"] == M * T_CHEAP + K * (T_DECIDE - T_CHEAP) == sum(r["n_calls"])
         assert r["pred"] in r["shortlist"] and r["ranking"][:K] == sorted(r["shortlist"], key=lambda c: r["scores"][c])
     # the decider scored the shortlist exactly as the plain run did (same noise, same t)
     by_id = dict(zip(plain.image_ids, plain.errors, strict=True))
@@ -65,25 +67,27 @@ def test_self_shortlist_counts_calls_exactly_and_keeps_the_cheap_top_k(cc, image
         for c in r["shortlist"]:
             np.testing.assert_allclose(r["errors"][c], by_id[r["image_id"]][c], rtol=1e-5)
     m = _metrics(tmp_path / "s")
-    assert m["unet_calls_per_image"] == 14 and m["shortlist_calls_per_image"] == 6 and m["decider_calls_per_image"] == 8
+    assert m["unet_calls_per_image"] == 10 and m["shortlist_calls_per_image"] == 6 and m["decider_calls_per_image"] == 4
     assert m["shortlist_keep"] == K and m["shortlist_scorer"] == "self" and m["contrastive_forwards_per_image"] == 0
     stored = json.loads((tmp_path / "s" / "run.json").read_text())
     sl = (stored.get("settings") or stored)["shortlist"]
     assert sl == {"keep": K, "scorer": "self", "model": {"name": cc.info.name, "fingerprint": cc.info.fingerprint},
-                  "timesteps": dc_grid(1000, T_CHEAP)}  # fmt: skip
+                  "grid": "decider", "timesteps": on_grid}  # fmt: skip
     assert len(res) == 9
 
 
 @pytest.mark.parametrize("strategy", ["halving", "ttest"])
 def test_every_strategy_decides_within_the_shortlist_and_charges_both(cc, image_folder, tmp_path, strategy, one_thread):
     classify(cc, image_folder, ClassifyConfig(adaptive=STRATEGIES[strategy], shortlist=K), out=tmp_path / strategy, limit=4)
+    run = json.loads((tmp_path / strategy / "run.json").read_text())
+    cheap = set((run.get("settings") or run)["shortlist"]["timesteps"])  # halving's grid holds them; the t-test's not
     for r in _records(tmp_path / strategy):
-        scored = [sum(e is not None for e in row) for row in r["errors"]]  # the decider's (candidate, t) pairs
-        assert all(scored[c] == 0 and r["n_calls"][c] == T_CHEAP for c in range(M) if c not in r["shortlist"])
-        assert all(r["n_calls"][c] == T_CHEAP + scored[c] for c in r["shortlist"])
-        assert r["calls"] == M * T_CHEAP + sum(scored) and r["pred"] in r["shortlist"]
-    if strategy == "halving":
-        assert {r["calls"] for r in _records(tmp_path / strategy)} == {6 + 2 * 2 + 2 * 2}
+        scored = [{t for t, e in zip(r["timesteps"], row, strict=True) if e is not None} for row in r["errors"]]
+        assert all(not scored[c] and r["n_calls"][c] == T_CHEAP for c in range(M) if c not in r["shortlist"])
+        assert all(r["n_calls"][c] == len(cheap | scored[c]) for c in r["shortlist"])  # a (candidate, t) charged once
+        assert r["calls"] == sum(r["n_calls"]) and r["pred"] in r["shortlist"]
+    if strategy == "halving":  # stage 1 is the shortlist's 2 t (reused), stage 2 adds 2 t to both
+        assert {r["calls"] for r in _records(tmp_path / strategy)} == {6 + 2 * 2}
 
 
 def test_templates_groups_are_shortlisted_as_one_candidate(sd_dir, image_folder, tmp_path, one_thread):
@@ -91,7 +95,7 @@ def test_templates_groups_are_shortlisted_as_one_candidate(sd_dir, image_folder,
     tpl = ["a {}", "a photo of a {}"]
     classify(bb, image_folder, ClassifyConfig(classes=CLASSES, templates=tpl, adaptive=FAST, shortlist=K, limit=3), out=tmp_path / "g")
     for r in _records(tmp_path / "g"):
-        assert r["shortlist_calls"] == M * 2 * T_CHEAP and r["calls"] == M * 2 * T_CHEAP + K * 2 * T_DECIDE  # 12 + 16
+        assert r["shortlist_calls"] == M * 2 * T_CHEAP and r["calls"] == M * 2 * T_CHEAP + K * 2 * (T_DECIDE - T_CHEAP)  # 12 + 8
 
 
 class _Liar:
@@ -178,7 +182,7 @@ def test_cli_self_shortlist_end_to_end_and_resume_with_another_k_is_refused(monk
     args = ["classify", "--model", classcond_dir, "--data", image_folder, "--timesteps", T_DECIDE, "--out", out, "--quiet"]
     code, stdout, err = run_main(monkeypatch, capsys, *args, "--shortlist", 2, "--shortlist-model", "self")
     assert code == 0, err
-    assert "U-Net calls/image: 14 = 6 shortlist (top 2 by self) + 8 decider" in stdout
+    assert "U-Net calls/image: 10 = 6 shortlist (top 2 by self) + 4 decider" in stdout
     code, _, err = run_main(monkeypatch, capsys, *args, "--shortlist", 1, "--shortlist-model", "self")
     assert code == 1 and "shortlist.keep" in err and err.strip().count("\n") == 0
     code, _, err = run_main(monkeypatch, capsys, *args, "--shortlist-model", "self")

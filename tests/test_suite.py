@@ -12,6 +12,7 @@ from conftest import run_main
 from diffdisc.errors import DiffdiscError
 from diffdisc.results.suite import SuiteResult
 from diffdisc.tasks.suite import SuiteConfig, TaskSpec, load_suite_file, named_suite, run_suite
+from test_benchmarks import make_pets
 from test_readers_compositional import lexicon_tagger, make_aro_vg, make_clevr, make_eqben, make_order
 
 MODELS = ("fmnist-scenes-text", "fmnist-scenes-clip")
@@ -195,18 +196,6 @@ def test_cli_refusals(tmp_path, monkeypatch, capsys):
     (tmp_path / "s.json").write_text(json.dumps({"tasks": ["aro/vg_colour"]}))
     code, _, err = run_main(monkeypatch, capsys, "suite", "--suite", tmp_path / "s.json", "--out", tmp_path / "o")
     assert code == 1 and "unknown suite task 'aro/vg_colour'" in err and "Traceback" not in err
-
-
-def make_pets(root):
-    """torchvision's Oxford-IIIT Pet layout (as clip_benchmark reads it): images/*.jpg, annotations/<split>.txt."""
-    base = root / "oxford-iiit-pet"
-    (base / "images").mkdir(parents=True)
-    (base / "annotations").mkdir()
-    rows = [("Abyssinian_1", 1, 1), ("american_bulldog_2", 2, 2), ("Abyssinian_3", 1, 1)]
-    for i, (name, _, _) in enumerate(rows):
-        Image.new("RGB", (20, 16), (40 * i, 100, 200)).save(base / "images" / f"{name}.jpg")
-    (base / "annotations" / "test.txt").write_text("".join(f"{n} {c} {s} 1\n" for n, c, s in rows))
-    return root
 
 
 def test_classification_suite_runs_what_is_under_root(tmp_path, one_thread):

@@ -6,9 +6,7 @@ import logging
 import os
 from collections import Counter
 
-import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from diffdisc.backbones.registry import create_backbone
@@ -23,22 +21,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """A user's ImageFolder: 2 classes x 3 grey 28x28 images (the tiny recipe trains at 16x16)."""
-    root = tmp_path_factory.mktemp("mydata")
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(["dots", "bars"]):
-        (root / name).mkdir()
-        for i in range(3):
-            Image.fromarray((rng.random((28, 28)) * 100 + 100 * c).astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, folder):
+def run_dir(tmp_path_factory, grey_folder):
     """`diffdisc train tiny --data FOLDER --steps 2` into a training directory (checkpoint every step)."""
     out = tmp_path_factory.mktemp("run") / "run"
-    train(get_recipe("tiny", data=str(folder), steps=2, checkpoint_every=1), out, log=lambda m: None, quiet=True)
+    train(get_recipe("tiny", data=str(grey_folder), steps=2, checkpoint_every=1), out, log=lambda m: None, quiet=True)
     return out
 
 
@@ -50,9 +36,9 @@ def test_help_shows_cpu_settings_and_dry_run():
     assert "2000" in line and "128" in line and "min" in line
 
 
-def test_dry_run_times_steps_and_writes_nothing(tmp_path, folder):
+def test_dry_run_times_steps_and_writes_nothing(tmp_path, grey_folder):
     out = tmp_path / "never"
-    res = CliRunner().invoke(app, ["train", "tiny", "--data", str(folder), "--out", str(out), "--dry-run",
+    res = CliRunner().invoke(app, ["train", "tiny", "--data", str(grey_folder), "--out", str(out), "--dry-run",
                                    "--max-minutes", "0.0001"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "20 steps (0 done), batch 8, 6 images" in res.output
@@ -79,9 +65,9 @@ def test_resize_note_names_sizes_interpolation_and_grey_conversion():
                     "colour converted to grey (1-channel model)")  # fmt: skip
 
 
-def test_log_has_resize_line_plan_and_eta(tmp_path, folder):
+def test_log_has_resize_line_plan_and_eta(tmp_path, grey_folder):
     logs = []
-    train(get_recipe("tiny", data=str(folder), steps=8, checkpoint_every=4), tmp_path / "r", log=logs.append,
+    train(get_recipe("tiny", data=str(grey_folder), steps=8, checkpoint_every=4), tmp_path / "r", log=logs.append,
           quiet=True, max_minutes=60)  # fmt: skip
     assert sum("training images resized 28×28 -> 16×16 (the model's size): bicubic" in m for m in logs) == 1
     assert any(m.endswith("2 steps to go, ~0:00:00, within --max-minutes 60") for m in logs), logs
@@ -89,13 +75,13 @@ def test_log_has_resize_line_plan_and_eta(tmp_path, folder):
     assert any(f"exported to {tmp_path / 'r' / 'model'}" in m for m in logs)
 
 
-def test_rerun_resumes_with_stored_settings(tmp_path, folder):
+def test_rerun_resumes_with_stored_settings(tmp_path, grey_folder):
     out = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train", "tiny", "--data", str(folder), "--out", str(out), "--steps", "1"])
+    res = CliRunner().invoke(app, ["train", "tiny", "--data", str(grey_folder), "--out", str(out), "--steps", "1"])
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["train", "tiny", "--out", str(out), "--steps", "2"])  # no --data
     assert res.exit_code == 0, res.output
-    assert f"settings stored in {out / 'train_config.json'}: data={str(folder)!r}" in res.output
+    assert f"settings stored in {out / 'train_config.json'}: data={str(grey_folder)!r}" in res.output
     assert "resumed from step-000001" in res.output
     assert json.loads((out / "model" / "diffdisc.json").read_text())["steps"] == 2
     logs = []
@@ -120,7 +106,7 @@ def test_training_dir_loads_its_model(run_dir, tmp_path, caplog):
         create_backbone(tmp_path)
 
 
-def test_name_defaults_to_the_training_dir_and_may_change_on_resume(run_dir, folder):
+def test_name_defaults_to_the_training_dir_and_may_change_on_resume(run_dir, grey_folder):
     meta = json.loads((run_dir / "model" / "diffdisc.json").read_text())
     assert meta["name"] == run_dir.name  # not recipe + data folder (`fmnist-classcond-train` for mydata/train)
     model = train(resolve_config("tiny", run_dir, name="my-model", steps=3), run_dir, log=lambda m: None, quiet=True)

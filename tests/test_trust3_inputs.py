@@ -183,14 +183,6 @@ def test_help_imports_no_heavy_library():
     assert r.stdout.strip() == "[]", f"imported at CLI start: {r.stdout.strip()}"
 
 
-def test_cli_timesteps_help_matches_the_parser():
-    """options.py keeps a copy of the --timesteps help text so that it need not import scoring.schedule (torch)."""
-    from diffdisc.cli.options import TIMESTEPS_HELP
-    from diffdisc.scoring.schedule import TIMESTEPS_HELP as PARSER_HELP
-
-    assert TIMESTEPS_HELP == PARSER_HELP
-
-
 def test_groups_file_bad_content_is_one_line(tmp_path):
     from diffdisc.data.groups import load_groups
 

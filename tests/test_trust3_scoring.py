@@ -18,7 +18,7 @@ from diffdisc.scoring.hierarchy import tree_search
 from diffdisc.scoring.label_tree import LabelTree
 from diffdisc.scoring.search import ttest
 from diffdisc.scoring.timestep_weights import TimestepWeights
-from test_hierarchy import NAMES, VecBackbone
+from label_trees import NAMES
 from test_scoring import TemplateBackbone
 
 
@@ -69,17 +69,6 @@ def test_a_lone_candidate_costs_nothing_and_takes_all_the_probability(strategy):
 
 
 # ------------------------------------------------------------- bug 2: tree level narrowed to one leaf
-@pytest.fixture(scope="module")
-def tree_world():
-    g = torch.Generator().manual_seed(0)
-    centres = torch.randn(3, 1, 8, 8, generator=g)
-    templates = centres.repeat_interleave(2, 0) + 0.3 * torch.randn(6, 1, 8, 8, generator=g)
-    labels = [0, 3, 5, 2]
-    x0 = templates[labels] + 0.05 * torch.randn(4, 1, 8, 8, generator=g)
-    bb = VecBackbone(templates)
-    return bb, x0, [f"i{i}" for i in range(4)], bb.conditions(list(range(6))), labels
-
-
 @pytest.mark.parametrize("strategy", ["exhaustive", "halving", "ttest"])
 def test_tree_level_with_one_leaf_is_decided_not_scored(tree_world, strategy):
     bb, x0, keys, conds, labels = tree_world

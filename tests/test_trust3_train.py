@@ -9,10 +9,8 @@ import os
 import signal
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -31,18 +29,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 QUIET = {"log": lambda m: None, "quiet": True}
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    """A user's ImageFolder: 2 classes x 3 grey 28x28 images (the tiny recipe trains at 16x16)."""
-    root = tmp_path_factory.mktemp("mydata")
-    rng = np.random.default_rng(0)
-    for c, name in enumerate(["dots", "bars"]):
-        (root / name).mkdir()
-        for i in range(3):
-            Image.fromarray((rng.random((28, 28)) * 100 + 100 * c).astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
-
-
 def _exported_step(out) -> int:
     return json.loads((out / "model" / "diffdisc.json").read_text())["steps"]
 
@@ -55,8 +41,8 @@ class _Killed(BaseException):
     """kill -9 stand-in: nothing after it runs, no handler catches it."""
 
 
-def test_kill_between_checkpoint_and_export_is_reexported_on_resume(tmp_path, folder, monkeypatch):
-    cfg = get_recipe("tiny", data=str(folder), steps=2, checkpoint_every=1)
+def test_kill_between_checkpoint_and_export_is_reexported_on_resume(tmp_path, grey_folder, monkeypatch):
+    cfg = get_recipe("tiny", data=str(grey_folder), steps=2, checkpoint_every=1)
     real = train_mod.export
 
     def export(out, ema, obj, step, *a, **k):
@@ -99,9 +85,9 @@ def _full_disk_export(real):
 
 
 @pytest.mark.parametrize("where", ["checkpoint", "export"])
-def test_full_disk_while_saving_is_one_line_and_leaves_no_temp(tmp_path, folder, monkeypatch, capsys, where):
+def test_full_disk_while_saving_is_one_line_and_leaves_no_temp(tmp_path, grey_folder, monkeypatch, capsys, where):
     out = tmp_path / "r"
-    args = ("train", "tiny", "--data", folder, "--out", out, "--quiet")
+    args = ("train", "tiny", "--data", grey_folder, "--out", out, "--quiet")
     assert run_main(monkeypatch, capsys, *args, "--steps", "1")[0] == 0
     if where == "checkpoint":
         monkeypatch.setattr(torch, "save", _full_disk_torch_save(torch.save))
@@ -133,8 +119,8 @@ def _interrupt_at(monkeypatch, at: int) -> None:
     monkeypatch.setattr(train_mod, "_optimise", optimise)
 
 
-def test_ctrl_c_checkpoints_the_steps_done_and_resumes_to_the_same_weights(tmp_path, folder, monkeypatch):
-    cfg = get_recipe("tiny", data=str(folder), steps=6, checkpoint_every=100)
+def test_ctrl_c_checkpoints_the_steps_done_and_resumes_to_the_same_weights(tmp_path, grey_folder, monkeypatch):
+    cfg = get_recipe("tiny", data=str(grey_folder), steps=6, checkpoint_every=100)
     straight = load_file(train(cfg, tmp_path / "a", **QUIET) / "unet" / "diffusion_pytorch_model.safetensors")
     _interrupt_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt, match=r"interrupted at step 3 of 6: checkpoint step-000003 is saved; rerun"):
@@ -146,9 +132,9 @@ def test_ctrl_c_checkpoints_the_steps_done_and_resumes_to_the_same_weights(tmp_p
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
-def test_ctrl_c_in_the_cli_speaks_of_steps_and_exits_130(tmp_path, folder, monkeypatch):
+def test_ctrl_c_in_the_cli_speaks_of_steps_and_exits_130(tmp_path, grey_folder, monkeypatch):
     _interrupt_at(monkeypatch, 2)
-    res = CliRunner().invoke(app, ["train", "tiny", "--data", str(folder), "--out", str(tmp_path / "r"), "--quiet"])
+    res = CliRunner().invoke(app, ["train", "tiny", "--data", str(grey_folder), "--out", str(tmp_path / "r"), "--quiet"])
     assert res.exit_code == 130, res.output
     assert "interrupted at step 2 of 20: checkpoint step-000002 is saved" in res.output and "images" not in res.output
 
@@ -163,8 +149,8 @@ def test_time_plan_gives_a_range_for_the_stopping_step():
     assert at_worst.startswith("warning:") and "slowest rate measured --max-minutes 300 stops it near step 1285" in at_worst
 
 
-def test_dry_run_times_more_steps_after_warm_up_and_names_the_model_after_out(tmp_path, folder):
-    res = CliRunner().invoke(app, ["train", "tiny", "--data", str(folder), "--out", str(tmp_path / "mine"),
+def test_dry_run_times_more_steps_after_warm_up_and_names_the_model_after_out(tmp_path, grey_folder):
+    res = CliRunner().invoke(app, ["train", "tiny", "--data", str(grey_folder), "--out", str(tmp_path / "mine"),
                                    "--dry-run", "--max-minutes", "0.0001"])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "10 steps timed after 2 untimed warm-up steps" in res.output
@@ -172,14 +158,14 @@ def test_dry_run_times_more_steps_after_warm_up_and_names_the_model_after_out(tm
     assert res.output.startswith("mine (tiny): 20 steps")
 
 
-def test_progress_is_time_based_and_one_line_per_update(tmp_path, folder, monkeypatch, capsys):
+def test_progress_is_time_based_and_one_line_per_update(tmp_path, grey_folder, monkeypatch, capsys):
     monkeypatch.setenv(INTERVAL_ENV, "3600")  # the log's cadence is the progress interval, not every 20 steps
     logs = []
-    train(get_recipe("tiny", data=str(folder), steps=25, checkpoint_every=100), tmp_path / "q", log=logs.append,
+    train(get_recipe("tiny", data=str(grey_folder), steps=25, checkpoint_every=100), tmp_path / "q", log=logs.append,
           quiet=True)  # fmt: skip
     assert [m.split(" loss")[0] for m in logs if m.startswith("step ")] == ["step 25/25"], logs
     monkeypatch.setenv(INTERVAL_ENV, "0")
-    code, _, err = run_main(monkeypatch, capsys, "train", "tiny", "--data", folder, "--out", tmp_path / "t",
+    code, _, err = run_main(monkeypatch, capsys, "train", "tiny", "--data", grey_folder, "--out", tmp_path / "t",
                             "--steps", "3", "--max-minutes", "60")  # fmt: skip
     assert code == 0, err
     progress = [x for x in err.splitlines() if " eta " in x]
@@ -187,17 +173,17 @@ def test_progress_is_time_based_and_one_line_per_update(tmp_path, folder, monkey
     assert all(x.count("eta") == 1 and "loss" in x and "s/step" in x for x in progress[1:]), progress
 
 
-def test_default_name_is_the_training_dir_not_recipe_and_data_folder(tmp_path, folder, monkeypatch, capsys):
-    code, _, err = run_main(monkeypatch, capsys, "train", "tiny", "--data", folder, "--out",
+def test_default_name_is_the_training_dir_not_recipe_and_data_folder(tmp_path, grey_folder, monkeypatch, capsys):
+    code, _, err = run_main(monkeypatch, capsys, "train", "tiny", "--data", grey_folder, "--out",
                             tmp_path / "mine", "--steps", "1", "--quiet")  # fmt: skip
     assert code == 0, err  # a folder called like the split (mydata/train) made `fmnist-classcond-train`
     assert json.loads((tmp_path / "mine" / "model" / "diffdisc.json").read_text())["name"] == "mine"
 
 
-def test_timesteps_fit_says_once_that_model_is_a_training_dir(tmp_path, folder, monkeypatch, capsys, caplog):
-    train(get_recipe("tiny", data=str(folder), steps=1), tmp_path / "mine", **QUIET)
+def test_timesteps_fit_says_once_that_model_is_a_training_dir(tmp_path, grey_folder, monkeypatch, capsys, caplog):
+    train(get_recipe("tiny", data=str(grey_folder), steps=1), tmp_path / "mine", **QUIET)
     with caplog.at_level(logging.WARNING, logger="diffdisc"):
-        code, _, err = run_main(monkeypatch, capsys, "timesteps", "fit", "--model", tmp_path / "mine", "--data", folder,
+        code, _, err = run_main(monkeypatch, capsys, "timesteps", "fit", "--model", tmp_path / "mine", "--data", grey_folder,
                                 "--out", tmp_path / "w.json", "--grid", "2", "--folds", "2")  # fmt: skip
     assert code == 0, err
     assert sum("is a training directory" in r.getMessage() for r in caplog.records) == 1

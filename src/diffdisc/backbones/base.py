@@ -13,7 +13,8 @@ contract:
 - `predict_eps(x_t, t, cond) -> ε̂`, the noise the model implies, whatever it predicts (`model_output`);
   flow models also give `predict_velocity` (v̂);
 - `predict_x0(x_t, t, eps) -> x̂0`, and `snr(t)` (signal-to-noise ratio), for the weightings;
-- `clip_range`: the range of x0 for clipped x̂0 (None for latents).
+- `clip_range`: the range of x0 for clipped x̂0 (None for latents);
+- `capabilities`: what the model can do (`capabilities.py`), which tasks ask instead of its family.
 
 The formulas belong to the backbone's noise process (`process.py`: `VPProcess`, `FlowProcess`), chosen from
 the scheduler config, so a family only builds its model, conditions and `model_output` (which gives the
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import DiffdiscError
+from .capabilities import DIFFUSION, Capability
 from .process import FlowProcess, VPProcess, noise_process
 
 NoiseProcess = VPProcess | FlowProcess
@@ -123,6 +125,9 @@ class Backbone(nn.Module):
     `_encode` when their model space is neither pixels nor a `vae`'s latents)."""
 
     info: BackboneInfo
+    # What the model can do (`capabilities.py`): a family adds its conditioning and, with attention over text
+    # tokens, ATTEND.
+    capabilities: frozenset[Capability] = DIFFUSION
     # Submodules that only encode conditions (a 4.7B T5 beside an SD3 transformer): kept on the CPU by `to`,
     # moved to the backbone's device only while `conditions` encodes, so scoring holds denoiser + VAE only.
     offloaded: tuple[str, ...] = ()
@@ -389,7 +394,7 @@ def _shape_mismatch(cls, directory: Path) -> tuple[str, tuple, tuple] | None:
     return None
 
 
-# The command-line flag of each loader option (`cli.options.model_options`): errors name what the user typed.
+# The command-line flag of each loader option (`cli.options.FamilyOptions.kwargs`): errors name what the user typed.
 OPTION_FLAGS = {"no_t5": "--no-t5", "guidance": "--distilled-guidance", "image_size": "--image-size"}
 
 

@@ -11,6 +11,7 @@ import torch
 
 from ..errors import DiffdiscError
 from .base import Backbone, diffusion_args, load_model, read_config, read_metadata, refuse_options
+from .capabilities import DIFFUSION, Capability
 from .families import config_class, pipeline_class, register_family
 from .loading import LoadSpec, load_error
 from .process import load_scheduler
@@ -18,6 +19,7 @@ from .process import load_scheduler
 
 class ClassCondBackbone(Backbone):
     denoiser = "model"
+    capabilities = DIFFUSION | {Capability.CLASS_CONDITIONS}
 
     def __init__(self, model, scheduler, vae=None, name="classcond", root: Path | None = None, class_names=(), null_class=None):
         super().__init__(*diffusion_args(model.config, scheduler))

@@ -2,9 +2,10 @@
 
 A user comparing a diffusion discriminator with CLIP wants both in one table. This wrapper gives an open_clip
 model the parts of the backbone interface that tasks use (`info` with family "clip", `encode` to image
-embeddings, `conditions` to text embeddings); its scorer (the negated scaled cosine, no U-Net calls) is
-`scoring.contrastive.ContrastiveScorer`, chosen by family, so results, metrics, calibration and reports need
-no special case.
+embeddings, `conditions` to text embeddings); it declares MATCH and ENCODE_TEXT and no diffusion capability
+(`capabilities.py`), so its scorer (the negated scaled cosine, no U-Net calls) is
+`scoring.contrastive.ContrastiveScorer` and tasks that need a denoiser refuse it in one line; results, metrics,
+calibration and reports need no special case.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 
 from ..errors import DiffdiscError
 from .base import BackboneInfo, fingerprint, read_metadata
+from .capabilities import Capability
 from .families import register_family
 
 CONFIG = "open_clip_config.json"
@@ -25,6 +27,8 @@ CONFIG = "open_clip_config.json"
 
 class ContrastiveModel(nn.Module):
     """An open_clip model with the backbone parts tasks use; `scoring.contrastive` scores it."""
+
+    capabilities = frozenset({Capability.MATCH, Capability.ENCODE_TEXT})
 
     def __init__(self, model, tokenizer, preprocess_cfg: dict, name: str = "clip", root: Path | None = None):
         super().__init__()

@@ -23,6 +23,7 @@ import torch
 from ..errors import DiffdiscError
 from . import compat
 from .base import option_flag, refuse_options
+from .capabilities import Capability
 from .conditioning import CondPack
 from .pipeline import PipelineBackbone, register_pipeline_family
 
@@ -67,6 +68,7 @@ class FluxBackbone(PipelineBackbone):
     """FluxPipeline directories; `guidance` is the embedded guidance scale of FLUX.1-dev."""
 
     family = "flux"
+    capabilities = PipelineBackbone.capabilities | {Capability.ATTEND}  # joint attention: prompt and image
     pipelines = ("FluxPipeline",)
     denoiser = "transformer"
     text_components = ("text_encoder", "text_encoder_2")

@@ -29,6 +29,7 @@ from .base import (
     refuse_options,
     require_safetensors,
 )
+from .capabilities import DIFFUSION, Capability
 from .families import pipeline_class, register_family
 from .loading import LoadSpec, check_worth_quantizing, load_error, pipeline_quantization
 from .process import noise_process
@@ -42,6 +43,7 @@ class PipelineBackbone(Backbone):
     family = ""
     pipelines: tuple[str, ...] = ()  # model_index.json `_class_name`s this family loads
     denoiser = "transformer"  # or "unet"
+    capabilities = DIFFUSION | {Capability.ENCODE_TEXT}  # a family whose attention reads prompts adds ATTEND
     text_components: tuple[str, ...] = ("text_encoder",)  # offloaded encoders; tokenizers are found by name
     optional_components: tuple[str, ...] = ()  # may be null in model_index.json (or dropped by an option)
 

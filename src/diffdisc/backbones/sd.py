@@ -21,6 +21,7 @@ from .base import (
     refuse_options,
     require_safetensors,
 )
+from .capabilities import DIFFUSION, Capability
 from .families import config_class, pipeline_class, register_family
 from .loading import LoadSpec, load_error
 from .process import load_scheduler
@@ -30,6 +31,7 @@ SD_PIPELINES = ("StableDiffusionPipeline",)
 
 class SDBackbone(Backbone):
     denoiser = "unet"
+    capabilities = DIFFUSION | {Capability.ENCODE_TEXT, Capability.ATTEND}  # cross-attention to the prompt
 
     def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, name: str = "sd", root: Path | None = None):
         super().__init__(*diffusion_args(unet.config, scheduler))

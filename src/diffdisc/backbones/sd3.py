@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from .base import read_config, refuse_options
+from .capabilities import Capability
 from .conditioning import CondPack
 from .pipeline import PipelineBackbone, register_pipeline_family
 
@@ -27,6 +28,7 @@ MAX_SEQUENCE_LENGTH = 256  # StableDiffusion3Pipeline's default T5 length
 
 class SD3Backbone(PipelineBackbone):
     family = "sd3"
+    capabilities = PipelineBackbone.capabilities | {Capability.ATTEND}  # joint attention: prompt and image
     pipelines = ("StableDiffusion3Pipeline",)
     denoiser = "transformer"
     text_components = ("text_encoder", "text_encoder_2", "text_encoder_3")

@@ -18,12 +18,14 @@ import torch
 
 from ..errors import DiffdiscError
 from . import compat
+from .capabilities import Capability
 from .conditioning import CondPack
 from .pipeline import PipelineBackbone, register_pipeline_family
 
 
 class SDXLBackbone(PipelineBackbone):
     family = "sdxl"
+    capabilities = PipelineBackbone.capabilities | {Capability.ATTEND}  # cross-attention to the prompt
     pipelines = ("StableDiffusionXLPipeline",)
     denoiser = "unet"
     text_components = ("text_encoder", "text_encoder_2")

@@ -14,6 +14,7 @@ import typer
 from typer.core import TyperCommand
 
 from ..errors import DiffdiscError
+from .options import spell_out
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
@@ -64,10 +65,11 @@ class _Command(TyperCommand):
 
 
 class _Typer(typer.Typer):
-    """typer.Typer whose commands are `_Command`s."""
+    """typer.Typer whose commands are `_Command`s, with their `OptionGroup` parameters spelled out as options."""
 
     def command(self, name=None, *, cls=None, **kwargs):
-        return super().command(name, cls=cls or _Command, **kwargs)
+        register = super().command(name, cls=cls or _Command, **kwargs)
+        return lambda command: register(spell_out(command))
 
 
 app = _Typer(

@@ -9,19 +9,10 @@ import typer
 from ..errors import DiffdiscError
 from . import group
 from .options import (
-    ConditionCache,
     Device,
-    DeviceMap,
-    Guidance,
-    ImageSize,
-    NoT5,
-    Offload,
-    Quantize,
-    VaeDtype,
-    WeightsDtype,
+    LoadOptions,
     json_flag,
     load,
-    model_options,
     quiet_flag,
 )
 
@@ -44,15 +35,7 @@ def attention_tune(
     epochs: Annotated[int, typer.Option(help="Passes over the K groups.")] = 1,
     no_bias: Annotated[bool, typer.Option("--no-bias", help="Attention score only (no denoising bias).")] = False,
     device: Device = None,
-    no_t5: NoT5 = False,
-    distilled_guidance: Guidance = None,
-    image_size: ImageSize = None,
-    weights_dtype: WeightsDtype = "auto",
-    vae_dtype: VaeDtype = None,
-    quantize: Quantize = "none",
-    offload: Offload = "none",
-    device_map: DeviceMap = None,
-    condition_cache: ConditionCache = "auto",
+    loading: LoadOptions = LoadOptions(),
     json_out: json_flag("Print {adapter, shots} as JSON only.") = False,
     quiet: quiet_flag("No per-step loss lines.") = False,
 ):
@@ -62,8 +45,7 @@ def attention_tune(
     from ..tasks.few_shot import few_shot_groups
 
     train = few_shot_groups(shots, groups, probe, seed)
-    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size, weights_dtype, vae_dtype,
-                                             quantize, offload, device_map, condition_cache))
+    bb = load(model, device, **loading.kwargs())
     show = not (quiet or json_out)
     cfg = LoraConfig(rank=rank, margin=margin, lr=lr, epochs=epochs, bias=not no_bias, seed=seed)
     path = tune(bb, train, cfg, out=out,

@@ -2,6 +2,7 @@
 trainer)."""
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -9,13 +10,10 @@ import typer
 
 from . import group
 from .options import (
-    BatchSize,
     ClassifierJson,
-    Epochs,
     MaxMinutes,
     MixedPrecision,
-    PeakLr,
-    TimmModel,
+    TimmTraining,
     json_flag,
     quiet_flag,
 )
@@ -51,10 +49,7 @@ def train_classifier(what: str, data: Path, out: Path, cfg, max_minutes: float |
 def baseline_train(
     data: Annotated[Path, typer.Option(help="Labelled ImageFolder to train on (the validation split is carved from it).")],
     out: Annotated[Path, typer.Option(help="Output dir (checkpoints/, model.safetensors, classifier.json); rerun to resume.")],
-    model: TimmModel = "resnet18",
-    epochs: Epochs = 15,
-    batch_size: BatchSize = 128,
-    lr: PeakLr = 2e-3,
+    training: TimmTraining = TimmTraining(),
     image_size: Annotated[int, typer.Option(help="Images are resized (bicubic, shorter side) and centre-cropped to this size, 3 channels.")] = 32,
     val_fraction: Annotated[float, typer.Option(help="Fraction of each class held out for model selection.")] = 0.1,
     mixed_precision: MixedPrecision = "no",
@@ -67,8 +62,8 @@ def baseline_train(
     """Train a timm classifier from scratch on your ImageFolder: would a plain CNN beat the diffusion classifier?"""
     from ..tasks.baseline import ClassifierConfig
 
-    cfg = ClassifierConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
-                           val_fraction=val_fraction, mixed_precision=mixed_precision, seed=seed)  # fmt: skip
+    cfg = ClassifierConfig(**asdict(training), image_size=image_size, val_fraction=val_fraction,
+                           mixed_precision=mixed_precision, seed=seed)  # fmt: skip
     train_classifier("baseline train", data, out, cfg, max_minutes, test, json_out, quiet, synthetic=False)
 
 

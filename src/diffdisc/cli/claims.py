@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from ..errors import DiffdiscError
-from . import app
+from . import app, state
 from .options import UnetBatchSize, json_flag, quiet_flag, split
 
 
@@ -64,7 +64,7 @@ def claims(
     from ..progress import classify_progress
     from ..results.claims import fmt_value
     from ..runs.io import atomic_write_text
-    from ..runtime import quiet_libraries
+    from ..runtime import launch_rank, process_device, quiet_libraries
     from ..tasks.claims import ClaimsConfig, run_claims
 
     quiet_libraries()
@@ -73,8 +73,13 @@ def claims(
                        knobs=_knobs(knob, "quick" if quick else size))  # fmt: skip
     cfg.selected()  # unknown stage names fail before any model loads
     show = not (quiet or json_out)
-    table = run_claims(cfg, out=out, device=device, batch_size=batch_size, progress=(lambda d: classify_progress(d)) if show else None,
+    rank, world_size = launch_rank()  # torchrun / accelerate launch: the stages go round robin to the processes
+    table = run_claims(cfg, out=out, device=process_device(rank, world_size, device, state["threads"]), batch_size=batch_size,
+                       progress=(lambda d: classify_progress(d)) if show else None, rank=rank, world_size=world_size,
                        log=(lambda m: typer.echo(m, err=True)) if show else None)  # fmt: skip
+    if table is None:
+        typer.echo(f"shard {rank}/{world_size} done; the last process to finish writes {out / 'claims_table.json'}")
+        return
     result = table  # the ClaimsResult read as the claims table
     if markdown:
         atomic_write_text(markdown, result.markdown())

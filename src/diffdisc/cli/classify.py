@@ -9,22 +9,13 @@ import typer
 from ..errors import DiffdiscError
 from . import app, state
 from .options import (
-    ConditionCache,
-    DeviceMap,
     Dtype,
-    Guidance,
-    ImageSize,
+    LoadOptions,
     Lora,
     NoiseSeed,
-    NoT5,
-    Offload,
-    Quantize,
     UnetBatchSize,
-    VaeDtype,
-    WeightsDtype,
     json_flag,
     load,
-    model_options,
     parse_classes,
     quiet_flag,
     timesteps_option,
@@ -45,7 +36,11 @@ def classify(
     label_column: Annotated[str | None, typer.Option(help="--dataset hf:...: the label column (default: its one ClassLabel feature).")] = None,
     classes: Annotated[str | None, typer.Option(help="Comma-separated class names, or @FILE (one per line; default: the data's or model's).")] = None,
     templates: Annotated[list[str] | None, typer.Option("--template", help="Prompt template(s) or set name (text models).")] = None,
-    strategy: Annotated[str, typer.Option(help="exhaustive | halving | ttest")] = "exhaustive",
+    strategy: Annotated[str, typer.Option(help="exhaustive | halving | ttest | auto (the cheapest of a fixed list of settings within --auto-tolerance of the best accuracy on --validation; recorded in run.json).")] = "exhaustive",
+    validation: Annotated[Path | None, typer.Option(help="Labelled images (an ImageFolder) sharing none with --data, for --strategy auto and --ensemble-weight auto.")] = None,
+    auto_tolerance: Annotated[float, typer.Option(help="--strategy auto: accuracy (share, 0.005 = 0.5 points) a cheaper setting may lose on --validation.")] = 0.005,
+    ensemble: Annotated[str | None, typer.Option(help="A contrastive (open_clip) model whose calibrated log-probabilities are pooled log-linearly with the diffusion model's.")] = None,
+    ensemble_weight: Annotated[str | None, typer.Option(help="--ensemble: the diffusion model's weight w in [0, 1] (1 = it alone), or auto (fitted on --validation; the default).")] = None,
     timesteps: timesteps_option("Timesteps per candidate (exhaustive):", count_only=True, then="Default 20: 89.0 % at 200 U-Net calls/image (10 classes, shipped fmnist-classcond, docs/results.md).") = 20,
     timestep_schedule: Annotated[str, typer.Option(help="even (official grid) | stratified")] = "even",
     timestep_weights: Annotated[Path | None, typer.Option(help="Learned timestep weights from `diffdisc timesteps fit` (fitted on training images): every strategy evaluates the informative t first and weights the errors; --timesteps N = the top N.")] = None,
@@ -80,15 +75,7 @@ def classify(
     limit_seed: Annotated[int, typer.Option(help="Seed of the --limit subset (separate from the noise --seed).")] = 0,
     chunk: Annotated[int, typer.Option(help="Images scored together (fills U-Net batches).")] = 16,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
-    no_t5: NoT5 = False,
-    distilled_guidance: Guidance = None,
-    image_size: ImageSize = None,
-    weights_dtype: WeightsDtype = "auto",
-    vae_dtype: VaeDtype = None,
-    quantize: Quantize = "none",
-    offload: Offload = "none",
-    device_map: DeviceMap = None,
-    condition_cache: ConditionCache = "auto",
+    loading: LoadOptions = LoadOptions(),
     temperature: Annotated[float | None, typer.Option(help="Softmax temperature for probabilities.")] = None,
     rank: Annotated[int, typer.Option(envvar="RANK", help="This process's shard (set by torchrun / accelerate launch).")] = 0,
     world_size: Annotated[int, typer.Option(envvar="WORLD_SIZE", help="Number of processes sharing the run.")] = 1,
@@ -104,7 +91,8 @@ def classify(
     from ..tasks.classify import classify as run
 
     names, n_timesteps = parse_classes(classes), timestep_count(timesteps, "classify")
-    adaptive = AdaptiveConfig(strategy=strategy, n_timesteps=n_timesteps, timesteps=timestep_schedule, stages=parse_stages(stages),
+    auto = strategy == "auto"
+    adaptive = AdaptiveConfig(strategy="exhaustive" if auto else strategy, n_timesteps=n_timesteps, timesteps=timestep_schedule, stages=parse_stages(stages),
                               min_scores=min_scores, max_scores=max_scores, p_value=p_value, exit_z=exit_z,
                               sigmas=sigmas, timestep_weights=str(timestep_weights) if timestep_weights else None)  # fmt: skip
     bench = None
@@ -121,22 +109,25 @@ def classify(
     if shortlist_model is not None and shortlist is None:
         raise DiffdiscError("--shortlist-model needs --shortlist K (how many candidates it keeps per image)")
     dev = process_device(rank, world_size, device, state["threads"])
-    bb = load(model, dev, lora, **model_options(no_t5, distilled_guidance, image_size, weights_dtype,
-                                                vae_dtype, quantize, offload, device_map, condition_cache))
+    bb = load(model, dev, lora, **loading.kwargs())
     score = ScoreConfig(loss=loss, weighting=weighting or default_weighting(bb), batch_size=batch_size, dtype=dtype,
                         seed=seed, compile=compile, channels_last=channels_last, scorer=scorer)  # fmt: skip
     config = ClassifyConfig(classes=names, templates=templates or None, score=score, adaptive=adaptive, labels_csv=labels,
                             on_error=on_error, chunk_images=chunk, limit=limit, limit_seed=limit_seed,
                             temperature=temperature, shortlist=shortlist, shortlist_timesteps=shortlist_timesteps,
                             tree=tree, beam=beam, tree_branching=tree_branching, tree_top=tree_top,
-                            tree_prompt=tree_prompt, noise=str(noise) if noise else None)  # fmt: skip
+                            tree_prompt=tree_prompt, noise=str(noise) if noise else None, auto=auto,
+                            auto_tolerance=auto_tolerance, validation=str(validation) if validation else None,
+                            ensemble_weight=(ensemble_weight or "auto") if ensemble else ensemble_weight)  # fmt: skip
     cheap = _shortlist_model(shortlist_model, dev) if shortlist is not None else None
+    partner = load(ensemble, dev) if ensemble else None
     out = out or Path("runs") / f"classify-{bb.info.label.replace('/', '_')}-{strategy}"
     with classify_progress("classify", enabled=not (quiet or json_out)) as cb:
-        result = run(bb, data, config, out=out, progress=cb, rank=rank, world_size=world_size, shortlist_model=cheap)
+        result = run(bb, data, config, out=out, progress=cb, rank=rank, world_size=world_size, shortlist_model=cheap,
+                     ensemble_model=partner)  # fmt: skip
     metrics = result.stored_metrics  # metrics.json, as this run merged it (or an earlier merge: other shards run)
     if metrics is None:
-        typer.echo(f"shard {rank}/{world_size} done; other shards still running: run `diffdisc merge {out}` when all finish")
+        typer.echo(f"shard {rank}/{world_size} done; the last process to finish merges {out} (a crashed one: rerun it alone)")
         return
     if bench is not None and not bench.name.startswith("hf:"):  # a diffusion row beside CLIP rows in one clip_benchmark table
         from ..results.clip_benchmark import write_clip_benchmark_json

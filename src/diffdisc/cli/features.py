@@ -8,32 +8,23 @@ from typing import Annotated
 import typer
 
 from ..errors import DiffdiscError
-from . import group
+from . import group, state
 from .options import (
-    ConditionCache,
     Device,
-    DeviceMap,
     Dtype,
     FeatureBatchSize,
     FeatureModel,
     FeatureTrainData,
-    Guidance,
     Head,
     HeadSeed,
-    ImageSize,
+    LoadOptions,
     MaxTrain,
-    NoT5,
-    Offload,
     Pooling,
-    Quantize,
     TrainLabels,
-    VaeDtype,
     ValFraction,
     WeightDecays,
-    WeightsDtype,
     json_flag,
     load,
-    model_options,
     quiet_flag,
     split,
     timesteps_option,
@@ -51,6 +42,15 @@ def _cache(path: Path | None) -> Path:
     from ..features.cache import default_cache_dir
 
     return path or default_cache_dir()
+
+
+def _launch(device: str | None) -> tuple[int, int, str | None]:
+    """(rank, world size, device) of this process: under torchrun / accelerate launch (RANK, WORLD_SIZE) each
+    process computes its share of the features into the shared cache."""
+    from ..runtime import launch_rank, process_device
+
+    rank, world_size = launch_rank()
+    return rank, world_size, process_device(rank, world_size, device, state["threads"])
 
 
 def _feature_data(data: Path, test_data: Path | None, labels: Path | None, max_train: int | None = None, seed: int = 0):
@@ -83,24 +83,14 @@ def features_blocks(
     model: FeatureModel,
     detail: Annotated[bool, typer.Option("--detail", help="Also list each block's resnets and attentions.")] = False,
     device: Device = None,
-    no_t5: NoT5 = False,
-    distilled_guidance: Guidance = None,
-    image_size: ImageSize = None,
-    weights_dtype: WeightsDtype = "auto",
-    vae_dtype: VaeDtype = None,
-    quantize: Quantize = "none",
-    offload: Offload = "none",
-    device_map: DeviceMap = None,
-    condition_cache: ConditionCache = "auto",
+    loading: LoadOptions = LoadOptions(),
     json_out: json_flag("Print [{name, module, shape}] as JSON only.") = False,
     quiet: quiet_flag("Only the list (no warnings).") = False,
 ):
     """List the tappable blocks (stable names for --blocks) with their output shape [C, H, W]."""
     from ..features.taps import describe_blocks
 
-    found = describe_blocks(load(model, device, **model_options(no_t5, distilled_guidance, image_size,
-                                                                weights_dtype, vae_dtype, quantize, offload,
-                                                                device_map, condition_cache)), detail)
+    found = describe_blocks(load(model, device, **loading.kwargs()), detail)
     if json_out:
         typer.echo(json.dumps([{"name": b.name, "module": b.module, "shape": list(b.shape)} for b in found]))
         return
@@ -122,15 +112,7 @@ def features_extract(
     dtype: Dtype = "fp32",
     cache: FeatureCache = None,
     device: Device = None,
-    no_t5: NoT5 = False,
-    distilled_guidance: Guidance = None,
-    image_size: ImageSize = None,
-    weights_dtype: WeightsDtype = "auto",
-    vae_dtype: VaeDtype = None,
-    quantize: Quantize = "none",
-    offload: Offload = "none",
-    device_map: DeviceMap = None,
-    condition_cache: ConditionCache = "auto",
+    loading: LoadOptions = LoadOptions(),
     json_out: json_flag("Print the counts as JSON only.") = False,
     quiet: quiet_flag("No progress bar; only the summary line.") = False,
 ):
@@ -140,22 +122,24 @@ def features_extract(
     from ..features.taps import ExtractStats
     from ..progress import step_progress
 
-    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size, weights_dtype, vae_dtype,
-                                             quantize, offload, device_map, condition_cache))
+    rank, world_size, dev = _launch(device)
+    bb = load(model, dev, **loading.kwargs())
     names, ts = _blocks_and_timesteps(bb, blocks, timesteps)
     imgs, cache = LabelledImages.from_folder(data), _cache(cache)
     x = imgs.tensors(bb.info.image_size, bb.info.image_channels)
     stats = ExtractStats()
     with step_progress("features", enabled=not (quiet or json_out)) as cb:
-        cached_features(bb, x, imgs.keys, names, ts, tuple(split(pooling)), cache=cache, condition=condition,
-                        seed=seed, batch_size=batch_size, dtype=dtype, stats=stats, progress=cb, load=False)  # fmt: skip
+        got = cached_features(bb, x, imgs.keys, names, ts, tuple(split(pooling)), cache=cache, condition=condition,
+                              seed=seed, batch_size=batch_size, dtype=dtype, stats=stats, progress=cb, load=False,
+                              rank=rank, world_size=world_size)  # fmt: skip
     if json_out:
         typer.echo(json.dumps({"images": len(imgs), "blocks": names, "timesteps": ts, "poolings": split(pooling),
                                "unet_forwards": stats.forwards, "cache_shards_reused": stats.cache_hits,
-                               "stale_cells_recomputed": stats.stale, "cache": str(cache)}))  # fmt: skip
+                               "stale_cells_recomputed": stats.stale, "cache": str(cache), "complete": got is not None}))  # fmt: skip
         return
     typer.echo(f"{len(imgs)} images x {len(names)} blocks x {len(ts)} t: {stats.forwards} U-Net forwards, "
-               f"{stats.cache_hits} cached shard(s) reused, {stats.stale} stale cell(s) recomputed; cache {cache}")  # fmt: skip
+               f"{stats.cache_hits} cached shard(s) reused, {stats.stale} stale cell(s) recomputed; cache {cache}"
+               + ("" if got is not None else f" (shard {rank}/{world_size}; other processes' shares still running)"))  # fmt: skip
 
 
 @features_app.command("sweep", epilog="Example: diffdisc features sweep --model fmnist-classcond --data train/ "
@@ -180,15 +164,7 @@ def features_sweep(
     labels: TrainLabels = None,
     max_train: MaxTrain = None,
     device: Device = None,
-    no_t5: NoT5 = False,
-    distilled_guidance: Guidance = None,
-    image_size: ImageSize = None,
-    weights_dtype: WeightsDtype = "auto",
-    vae_dtype: VaeDtype = None,
-    quantize: Quantize = "none",
-    offload: Offload = "none",
-    device_map: DeviceMap = None,
-    condition_cache: ConditionCache = "auto",
+    loading: LoadOptions = LoadOptions(),
     json_out: json_flag("Print features_sweep.json only.") = False,
     quiet: quiet_flag("No progress bar or table: only the best-cell line.") = False,
 ):
@@ -196,14 +172,17 @@ def features_sweep(
     from ..progress import step_progress
     from ..tasks.features import FeatureConfig, SweepConfig, sweep
 
-    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size, weights_dtype, vae_dtype,
-                                             quantize, offload, device_map, condition_cache))
+    rank, world_size, dev = _launch(device)
+    bb = load(model, dev, **loading.kwargs())
     train, test = _feature_data(data, test_data, labels, max_train, seed)
     names, ts = _blocks_and_timesteps(bb, blocks, timesteps)
     fcfg = FeatureConfig(pooling=pooling, condition=condition, seed=seed, batch_size=batch_size, dtype=dtype, val_fraction=val_fraction)
     config = SweepConfig(names, ts, features=fcfg, head=_head_config(head, optimizer, weight_decays, seed))
-    r = sweep(bb, train, config, test=test, cache=_cache(cache), out=out,
+    r = sweep(bb, train, config, test=test, cache=_cache(cache), out=out, rank=rank, world_size=world_size,
               progress_factory=None if (quiet or json_out) else (lambda d: step_progress(d)))  # fmt: skip
+    if r is None:
+        typer.echo(f"shard {rank}/{world_size} done; the last process to finish fits the heads and writes {out}")
+        return
     test_s = f"; test {r.test_acc:.2%} on {r.n_test} images" if r.test_acc is not None else ""
     best = f"best {r.best['block']} @ t={r.best['t']}: val {r.best['val_acc']:.2%}{test_s}"
     if json_out or quiet:
@@ -244,15 +223,7 @@ def features_probe(
     labels: TrainLabels = None,
     max_train: MaxTrain = None,
     device: Device = None,
-    no_t5: NoT5 = False,
-    distilled_guidance: Guidance = None,
-    image_size: ImageSize = None,
-    weights_dtype: WeightsDtype = "auto",
-    vae_dtype: VaeDtype = None,
-    quantize: Quantize = "none",
-    offload: Offload = "none",
-    device_map: DeviceMap = None,
-    condition_cache: ConditionCache = "auto",
+    loading: LoadOptions = LoadOptions(),
     json_out: json_flag("Print the result as JSON only.") = False,
     quiet: quiet_flag("No progress bar: only the result line.") = False,
 ):
@@ -260,13 +231,17 @@ def features_probe(
     from ..progress import step_progress
     from ..tasks.features import CellConfig, FeatureConfig, parse_cells, probe
 
-    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size, weights_dtype, vae_dtype,
-                                             quantize, offload, device_map, condition_cache))
+    rank, world_size, dev = _launch(device)
+    bb = load(model, dev, **loading.kwargs())
     train, test = _feature_data(data, test_data, labels, max_train, seed)
     fcfg = FeatureConfig(pooling=pooling, condition=condition, seed=seed, batch_size=batch_size, val_fraction=val_fraction)
     config = CellConfig(parse_cells(cells), features=fcfg, head=_head_config(head, optimizer, weight_decays, seed))
-    r, fitted = probe(bb, train, config, test=test, cache=_cache(cache), out=out,
-                      progress_factory=None if (quiet or json_out) else (lambda d: step_progress(d)))  # fmt: skip
+    got = probe(bb, train, config, test=test, cache=_cache(cache), out=out, rank=rank, world_size=world_size,
+                progress_factory=None if (quiet or json_out) else (lambda d: step_progress(d)))  # fmt: skip
+    if got is None:
+        typer.echo(f"shard {rank}/{world_size} done; the last process to finish fits the head")
+        return
+    r, fitted = got
     if save:
         fitted.save_pretrained(save)
         if not (quiet or json_out):

@@ -8,24 +8,15 @@ from typing import Annotated
 import typer
 
 from ..errors import DiffdiscError
-from . import app
+from . import app, state
 from .options import (
-    ConditionCache,
     Device,
-    DeviceMap,
-    Guidance,
-    ImageSize,
+    LoadOptions,
     Lora,
     NoiseSeed,
-    NoT5,
-    Offload,
-    Quantize,
     UnetBatchSize,
-    VaeDtype,
-    WeightsDtype,
     json_flag,
     load,
-    model_options,
     quiet_flag,
     timesteps_option,
 )
@@ -48,15 +39,7 @@ def match(
     dtype: Annotated[str, typer.Option(help="fp32 | bf16 | fp16")] = "fp32",
     seed: NoiseSeed = 0,
     device: Device = None,
-    no_t5: NoT5 = False,
-    distilled_guidance: Guidance = None,
-    image_size: ImageSize = None,
-    weights_dtype: WeightsDtype = "auto",
-    vae_dtype: VaeDtype = None,
-    quantize: Quantize = "none",
-    offload: Offload = "none",
-    device_map: DeviceMap = None,
-    condition_cache: ConditionCache = "auto",
+    loading: LoadOptions = LoadOptions(),
     scorer: Annotated[str, typer.Option(help="denoise | attention (Discffusion)")] = "denoise",
     lora: Lora = None,
     json_out: json_flag("Print metrics as JSON.") = False,
@@ -64,6 +47,7 @@ def match(
 ):
     """Score every (image, caption) pair of each group: Winoground text/image/group scores (per tag too), R@1/R@5."""
     from ..progress import classify_progress
+    from ..runtime import launch_rank, process_device
     from ..scoring.config import ScoreConfig
     from ..scoring.schedule import timestep_count
     from ..tasks.match import MatchConfig
@@ -71,12 +55,16 @@ def match(
 
     n_timesteps = timestep_count(timesteps, "match")
     gs, bench = _groups(groups, dataset, root)
-    bb = load(model, device, lora, **model_options(no_t5, distilled_guidance, image_size, weights_dtype,
-                                                   vae_dtype, quantize, offload, device_map, condition_cache))
+    rank, world_size = launch_rank()  # torchrun / accelerate launch: this process scores its share of the groups
+    bb = load(model, process_device(rank, world_size, device, state["threads"]), lora, **loading.kwargs())
     score = ScoreConfig(batch_size=batch_size, dtype=dtype, seed=seed, scorer=scorer)
     with classify_progress("match", enabled=not (json_out or quiet)) as cb:
-        res = run(bb, gs, MatchConfig(n_timesteps=n_timesteps), score=score, out=out, progress=cb, benchmark=bench)
+        res = run(bb, gs, MatchConfig(n_timesteps=n_timesteps), score=score, out=out, progress=cb, benchmark=bench,
+                  rank=rank, world_size=world_size)  # fmt: skip
     m = res.stored_metrics  # what metrics.json holds
+    if m is None:
+        typer.echo(f"shard {rank}/{world_size} done; the last process to finish writes {out / 'metrics.json'}")
+        return
     cb_file = None
     if bench is not None:  # a diffusion row beside CLIP rows in one clip_benchmark table
         from ..results.clip_benchmark import write_clip_benchmark_json
@@ -128,15 +116,7 @@ def probe(
     timesteps: timesteps_option("Timesteps per pair (diffusion):", count_only=True) = 20,
     out: Annotated[Path, typer.Option(help="Where runs go (resumable).")] = Path("runs/probes"),
     device: Device = None,
-    no_t5: NoT5 = False,
-    distilled_guidance: Guidance = None,
-    image_size: ImageSize = None,
-    weights_dtype: WeightsDtype = "auto",
-    vae_dtype: VaeDtype = None,
-    quantize: Quantize = "none",
-    offload: Offload = "none",
-    device_map: DeviceMap = None,
-    condition_cache: ConditionCache = "auto",
+    loading: LoadOptions = LoadOptions(),
     scorer: Annotated[str, typer.Option(help="denoise | attention (diffusion models)")] = "denoise",
     lora: Annotated[Path | None, typer.Option(help="LoRA adapter for the diffusion model(s).")] = None,
     json_out: json_flag("Print rows as JSON.") = False,
@@ -148,21 +128,20 @@ def probe(
     from rich.console import Console
     from rich.table import Table
 
+    from ..backbones.capabilities import Capability
     from ..progress import classify_progress
     from ..scoring.config import ScoreConfig
     from ..scoring.schedule import timestep_count
-    from ..scoring.scorers import is_contrastive
     from ..tasks.probe import ProbeConfig, run_probes
 
     n_timesteps = timestep_count(timesteps, "probe")
     names_ = model or ["fmnist-scenes-text", "fmnist-scenes-clip"]
-    models = [load(m, device, **model_options(no_t5, distilled_guidance, image_size, weights_dtype, vae_dtype,
-                                              quantize, offload, device_map, condition_cache)) for m in names_]
+    models = [load(m, device, **loading.kwargs()) for m in names_]
     if lora:
         from ..tasks.attention import load_lora
 
         for bb in models:
-            if not is_contrastive(bb):
+            if Capability.DENOISE in bb.capabilities:  # a contrastive model has no attention layers to adapt
                 load_lora(bb, lora)
     config = ProbeConfig(n=n, seed=seed, n_timesteps=n_timesteps, score=ScoreConfig(scorer=scorer))
     rows = run_probes(models, names or None, config, out=out,

@@ -9,13 +9,10 @@ import typer
 from ..errors import DiffdiscError
 from . import group
 from .options import (
-    Guidance,
-    ImageSize,
-    NoT5,
+    FamilyOptions,
     UnetBatchSize,
     json_flag,
     load,
-    model_options,
     parse_classes,
     quiet_flag,
     timesteps_option,
@@ -81,9 +78,7 @@ def noise_fit(
         ),
     ] = 0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
-    no_t5: NoT5 = False,
-    distilled_guidance: Guidance = None,
-    image_size: ImageSize = None,
+    family: FamilyOptions = FamilyOptions(),
     json_out: json_flag("Print the file's metadata as JSON only.") = False,
     quiet: quiet_flag("No progress.") = False,
 ):
@@ -100,7 +95,7 @@ def noise_fit(
     from ..scoring.schedule import _timestep_spec
 
     spec = _timestep_spec(timesteps)
-    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size))
+    bb = load(model, device, **family.kwargs())
     score = ScoreConfig(
         loss=loss, weighting=weighting or default_weighting(bb), batch_size=batch_size, seed=seed
     )

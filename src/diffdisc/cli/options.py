@@ -1,16 +1,16 @@
-"""Options several commands share, declared once as `Annotated` aliases (the default stays at the parameter), and
-the parsers of their comma-separated values."""
+"""Options several commands share, declared once: as `Annotated` aliases (the default stays at the parameter), or
+as an `OptionGroup` where commands take several together; and the parsers of their comma-separated values."""
 
+import functools
+import inspect
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ..errors import DiffdiscError
-
-# scoring.schedule.TIMESTEPS_HELP, which its errors quote; copied (a test keeps them equal) because importing
-# scoring.schedule imports torch, and `diffdisc --help` must not (seconds and hundreds of MB)
-TIMESTEPS_HELP = "N: N evenly spaced timesteps (the official grid); T1,T2,...: exactly those (one timestep: T1,)"
+from ..scoring.timestep_help import TIMESTEPS_HELP
 
 
 def json_flag(help: str):
@@ -55,10 +55,6 @@ MaxTrain = Annotated[int | None, typer.Option(min=1, help="Use only N training i
                                                           "the classes as even as they allow, chosen before decoding.")]  # fmt: skip
 
 # synth train / baseline train
-TimmModel = Annotated[str, typer.Option(help="Any timm model name, trained from scratch.")]
-Epochs = Annotated[int, typer.Option(help="Epochs.")]
-BatchSize = Annotated[int, typer.Option(help="Batch size.")]
-PeakLr = Annotated[float, typer.Option(help="AdamW peak learning rate (cosine schedule).")]
 MixedPrecision = Annotated[str, typer.Option(help="no | bf16 | fp16 (accelerate)")]
 MaxMinutes = Annotated[float | None, typer.Option(help="Stop (checkpointed mid-epoch) after this many minutes; rerun "
                                                        "to continue.")]  # fmt: skip
@@ -103,21 +99,73 @@ DeviceMap = Annotated[str | None, typer.Option(help="balanced: split the denoise
 ConditionCache = Annotated[str, typer.Option(help="Where encoded prompts are kept across runs: auto ($XDG_CACHE_HOME/diffdisc/conditions, for models with large text encoders), a directory, or off.")]
 
 
-def model_options(no_t5: bool = False, guidance: float | None = None, image_size: int | None = None,
-                  weights_dtype: str = "auto", vae_dtype: str | None = None, quantize: str = "none",
-                  offload: str = "none", device_map: str | None = None, condition_cache: str = "auto") -> dict:  # fmt: skip
-    """The loader options given on the command line (`create_backbone` passes the family's to the model's
-    family, which refuses those it does not take, and decides the loading ones itself: `loading.LoadSpec`)."""
-    family = {"no_t5": no_t5 or None, "guidance": guidance, "image_size": image_size}
-    loading = {"weights_dtype": weights_dtype, "vae_dtype": vae_dtype, "quantize": quantize, "offload": offload,
-               "device_map": device_map, "condition_cache": condition_cache}  # fmt: skip
-    defaults = {"weights_dtype": "auto", "quantize": "none", "offload": "none", "condition_cache": "auto"}
-    given = {k: v for k, v in loading.items() if v is not None and v != defaults.get(k)}  # create_backbone's defaults
-    return {k: v for k, v in {**family, **given}.items() if v is not None}
+class OptionGroup:
+    """Options several commands take together, declared once as a frozen dataclass of `Annotated` fields: a
+    command declares one parameter of the group's type (defaulting to the group's defaults), typer is shown one
+    option per field in its place and the command gets the group's object (`spell_out`, which every command goes
+    through: `cli._Typer.command`)."""
+
+
+@dataclass(frozen=True)
+class FamilyOptions(OptionGroup):
+    """The options only some model families take."""
+
+    no_t5: NoT5 = False
+    distilled_guidance: Guidance = None
+    image_size: ImageSize = None
+
+    def kwargs(self) -> dict:
+        """The options given (not at their default) as `create_backbone`'s keywords: it passes the family's to the
+        model's family, which refuses those it does not take, and decides the loading ones itself
+        (`loading.LoadSpec`)."""
+        given = {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != f.default}
+        return {("guidance" if k == "distilled_guidance" else k): v for k, v in given.items()}
+
+
+@dataclass(frozen=True)
+class LoadOptions(FamilyOptions):
+    """The family options and how the weights load: what every command that loads a model takes."""
+
+    weights_dtype: WeightsDtype = "auto"
+    vae_dtype: VaeDtype = None
+    quantize: Quantize = "none"
+    offload: Offload = "none"
+    device_map: DeviceMap = None
+    condition_cache: ConditionCache = "auto"
+
+
+@dataclass(frozen=True)
+class TimmTraining(OptionGroup):
+    """synth train / baseline train: the classifier and its optimisation (`tasks.baseline.ClassifierConfig`'s)."""
+
+    model: Annotated[str, typer.Option(help="Any timm model name, trained from scratch.")] = "resnet18"
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 15
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128
+    lr: Annotated[float, typer.Option(help="AdamW peak learning rate (cosine schedule).")] = 2e-3
+
+
+def spell_out(command):
+    """`command` with each `OptionGroup` parameter replaced, in its place, by one parameter per field (typer reads
+    `__signature__`), and the group's object made from them when it runs; `command` itself when it has none."""
+    sig = inspect.signature(command)
+    groups = {p.name: p for p in sig.parameters.values() if isinstance(p.annotation, type) and issubclass(p.annotation, OptionGroup)}
+    if not groups:
+        return command
+    flags = {name: [inspect.Parameter(f.name, p.kind, default=f.default, annotation=f.type) for f in fields(p.annotation)]
+             for name, p in groups.items()}  # fmt: skip
+
+    @functools.wraps(command)
+    def spelled_out(**kwargs):
+        for name, p in groups.items():
+            kwargs[name] = p.annotation(**{f.name: kwargs.pop(f.name) for f in flags[name]})
+        return command(**kwargs)
+
+    spelled_out.__signature__ = sig.replace(parameters=[q for p in sig.parameters.values() for q in flags.get(p.name, [p])])
+    return spelled_out
 
 
 def load(model: str, device: str | None = None, lora: Path | None = None, **options):
-    """A backbone by name or directory (`options`: `model_options`), with a LoRA adapter if given; the
+    """A backbone by name or directory (`options`: `LoadOptions.kwargs()`), with a LoRA adapter if given; the
     libraries' own progress bars and info logs are turned off first (diffdisc prints its own)."""
     from ..backbones.registry import create_backbone
     from ..runtime import quiet_libraries

@@ -5,23 +5,13 @@ from typing import Annotated
 
 import typer
 
-from ..errors import DiffdiscError
 from . import app
 from .options import (
-    ConditionCache,
     Device,
-    DeviceMap,
-    Guidance,
-    ImageSize,
-    NoT5,
-    Offload,
-    Quantize,
+    LoadOptions,
     Scheduler,
     Seed,
-    VaeDtype,
-    WeightsDtype,
     load,
-    model_options,
     parse_classes,
 )
 
@@ -39,24 +29,12 @@ def sample(
     scheduler: Scheduler = "ddim",
     seed: Seed = 0,
     device: Device = None,
-    no_t5: NoT5 = False,
-    distilled_guidance: Guidance = None,
-    image_size: ImageSize = None,
-    weights_dtype: WeightsDtype = "auto",
-    vae_dtype: VaeDtype = None,
-    quantize: Quantize = "none",
-    offload: Offload = "none",
-    device_map: DeviceMap = None,
-    condition_cache: ConditionCache = "auto",
+    loading: LoadOptions = LoadOptions(),
 ):
     """Draw a labelled grid of samples, to see what a diffusion model has learned before using it as a classifier."""
-    from ..scoring.scorers import is_contrastive
     from ..tasks.sample import SampleConfig, sample_grid
 
     keys = [c.strip() for c in captions.split(";")] if captions else parse_classes(classes)
-    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size, weights_dtype, vae_dtype,
-                                             quantize, offload, device_map, condition_cache))
-    if is_contrastive(bb):
-        raise DiffdiscError(f"{model} is a contrastive model: it cannot generate images")
+    bb = load(model, device, **loading.kwargs())
     config = SampleConfig(per_key=per_row, guidance=guidance, steps=steps, scheduler=scheduler, seed=seed)
     typer.echo(f"wrote {sample_grid(bb, keys, config, out=out)}")

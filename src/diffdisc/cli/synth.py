@@ -1,6 +1,7 @@
 """`diffdisc synth generate | merge | train`: synthetic training sets from class names, and classifiers on them."""
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -9,28 +10,16 @@ import typer
 from ..errors import DiffdiscError
 from . import group
 from .options import (
-    BatchSize,
     ClassifierJson,
-    ConditionCache,
     Device,
-    DeviceMap,
-    Epochs,
-    Guidance,
-    ImageSize,
+    LoadOptions,
     MaxMinutes,
     MixedPrecision,
-    NoT5,
-    Offload,
-    PeakLr,
-    Quantize,
     Scheduler,
     Seed,
-    TimmModel,
-    VaeDtype,
-    WeightsDtype,
+    TimmTraining,
     json_flag,
     load,
-    model_options,
     parse_classes,
     quiet_flag,
 )
@@ -53,15 +42,7 @@ def synth_generate(
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed (every image's prompt, guidance and noise derive from it).")] = 0,
     device: Device = None,
-    no_t5: NoT5 = False,
-    distilled_guidance: Guidance = None,
-    image_size: ImageSize = None,
-    weights_dtype: WeightsDtype = "auto",
-    vae_dtype: VaeDtype = None,
-    quantize: Quantize = "none",
-    offload: Offload = "none",
-    device_map: DeviceMap = None,
-    condition_cache: ConditionCache = "auto",
+    loading: LoadOptions = LoadOptions(),
     json_out: json_flag("Print {out, images, classes} as JSON only.") = False,
     quiet: quiet_flag("No progress lines.") = False,
 ):
@@ -76,8 +57,7 @@ def synth_generate(
     cfg = SynthConfig(per_class=per_class, tricks=tuple(t for t in tricks.split(",") if t), guidance=guidance,
                       guidance_range=(lo, hi), steps=steps, scheduler=scheduler, seed=seed, batch_size=batch_size)  # fmt: skip
     names = parse_classes(classes)
-    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size, weights_dtype, vae_dtype,
-                                             quantize, offload, device_map, condition_cache))
+    bb = load(model, device, **loading.kwargs())
     names = names or list(bb.info.class_names)
     with step_progress("synth generate", enabled=not (quiet or json_out)) as cb:
         path = generate(bb, names, cfg, out=out, progress=cb)
@@ -102,10 +82,7 @@ def synth_merge(
 def synth_train(
     data: Annotated[Path, typer.Option(help="(Synthetic) ImageFolder to train on.")],
     out: Annotated[Path, typer.Option(help="Output dir (checkpoints/, model.safetensors); rerun to resume.")],
-    model: TimmModel = "resnet18",
-    epochs: Epochs = 15,
-    batch_size: BatchSize = 128,
-    lr: PeakLr = 2e-3,
+    training: TimmTraining = TimmTraining(),
     mixed_precision: MixedPrecision = "no",
     seed: Seed = 0,
     val_fraction: Annotated[float, typer.Option(help="Fraction of each synthetic class held out for model selection.")] = 0.1,
@@ -118,6 +95,5 @@ def synth_train(
     from ..tasks.baseline import ClassifierConfig
     from .baseline import train_classifier  # not at the top: baseline's group is registered after synth's
 
-    cfg = ClassifierConfig(model=model, epochs=epochs, batch_size=batch_size, lr=lr, mixed_precision=mixed_precision, seed=seed,
-                           val_fraction=val_fraction)  # fmt: skip
+    cfg = ClassifierConfig(**asdict(training), mixed_precision=mixed_precision, seed=seed, val_fraction=val_fraction)
     train_classifier("synth train", data, out, cfg, max_minutes, test, json_out, quiet, synthetic=True)

@@ -10,20 +10,11 @@ import typer
 from ..errors import DiffdiscError
 from . import group
 from .options import (
-    ConditionCache,
-    DeviceMap,
     Dtype,
-    Guidance,
-    ImageSize,
-    NoT5,
-    Offload,
-    Quantize,
+    LoadOptions,
     UnetBatchSize,
-    VaeDtype,
-    WeightsDtype,
     json_flag,
     load,
-    model_options,
     parse_classes,
     quiet_flag,
 )
@@ -56,15 +47,7 @@ def timesteps_fit(
     run: Annotated[Path | None, typer.Option(help="Calibration run directory (resumable; default: beside --out).")] = None,
     chunk: Annotated[int, typer.Option(help="Images scored together (fills U-Net batches).")] = 16,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
-    no_t5: NoT5 = False,
-    distilled_guidance: Guidance = None,
-    image_size: ImageSize = None,
-    weights_dtype: WeightsDtype = "auto",
-    vae_dtype: VaeDtype = None,
-    quantize: Quantize = "none",
-    offload: Offload = "none",
-    device_map: DeviceMap = None,
-    condition_cache: ConditionCache = "auto",
+    loading: LoadOptions = LoadOptions(),
     json_out: json_flag("Print the weights file as JSON only.") = False,
     quiet: quiet_flag("No progress bar.") = False,
 ):
@@ -90,8 +73,7 @@ def timesteps_fit(
     if target.resolve().is_relative_to(root):
         raise DiffdiscError(f"--out {out} is inside the model directory {root}: a file there changes the model's "
                             "fingerprint (its runs and these weights would no longer match it); write it elsewhere")  # fmt: skip
-    bb = load(model, device, **model_options(no_t5, distilled_guidance, image_size, weights_dtype, vae_dtype,
-                                             quantize, offload, device_map, condition_cache))
+    bb = load(model, device, **loading.kwargs())
     score = ScoreConfig(loss=loss, weighting=weighting or default_weighting(bb), batch_size=batch_size, dtype=dtype,
                         seed=seed, scorer=scorer)  # fmt: skip
     cfg = TimestepFitConfig(grid=grid, max_images=max_images, seed=seed, folds=folds, score=score, sigmas=sigmas,

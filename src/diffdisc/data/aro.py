@@ -30,8 +30,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DiffdiscError
-from ..jsonfile import check_strings, parse_json, read_json_text
+from ..jsonfile import check_strings
 from ..scoring.match_metrics import bootstrap_ci
+from .benchmark_files import image_file, read_annotation
 from .derived import derived_png, safe_name
 from .folders import stratified_subset
 from .groups import Group
@@ -108,10 +109,7 @@ def _order_split(task: str, split: str) -> str:
 def _read_list(path: Path, task: str, split: str) -> list:
     if not path.is_file():
         raise DiffdiscError(f"aro/{task}: nothing is downloaded, so ROOT must hold {layout(task, split)}; {path} is missing")
-    data = parse_json(read_json_text(path, f"an ARO {task} file"), str(path), "the annotation file")
-    if not isinstance(data, list):
-        raise DiffdiscError(f"{path}: expected a JSON list of items, got {type(data).__name__}")
-    return data
+    return read_annotation(path, f"an ARO {task} file", "the annotation file", list, "a JSON list of items")
 
 
 def pos_tagger() -> Tagger:
@@ -231,9 +229,7 @@ def open_aro(name: str, root: str | Path, split: str = "test", *, limit: int | N
         groups = []
         for n in keep:
             path, box, captions, kind = rows[n]
-            src = images / path
-            if not src.is_file():
-                raise DiffdiscError(f"aro/{task}: image {src} of item {n} is missing ({layout(task)})")
+            src = image_file(images / path, f"aro/{task}", f"item {n}", layout(task))
             crop = derived_png(crops, safe_name(path, *box), _crop(src, box, f"{ann}: item {n}"), f"aro/{task}")
             groups.append(Group(f"{task}-{n}", (crop,), captions, (kind,)))
     else:
@@ -251,9 +247,7 @@ def open_aro(name: str, root: str | Path, split: str = "test", *, limit: int | N
         groups = []
         for i in keep:
             a, k, image, caption = cases[i]
-            src = root / image
-            if not src.is_file():
-                raise DiffdiscError(f"aro/{task}: image {src} of entry {a} is missing ({layout(task, split)})")
+            src = image_file(root / image, f"aro/{task}", f"entry {a}", layout(task, split))
             true = pre_caption(caption, max_words)
             if not true:
                 raise DiffdiscError(f"{ann}: entry {a}: caption {k} is empty once cleaned as ARO cleans it")

@@ -14,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DiffdiscError
-from ..jsonfile import check_strings, parse_json, read_json_text
+from ..jsonfile import check_strings
+from .benchmark_files import image_file, read_annotation, require
 from .folders import stratified_subset
 from .groups import Group
 
@@ -60,12 +61,9 @@ def open_clevr(name: str, root: str | Path, split: str = "test", *, limit: int |
         raise DiffdiscError(f"clevr/{task} has no split {split!r}; it has test (one file)")
     root = Path(root).expanduser()
     ann, images = expected_files(f"clevr/{task}", root)
-    for p in (root, ann, images):
-        if not p.exists():
-            raise DiffdiscError(f"clevr/{task}: nothing is downloaded, so ROOT must hold {layout(task)}; {p} is missing")
-    data = parse_json(read_json_text(ann, "a CLEVR captions file"), str(ann), "the captions file")
-    if not isinstance(data, dict):
-        raise DiffdiscError(f"{ann}: expected a JSON object {{image: [[caption, caption], ...]}}, got {type(data).__name__}")
+    require(f"clevr/{task}", f"ROOT must hold {layout(task)}", root, ann, images)
+    data = read_annotation(ann, "a CLEVR captions file", "the captions file", dict,
+                           "a JSON object {image: [[caption, caption], ...]}")  # fmt: skip
     pairs = []
     for image, caps in data.items():
         if not isinstance(caps, list):
@@ -79,9 +77,7 @@ def open_clevr(name: str, root: str | Path, split: str = "test", *, limit: int |
     groups = []
     for n in keep:
         image, i, captions = pairs[n]
-        path = images / image
-        if not path.is_file():
-            raise DiffdiscError(f"clevr/{task}: image {path} is missing ({layout(task)})")
+        path = image_file(images / image, f"clevr/{task}", "", layout(task))
         groups.append(Group(f"{task}-{image}-{i}", (path,), captions, (task,)))
     if not groups:
         raise DiffdiscError(f"{ann}: no caption pairs")

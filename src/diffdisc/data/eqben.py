@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DiffdiscError
-from ..jsonfile import check_strings, parse_json, read_json_text
+from ..jsonfile import check_strings
+from .benchmark_files import image_file, read_annotation, require
 from .derived import derived_png, safe_name
 from .folders import stratified_subset
 from .groups import Group
@@ -65,12 +66,8 @@ def open_eqben(name: str, root: str | Path, split: str = "test", *, limit: int |
         raise DiffdiscError(f"{name} has no split {split!r}; it has test (one file)")
     root = Path(root).expanduser()
     ann, images = root / ANNOTATION, root / "eqbench_subset" / "images"
-    for p in (root, ann, images):
-        if not p.exists():
-            raise DiffdiscError(f"{name}: nothing is downloaded, so ROOT must hold {LAYOUT}; {p} is missing")
-    rows = parse_json(read_json_text(ann, "an EqBen annotation file"), str(ann), "the annotation file")
-    if not isinstance(rows, list):
-        raise DiffdiscError(f"{ann}: expected a JSON list of rows, got {type(rows).__name__}")
+    require(name, f"ROOT must hold {LAYOUT}", root, ann, images)
+    rows = read_annotation(ann, "an EqBen annotation file", "the annotation file", list, "a JSON list of rows")
     picked = []
     for n, r in enumerate(rows):
         keys = ("image0", "image1", "caption0", "caption1")
@@ -88,9 +85,7 @@ def open_eqben(name: str, root: str | Path, split: str = "test", *, limit: int |
         n, r, kind = picked[i]
         paths = []
         for k in ("image0", "image1"):
-            src = images / r[k]
-            if not src.is_file():
-                raise DiffdiscError(f"{name}: image {src} of row {n} is missing ({LAYOUT})")
+            src = image_file(images / r[k], name, f"row {n}", LAYOUT)
             if src.suffix.lower() == ".npy":
                 src = derived_png(frames, safe_name(r[k]), _npy_image(src, f"{ann}: row {n}"), name)
             paths.append(src)

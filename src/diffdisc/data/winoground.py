@@ -19,7 +19,8 @@ import zipfile
 from pathlib import Path
 
 from ..errors import DiffdiscError
-from ..jsonfile import check_strings, jsonl_rows, parse_json, read_json_text
+from ..jsonfile import check_strings, jsonl_rows
+from .benchmark_files import image_file, read_annotation, require
 from .compositional import COMPOSITIONAL_BENCHMARKS, canonical, open_compositional
 from .groups import Group
 from .images import IMAGE_SUFFIXES
@@ -112,13 +113,9 @@ def open_sugar_crepe(root: str | Path, task: str) -> list[Group]:
         raise DiffdiscError(f"unknown SugarCrepe task {task!r}; known: {', '.join(SUGAR_CREPE_TASKS)}")
     root = Path(root).expanduser()
     ann, images = root / f"{task}.json", root / "val2017"
-    for p in (root, ann, images):
-        if not p.exists():
-            raise DiffdiscError(f"sugar_crepe/{task}: nothing is downloaded, so {layout}; {p} is missing")
+    require(f"sugar_crepe/{task}", layout, root, ann, images)
     # read as clip_benchmark's SugarCrepe dataset reads it (json.load; entries in file order), but checked
-    data = parse_json(read_json_text(ann, "a SugarCrepe annotation file"), str(ann), "the annotation file")
-    if not isinstance(data, dict):
-        raise DiffdiscError(f"{ann}: expected a JSON object of entries, got {type(data).__name__}")
+    data = read_annotation(ann, "a SugarCrepe annotation file", "the annotation file", dict, "a JSON object of entries")
     groups = []
     for key, a in data.items():
         try:
@@ -126,9 +123,8 @@ def open_sugar_crepe(root: str | Path, task: str) -> list[Group]:
         except (KeyError, TypeError):
             raise DiffdiscError(f"{ann}: entry {key!r} lacks filename / caption / negative_caption") from None
         check_strings(f"{ann}: entry {key!r}", fields)
-        path, captions = images / fields["filename"], (fields["caption"], fields["negative_caption"])
-        if not path.is_file():
-            raise DiffdiscError(f"sugar_crepe/{task}: image {path} of entry {key!r} is missing ({layout})")
+        path = image_file(images / fields["filename"], f"sugar_crepe/{task}", f"entry {key!r}", layout)
+        captions = fields["caption"], fields["negative_caption"]
         groups.append(Group(f"{task}-{key}", (path,), captions, (task,)))
     return groups
 

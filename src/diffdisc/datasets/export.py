@@ -129,3 +129,74 @@ def export_coloured_test(out_dir: str | Path, n: int | None = 200, seed: int = 0
     y = np.array([int(s.items[0].class_id) * len(COLOURS) + COLOURS.index(s.items[0].colour) for s in scenes.scenes])
     keep = sorted(stratified_subset(y.tolist(), n, seed))
     return export_imagefolder(scenes.images[keep], y[keep], coloured_classes(), out_dir, ids=indices[keep])
+
+
+def pair_classes(right_colour: bool = True) -> list[str]:
+    """The labels of the two-item task, the scene generator's captions less their leading article (the text
+    model's "{a} {}" template gives it back): "red shirt to the left of a blue bag", every left (item, colour)
+    x right (item, colour), 80 x 80 = 6,400, ordered left item, its colour, right item, its colour.
+    `right_colour=False`: the 800-way sub-space without the right item's colour ("red shirt to the left of a
+    bag"). Same item or colour on both sides is a candidate too, though the generator never draws it."""
+    from .fashion_mnist import CLASS_NAMES
+    from .scenes import COLOURS, Item, describe
+
+    def noun(item: str, colour: str, coloured: bool = True) -> str:
+        return describe([Item(0, item, colour, "centre", 0)], colours=coloured)
+
+    colours = COLOURS if right_colour else ("",)
+    rights = [noun(it, c, right_colour) for it in CLASS_NAMES for c in colours]
+    lefts = [noun(it, c).split(" ", 1)[1] for it in CLASS_NAMES for c in COLOURS]
+    return [f"{left} to the left of {right}" for left in lefts for right in rights]
+
+
+def pair_tree(right_colour: bool = True) -> dict:
+    """The natural label tree of `pair_classes`: left item -> its colour -> right item (-> its colour): 10, 8,
+    10 (and 8) children per level. No node prompts: a node is scored through the mean of its leaves'
+    conditions (the model never saw a caption naming only part of a pair)."""
+    from .fashion_mnist import CLASS_NAMES
+    from .scenes import COLOURS
+
+    names = iter(pair_classes(right_colour))
+
+    def right(item: str) -> dict:
+        if right_colour:
+            return {"name": f"... {item}", "children": [next(names) for _ in COLOURS]}
+        return next(names)
+
+    return {"name": "all", "children": [
+        {"name": f"{left} ...", "children": [
+            {"name": f"{c} {left} ...", "children": [right(it) for it in CLASS_NAMES]} for c in COLOURS]}
+        for left in CLASS_NAMES
+    ]}  # fmt: skip
+
+
+def pair_label(scene, right_colour: bool = True) -> int:
+    """A two-item scene's index in `pair_classes(right_colour)` (whatever relation its caption was phrased in)."""
+    from .scenes import COLOURS
+
+    left, right = sorted(scene.items, key=lambda it: it.position != "left")
+    y = left.class_id * len(COLOURS) + COLOURS.index(left.colour)
+    y = y * 10 + right.class_id
+    return y * len(COLOURS) + COLOURS.index(right.colour) if right_colour else y
+
+
+PAIR_SCENE_SEED = 2700  # the two-item test scenes' draw: fixed, so every run sees the same test set
+
+
+def export_pair_test(out_dir: str | Path, n: int = 50, right_colour: bool = True,
+                     seed: int = PAIR_SCENE_SEED) -> Path:  # fmt: skip
+    """The label space of thousands: `n` seeded two-item scenes of real shipped Fashion-MNIST *test* items
+    (`generate_scenes(kind="pair")`: two different items in two different uniform colours; a larger n keeps a
+    smaller n's scenes), labelled among all `pair_classes(right_colour)` (6,400, or 800). Writes the
+    ImageFolder (ids = scene index), `classes.txt` (every candidate, one a line: `classify --classes @FILE`,
+    since the folders name only the labels drawn) and `tree.json` (`pair_tree`, for `classify --tree`)."""
+    from .fashion_mnist import load_shipped_subset
+    from .scenes import generate_scenes
+
+    images, labels, _ = load_shipped_subset("test")
+    scenes = generate_scenes(images, labels, n, "pair", seed=seed)
+    classes = pair_classes(right_colour)
+    out = export_imagefolder(scenes.images, [pair_label(s, right_colour) for s in scenes], classes, out_dir)
+    atomic_write_bytes(out / "classes.txt", "".join(c + "\n" for c in classes).encode())
+    atomic_write_bytes(out / "tree.json", json.dumps(pair_tree(right_colour)).encode())
+    return out

@@ -141,37 +141,68 @@ class FeatureCache:
 
 def cached_features(
     backbone, images: torch.Tensor, keys: list[str], blocks, timesteps, poolings=("gap",), *,
-    cache: FeatureCache | str | Path | None = None, chunk: int = CHUNK, load: bool = True, **options,
-) -> dict[tuple[str, int, str], torch.Tensor]:
+    cache: FeatureCache | str | Path | None = None, chunk: int = CHUNK, load: bool = True, rank: int = 0,
+    world_size: int = 1, **options,
+) -> dict[tuple[str, int, str], torch.Tensor] | None:
     """`extract(backbone, images, keys, blocks, timesteps, poolings, **options)`, through the cache: only
     (chunk, t) pairs with a missing cell run the U-Net. Without a cache everything is computed in memory.
     `load=False` only fills the cache (a sweep then reads one cell at a time, so memory holds one cell, not the
-    whole grid). `options` are `extract`'s keyword options (condition, seed, batch_size, dtype, stats, progress)."""
+    whole grid). `options` are `extract`'s keyword options (condition, seed, batch_size, dtype, stats, progress).
+
+    `rank` / `world_size`: one process of several sharing the cache (`runtime.launch_rank`). It computes its
+    share of the (chunk, t) pairs (the k-th pair, chunk by chunk, is rank k % world_size's), then returns None
+    while another share is missing; the process that finds every share cached goes on as a single one would."""
     unknown = sorted(set(options) - set(_EXTRACT_OPTIONS))
     if unknown:
         raise TypeError(f"cached_features() got unexpected keyword argument {unknown[0]!r}")
     kw = {**_EXTRACT_OPTIONS, **options}
-    progress = kw.pop("progress")
-    condition, seed, dtype = kw["condition"], kw["seed"], kw["dtype"]
-    stats = kw["stats"] = kw["stats"] if kw["stats"] is not None else ExtractStats()
+    kw["stats"] = kw["stats"] if kw["stats"] is not None else ExtractStats()
     blocks = list(resolve_blocks(backbone, blocks))
     ts = check_timesteps(backbone, timesteps)
-    poolings = tuple(poolings)
+    args = (backbone, images, keys, blocks, ts, tuple(poolings))
     if cache is None:
-        return extract(backbone, images, keys, blocks, ts, poolings, progress=progress, **kw)
+        if world_size > 1:
+            raise DiffdiscError("several processes share their features through the cache: give a cache directory")
+        return extract(*args, **kw)
     if len(images) == 0:
         raise DiffdiscError("no images to extract features from")
     cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
-    fp, ds = model_fingerprint(backbone), dataset_hash(images, keys)
-    cells = [(b, t, p) for b in blocks for t in ts for p in poolings]
-    cell_key = {c: CellKey(backbone.info.name, ds, c[0], c[1], c[2], condition, seed, dtype) for c in cells}
-    parts: dict = {c: [] for c in cells}
+    if world_size > 1:
+        _fill(*args, cache, chunk, False, (rank, world_size), kw)
+        if not _complete(*args, cache, chunk, kw):
+            return None
+        if not load:
+            return {}
+    return _fill(*args, cache, chunk, load, None, kw)
+
+
+def _cell_keys(backbone, images, keys, blocks, ts, poolings, kw) -> dict[tuple[str, int, str], CellKey]:
+    ds = dataset_hash(images, keys)
+    return {(b, t, p): CellKey(backbone.info.name, ds, b, t, p, kw["condition"], kw["seed"], kw["dtype"])
+            for b in blocks for t in ts for p in poolings}  # fmt: skip
+
+
+def _complete(backbone, images, keys, blocks, ts, poolings, cache: FeatureCache, chunk: int, kw) -> bool:
+    """Whether every (cell, chunk) shard is in the cache (written whole by a rename, so present = finished)."""
+    cell_key = _cell_keys(backbone, images, keys, blocks, ts, poolings, kw)
+    return all(cache._shard(k, ci).is_file() for k in cell_key.values() for ci in range(-(-len(images) // chunk)))
+
+
+def _fill(backbone, images, keys, blocks, ts, poolings, cache: FeatureCache, chunk: int, load: bool,
+          share: tuple[int, int] | None, kw) -> dict:  # fmt: skip
+    """`cached_features` on a cache: every (chunk, t) pair, or only those of `share` = (rank, world_size)."""
+    kw = dict(kw)
+    progress, stats = kw.pop("progress"), kw["stats"]
+    fp, cell_key = model_fingerprint(backbone), _cell_keys(backbone, images, keys, blocks, ts, poolings, kw)
+    parts: dict = {c: [] for c in cell_key}
     n = len(images)
     done = 0
     for ci, s in enumerate(range(0, n, chunk)):
         e = min(s + chunk, n)
+        ts_here = [t for j, t in enumerate(ts) if share is None or (ci * len(ts) + j) % share[1] == share[0]]
+        cells = [(b, t, p) for b in blocks for t in ts_here for p in poolings]
         have = {c: cache.load(cell_key[c], ci, s, e, fp, stats) for c in cells}
-        todo_t = [t for t in ts if any(have[(b, t, p)] is None for b in blocks for p in poolings)]
+        todo_t = [t for t in ts_here if any(have[(b, t, p)] is None for b in blocks for p in poolings)]
         stats.cache_hits += sum(v is not None for v in have.values())
         stats.cache_misses += sum(v is None for v in have.values())
         if todo_t:  # one extract call: one encode per image, one forward per (image, t) still missing
@@ -192,5 +223,5 @@ def cached_features(
                 parts[c].append(have[c])
         done = e
         if progress:
-            progress(done, n, f"chunk {ci + 1}: {len(todo_t)} timesteps computed, {len(ts) - len(todo_t)} cached")
+            progress(done, n, f"chunk {ci + 1}: {len(todo_t)} timesteps computed, {len(ts_here) - len(todo_t)} cached")
     return {c: torch.cat(v) for c, v in parts.items()} if load else {}

@@ -23,17 +23,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..backbones.capabilities import Capability, require
 from ..errors import DiffdiscError
 from ..scoring.config import ScoreConfig
 from ..scoring.engine import ScoringEngine
-from ..scoring.scorers import is_contrastive
 from .pooling import parse_pooling, pool, to_map
 
 
 def denoiser(backbone) -> nn.Module:
     """The network whose blocks are tapped (SD: `unet`; class-conditional: `model`)."""
-    if is_contrastive(backbone):
-        raise DiffdiscError(f"{backbone.info.name} is a contrastive model: it has no U-Net blocks to tap")
+    require(backbone, Capability.FEATURES, "feature taps (`diffdisc features`)")
     net = getattr(backbone, "unet", None) or getattr(backbone, "transformer", None) or getattr(backbone, "model", None)
     if net is None:
         raise DiffdiscError(f"{backbone.info.name}: no U-Net to tap")

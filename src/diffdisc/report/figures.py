@@ -151,8 +151,7 @@ def confusion_png(labels: np.ndarray, preds: np.ndarray, classes: list[str], tit
                 if cm[i, j]:
                     ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7,
                             color="white" if cm[i, j] > cm.max() / 2 else "black")  # fmt: skip
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set(xlabel="predicted", ylabel="true")
     ax.set_title(_txt(title, TITLE_CHARS), fontsize=10)
     return fig_png(fig)
 
@@ -171,10 +170,7 @@ def reliability_png(conf: np.ndarray, correct: np.ndarray, n_bins: int, title: s
     for x, a, k in zip(centres, acc, n, strict=True):
         if k:
             ax.text(x, min(a + 0.02, 0.97), str(k), ha="center", fontsize=7)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (predicted class)")
-    ax.set_ylabel("accuracy")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (predicted class)", ylabel="accuracy")
     ax.legend(fontsize=7, loc="upper left")
     ax.set_title(_txt(title, TITLE_CHARS), fontsize=10)
     return fig_png(fig)
@@ -218,9 +214,7 @@ def single_t_png(centres: np.ndarray, acc: np.ndarray, n: np.ndarray, chance: fl
     ok = n > 0
     ax.plot(centres[ok], acc[ok], marker="o", color="tab:blue", label="true class lowest at t")
     ax.axhline(chance, ls="--", color="grey", label=f"chance {pct(chance)}")
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("timestep t (binned)")
-    ax.set_ylabel("single-t accuracy")
+    ax.set(ylim=(0, 1), xlabel="timestep t (binned)", ylabel="single-t accuracy")
     ax.legend(fontsize=7)
     ax.set_title(_txt(title, TITLE_CHARS), fontsize=9)
     return fig_png(fig)
@@ -237,9 +231,7 @@ def pruning_png(n_calls: np.ndarray, title: str, max_lines: int = 100) -> str:
         ax.step(x, y, where="post", color="tab:blue", alpha=0.15, lw=0.8)
     xs, ys = mean_trace(n_calls)
     ax.plot(xs, ys, color="black", lw=2, label=f"mean of {len(n_calls)} images")
-    ax.set_xlabel("U-Net calls spent on the image")
-    ax.set_ylabel("candidates left")
-    ax.set_ylim(0, n_calls.shape[1] + 0.5)
+    ax.set(xlabel="U-Net calls spent on the image", ylabel="candidates left", ylim=(0, n_calls.shape[1] + 0.5))
     ax.legend(fontsize=7)
     ax.set_title(_txt(title, TITLE_CHARS), fontsize=9)
     return fig_png(fig)
@@ -265,8 +257,7 @@ def sweep_png(blocks: list[str], timesteps: list[int], val_acc: np.ndarray, best
     if best.get("block") in blocks and best.get("t") in timesteps:
         i, j = blocks.index(best["block"]), timesteps.index(best["t"])
         ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", lw=2))
-    ax.set_xlabel("timestep t")
-    ax.set_ylabel("U-Net block")
+    ax.set(xlabel="timestep t", ylabel="U-Net block")
     fig.colorbar(im, ax=ax, label="val accuracy")
     ax.set_title(_txt(title, TITLE_CHARS), fontsize=9)
     return fig_png(fig)
@@ -289,10 +280,7 @@ def robustness_png(points: list[dict], title: str = "effective robustness") -> s
     for si, s in enumerate(shifts):
         ax.scatter([], [], color="grey", marker=marks[si % len(marks)], label=_txt(s, 28))
     ax.plot([0, 100], [0, 100], "k--", lw=0.8)
-    ax.set_xlim(0, 100)
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("clean accuracy (%)")
-    ax.set_ylabel("shifted accuracy (%)")
+    ax.set(xlim=(0, 100), ylim=(0, 100), xlabel="clean accuracy (%)", ylabel="shifted accuracy (%)")
     ax.legend(fontsize=6, loc="upper left")
     ax.set_title(_txt(title, TITLE_CHARS), fontsize=9)
     return fig_png(fig)

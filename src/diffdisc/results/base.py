@@ -64,6 +64,13 @@ class Result:
         raise NotImplementedError
 
     @classmethod
+    def marker_object(cls, run_dir: Path, kind: str) -> dict:
+        """The JSON object in the marker file, or a one-line refusal naming the kind of directory expected."""
+        if not (run_dir / cls.marker).is_file():
+            raise DiffdiscError(f"{run_dir} is not a diffdisc {kind} directory (no {cls.marker})")
+        return load_object(run_dir / cls.marker)
+
+    @classmethod
     def read(cls, run_dir: Path, problems: list[str]) -> Result | None:
         """`load` for a report: what cannot be read becomes a note, never an exception."""
         try:
@@ -124,9 +131,7 @@ class ShardedResult(Result):
     @classmethod
     def load(cls, run_dir: str | Path) -> ShardedResult:
         run_dir = Path(run_dir)
-        if not (run_dir / RUN_JSON).is_file():
-            raise DiffdiscError(f"{run_dir} is not a diffdisc run directory (no run.json)")
-        r = cls(load_object(run_dir / RUN_JSON), list(read_records(run_dir / "shards")), run_dir)
+        r = cls(cls.marker_object(run_dir, "run"), list(read_records(run_dir / "shards")), run_dir)
         r.stored_metrics = optional_json(run_dir / "metrics.json", r.problems)
         r._loaded()
         return r

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import DiffdiscError
-from .base import DictResult, load_object
+from .base import DictResult
 
 TABLE = "claims_table.json"  # written by tasks.claims.run_claims
 VERDICTS = ("holds", "does not hold", "inconclusive")
@@ -43,9 +43,7 @@ class ClaimsResult(DictResult):
     @classmethod
     def load(cls, run_dir: str | Path) -> ClaimsResult:
         run_dir = Path(run_dir)
-        if not (run_dir / TABLE).is_file():
-            raise DiffdiscError(f"{run_dir} is not a diffdisc claims directory (no {TABLE})")
-        return cls(load_object(run_dir / TABLE), run_dir)
+        return cls(cls.marker_object(run_dir, "claims"), run_dir)
 
     @property
     def table(self) -> dict:

@@ -17,14 +17,10 @@ TASK = "features-probe"
 
 
 @dataclass
-class FeatureProbeResult(Result):
-    """What `features probe` measured (the numbers of its printed line) and on what."""
+class ProbeScores:
+    """One head on one representation (diffusion cells, pixels, an embedding): what `features probe` prints."""
 
-    model: str  # the model's display name (`BackboneInfo.label`)
     representation: str  # "mid@5 (avg4, linear)"
-    cells: list[list]  # [[block, t], ...]: several are fused
-    pooling: str
-    head: str
     dims: int
     val_acc: float
     test_acc: float | None
@@ -32,6 +28,19 @@ class FeatureProbeResult(Result):
     n_train: int
     n_val: int
     n_test: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FeatureProbeResult(ProbeScores, Result):
+    """What `features probe` measured (the numbers of its printed line) and on what."""
+
+    model: str  # the model's display name (`BackboneInfo.label`)
+    cells: list[list]  # [[block, t], ...]: several are fused
+    pooling: str
+    head: str
     train_data: str | None = None
     test_data: str | None = None
     path: Path | None = field(default=None, repr=False)  # the features_probe.json it was read from
@@ -44,11 +53,11 @@ class FeatureProbeResult(Result):
         path = Path(run_dir) / PROBE_JSON
         d = load_object(path)
         try:
-            r = cls(str(d.get("model", "?")), str(d["representation"]), [list(c) for c in d.get("cells", [])],
-                    str(d.get("pooling", "?")), str(d.get("head", "?")), int(d["dims"]), float(d["val_acc"]),
+            r = cls(str(d["representation"]), int(d["dims"]), float(d["val_acc"]),
                     None if d.get("test_acc") is None else float(d["test_acc"]), float(d.get("weight_decay", 0.0)),
-                    int(d["n_train"]), int(d["n_val"]), int(d.get("n_test") or 0), d.get("train_data"),
-                    d.get("test_data"))  # fmt: skip
+                    int(d["n_train"]), int(d["n_val"]), int(d.get("n_test") or 0), str(d.get("model", "?")),
+                    [list(c) for c in d.get("cells", [])], str(d.get("pooling", "?")), str(d.get("head", "?")),
+                    d.get("train_data"), d.get("test_data"))  # fmt: skip
         except (KeyError, TypeError, ValueError):
             raise DiffdiscError(f"{path.name}: needs representation, dims, val_acc, n_train and n_val; skipped") from None
         r.path = path
@@ -58,9 +67,10 @@ class FeatureProbeResult(Result):
         return {"val_acc": self.val_acc, "test_acc": self.test_acc}
 
     def to_json(self) -> dict:
+        """features_probe.json: what was probed first, then the scores."""
         d = asdict(self)
         d.pop("path"), d.pop("problems")
-        return d
+        return {**{k: d.pop(k) for k in ("model", "representation", "cells", "pooling", "head")}, **d}
 
     def write(self, out: str | Path, settings: dict) -> Path:
         """OUT/run.json (what was probed: the record of the run's inputs) and OUT/features_probe.json."""

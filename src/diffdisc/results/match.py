@@ -28,7 +28,8 @@ class MatchResult(ShardedResult):
         self.records: list[dict] = []
         self.score_mats: list[np.ndarray] = []
         self.calls: list[int] = []
-        for r in records:
+        order = {g: i for i, g in enumerate(settings.get("groups") or [])}  # shards of several processes: group order
+        for r in sorted(records, key=lambda r: order.get(r.get("image_id") if isinstance(r, dict) else None, len(order))):
             try:
                 mat, calls = np.array(r["scores"], dtype=np.float64), int(r.get("calls", 0))
             except (KeyError, TypeError, ValueError):

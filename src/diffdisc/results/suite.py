@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DiffdiscError
-from .base import Result, load_object
+from .base import Result
 
 TABLE = "suite_table.json"  # written by tasks.suite.run_suite
 
@@ -44,9 +44,7 @@ class SuiteResult(Result):
     @classmethod
     def load(cls, run_dir: str | Path) -> SuiteResult:
         run_dir = Path(run_dir)
-        if not (run_dir / TABLE).is_file():
-            raise DiffdiscError(f"{run_dir} is not a diffdisc suite directory (no {TABLE})")
-        return cls(load_object(run_dir / TABLE), run_dir)
+        return cls(cls.marker_object(run_dir, "suite"), run_dir)
 
     def metrics(self) -> dict:
         return {t["task"]: {label: c.get("metrics") for label, c in t.get("cells", {}).items()}

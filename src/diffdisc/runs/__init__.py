@@ -5,6 +5,7 @@ Sits just above `errors`: any layer may write through it, and it imports nothing
 
 from .guard import MEANINGFUL_KEYS, check_settings, describe_diffs, setting_diffs
 from .io import (
+    HOST,
     TMP_MARK,
     append_text,
     atomic_write,
@@ -31,7 +32,7 @@ from .store import (
 )
 
 __all__ = [
-    "MEANINGFUL_KEYS", "RUNTIME_KEYS", "RUN_JSON", "RUN_VERSION", "TMP_MARK", "UNUSED", "RunStore", "append_text",
+    "HOST", "MEANINGFUL_KEYS", "RUNTIME_KEYS", "RUN_JSON", "RUN_VERSION", "TMP_MARK", "UNUSED", "RunStore", "append_text",
     "atomic_write", "atomic_write_bytes", "atomic_write_text", "check_settings", "describe_diffs", "json_safe",
     "model_identity", "pid_alive", "read_records", "remove_stale_temps", "repair_jsonl", "run_settings", "run_task",
     "setting_diffs", "temp_path", "write_header", "write_jsonl",

@@ -1,7 +1,9 @@
 """How run files are written: write-then-rename (readers see the old file or the new one), fsynced appends.
 
-Every temporary file is `.<name>.tmp-<pid>` next to its target, so `remove_stale_temps` can tell a dead
-writer's leftovers from a live one's. Binary writers (safetensors, matplotlib) write through a callback.
+Every temporary file is `.<name>.tmp-<host>@<pid>` next to its target, so `remove_stale_temps` can tell a dead
+writer's leftovers from a live one's, and leaves those of other machines sharing the folder (a multi-machine run
+on a shared filesystem) alone: their pids mean nothing here. Binary writers (safetensors, matplotlib) write
+through a callback.
 """
 
 from __future__ import annotations
@@ -10,19 +12,22 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import DiffdiscError
 
 TMP_MARK = ".tmp-"
+HOST = re.sub(r"[^0-9A-Za-z.-]", "_", socket.gethostname())[:64] or "host"
 
 
 def temp_path(path: Path) -> Path:
     """Where `path` is written before its rename: hidden, same folder (a rename never crosses filesystems)."""
     path = Path(path)
-    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    return path.with_name(f".{path.name}{TMP_MARK}{HOST}@{os.getpid()}")
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -121,12 +126,17 @@ def pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(folder: str | Path, pattern: str = f".*{TMP_MARK}*") -> None:
-    """Delete temporary files or folders named `...-<pid>` left by a process that died mid-write.
+    """Delete temporary files or folders named `...-<pid>` (or `temp_path`'s `...-<host>@<pid>`) left by a
+    process that died mid-write.
 
-    A live writer's are kept; our own pid's are from an earlier failed write in this process (writes here are
-    sequential). `pattern` picks them: the default matches `temp_path`; checkpoint folders pass their own."""
+    A live writer's are kept, and so are another host's; our own pid's are from an earlier failed write in this
+    process (writes here are sequential). `pattern` picks them: the default matches `temp_path`; checkpoint
+    folders pass their own."""
     for tmp in Path(folder).glob(pattern):
-        pid = tmp.name.rsplit("-", 1)[-1]
+        head, at, pid = tmp.name.rpartition("@")
+        if at and not head.endswith(f"-{HOST}"):
+            continue  # another machine's writer: its pid says nothing here
+        pid = pid if at else tmp.name.rsplit("-", 1)[-1]
         if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
             if tmp.is_dir():
                 shutil.rmtree(tmp, ignore_errors=True)

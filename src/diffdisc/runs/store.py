@@ -15,8 +15,8 @@ config, identity={"model": ..., "groups_sha256": ...})`): the store records `con
 resume may change the fields the config marks speed-only. Such a settings file carries `"version": 2`; one
 without a version (written from a hand-built dict before) lacks the config fields it never recorded, and those
 are skipped when it is compared, so the unchanged command still resumes it. A directory whose settings live in
-a file of its own (synth.json, a checkpoint's state.json) also gets run.json holding the same settings as a
-header (`task`, `version`, then config and identities), so every diffdisc output says what made it.
+a file of its own (synth.json, train_config.json, a checkpoint's state.json) also gets run.json holding the same
+settings as a header (`task`, `version`, then config and identities), so every diffdisc output says what made it.
 
 Shards are `shards/part-<rank>.jsonl`, one JSON line per finished item (written whole, flushed and fsynced). A
 rerun skips finished items from every shard, so a killed job or another number of processes resumes without

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backbones.capabilities import Capability, require
 from ..errors import DiffdiscError
 from .scorers import Scorer, finite
 
@@ -116,22 +117,16 @@ class CrossAttentionCapture:
         return {k.split(":")[0]: v for k, v in self.sink.items() if k.endswith(":maps")}
 
 
-JOINT_FAMILIES = ("sd3", "flux")  # transformers whose text and image tokens attend jointly (`joint_attention.py`)
-
-
 def make_capture(backbone, keep_maps: bool = False):
-    """The attention capture of `backbone`: `CrossAttentionCapture` on a text-conditional U-Net, a
-    `JointAttentionCapture` on an SD3 / FLUX transformer (the same score read from its joint attention)."""
-    if getattr(backbone, "unet", None) is not None and backbone.info.conditioning == "text":
+    """The attention capture of a model that can ATTEND (others are refused): `CrossAttentionCapture` on its
+    U-Net, else a `JointAttentionCapture` on its SD3 / FLUX transformer (the same score, read from its joint
+    attention)."""
+    require(backbone, Capability.ATTEND, "the attention scorer")
+    if getattr(backbone, "unet", None) is not None:
         return CrossAttentionCapture(backbone.unet, keep_maps)
-    if backbone.info.family in JOINT_FAMILIES and getattr(backbone, "transformer", None) is not None:
-        from .joint_attention import JointAttentionCapture
+    from .joint_attention import JointAttentionCapture
 
-        return JointAttentionCapture(backbone.transformer, keep_maps)
-    if backbone.info.conditioning == "text" and getattr(backbone, "transformer", None) is not None:
-        raise DiffdiscError(f"the attention scorer needs a text-conditional U-Net or an SD3 / FLUX transformer; "
-                            f"{backbone.info.name} ({backbone.info.family}) is neither")  # fmt: skip
-    raise DiffdiscError(f"the attention scorer needs a text-conditional U-Net; {backbone.info.name} is not one")
+    return JointAttentionCapture(backbone.transformer, keep_maps)
 
 
 def attention_score(backbone, capture, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor,

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
+from ..backbones.capabilities import Capability, require
 from ..errors import DiffdiscError
 from .calibrate import temperature_key
-from .scorers import is_contrastive
 
 KIND = "diffdisc learned noise"
 VERSION = 1
@@ -116,10 +116,7 @@ class LearnedNoise:
         """Refuse noise fitted for another model, kind of score or σ placement, for another image shape, or on
         the images to classify."""
         where, info = self.path or "learned noise", backbone.info
-        if is_contrastive(backbone):
-            raise DiffdiscError(
-                f"{info.name} is a contrastive model: it scores without noise, so {where} has no use"
-            )
+        require(backbone, Capability.DENOISE, where)
         fp = self.model.get("fingerprint")
         if fp != info.fingerprint:
             raise DiffdiscError(f"{where} was fitted for model {self.model.get('name', '?')} (fingerprint {fp}), not "

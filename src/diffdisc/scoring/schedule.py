@@ -9,6 +9,7 @@ import math
 import torch
 
 from ..errors import DiffdiscError
+from .timestep_help import TIMESTEPS_HELP
 
 
 def dc_grid(num_train_timesteps: int, n: int) -> list[int]:
@@ -74,9 +75,6 @@ def sigma_rows(sigmas: torch.Tensor, ts: list[int], grid: str, logit_mean: float
         if r < T and r not in out:
             out.append(r)
     return out
-
-
-TIMESTEPS_HELP = "N: N evenly spaced timesteps (the official grid); T1,T2,...: exactly those (one timestep: T1,)"
 
 
 def _timestep_spec(spec: str | int) -> int | list[int]:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ..backbones.capabilities import Capability
 from ..errors import DiffdiscError
 from .config import FLOW_WEIGHTINGS, ScoreConfig
 
@@ -118,14 +119,10 @@ def noise_level(backbone, t: torch.Tensor) -> torch.Tensor:
     return t.double() / backbone.num_train_timesteps
 
 
-def is_contrastive(backbone) -> bool:
-    """Whether `backbone` is a contrastive (open_clip) model: it encodes and matches, but has no denoiser."""
-    return backbone.info.family == "clip"
-
-
 def scorer_class(backbone, config: ScoreConfig) -> type[Scorer]:
-    """Which scorer scores `backbone` under `config`: a contrastive model always its own; otherwise `config.scorer`."""
-    if is_contrastive(backbone):
+    """Which scorer scores `backbone` under `config`: a model that matches by embedding similarity (MATCH, a
+    contrastive one) always its own; otherwise `config.scorer`."""
+    if Capability.MATCH in backbone.capabilities:
         from .contrastive import ContrastiveScorer
 
         return ContrastiveScorer

@@ -41,6 +41,7 @@ import numpy as np
 from scipy import optimize
 from scipy.special import logsumexp
 
+from ..backbones.capabilities import Capability, require
 from ..errors import DiffdiscError
 from ..runs.io import atomic_write_text
 from .schedule import stage_subset
@@ -193,12 +194,10 @@ class TimestepWeights:
     def check(self, backbone, score=None, sigmas: str | None = None, data: str | Path | None = None) -> None:
         """Refuse weights fitted for another model, kind of score or σ placement, or on the images to classify."""
         from .calibrate import temperature_key
-        from .scorers import is_contrastive
 
         where = self.path or "timestep weights"
         info = backbone.info
-        if is_contrastive(backbone):
-            raise DiffdiscError(f"{info.name} is a contrastive model: it scores without timesteps, so {where} has nothing to weight")
+        require(backbone, Capability.DENOISE, where)
         fp = self.model.get("fingerprint")
         if fp != info.fingerprint:
             raise DiffdiscError(f"{where} was fitted for model {self.model.get('name', '?')} (fingerprint {fp}), not "

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..backbones.base import Backbone
+from ..backbones.capabilities import Capability
 from ..config import SPEED_ONLY, ConfigMixin
 from ..data.folders import ImageDataset, Item, open_image_dataset, stratified_subset
 from ..data.images import resize_note, to_tensor
@@ -37,7 +38,7 @@ from ..scoring.calibrate import model_temperature, temperature_key
 from ..scoring.config import AdaptiveConfig, ScoreConfig
 from ..scoring.engine import ScoringEngine
 from ..scoring.schedule import check_sigma_grid, dc_grid
-from ..scoring.scorers import is_contrastive, make_scorer
+from ..scoring.scorers import make_scorer
 from ..scoring.search import (
     CascadeConfig,
     ExhaustiveConfig,
@@ -51,6 +52,7 @@ from ..scoring.search import (
 )
 from ..scoring.search.base import GridConfig, ranked_scores
 from ..scoring.timestep_weights import TimestepWeights
+from . import auto_strategy
 from .candidates import Candidates, build_candidates  # noqa: F401 (Candidates: part of this module's API)
 from .noise_fit import load_for_run
 from .shortlist import make_shortlist
@@ -67,11 +69,17 @@ class ClassifyConfig(ConfigMixin):
     label, seeded by `limit_seed`, not by the noise seed, so runs that differ in seed or strategy score the same
     images) and the softmax `temperature` of the metrics. `shortlist` (K): a cheap scorer (`classify`'s
     `shortlist_model`) keeps each image's top K candidates for the strategy to decide among; a diffusion cheap
-    scorer scores every candidate at `shortlist_timesteps` evenly spaced t. `tree` (HDC: `auto`, `wordnet` or a
+    scorer scores every candidate at `shortlist_timesteps` evenly spaced t (the same model: those of the strategy's
+    own grid, whose errors it reuses). `tree` (HDC: `auto`, `wordnet` or a
     JSON file, `scoring.label_tree.load_tree`): score the label tree's coarse nodes first and expand the best
     `beam` per level (auto trees: `tree_branching` children, `tree_top` top-level clusters; `tree_prompt`: a
     template for the coarse nodes' prompts, else the mean of their leaves' conditions). `noise`: a learned noise
     file (`diffdisc noise fit`, `scoring.learned_noise`): ε_t from it for every image instead of random draws.
+
+    `validation`: a labelled folder sharing no image with the data (`tasks.auto_strategy`), on which `auto` picks
+    the search (the cheapest of a fixed list within `auto_tolerance` of the best accuracy) and the ensemble's
+    weight is fitted. `ensemble_weight`: log-linear pooling with `classify`'s `ensemble_model`, a contrastive
+    model (`scoring.ensemble`): w in [0, 1] (1: the diffusion model alone) or "auto" (fitted on `validation`).
 
     `search`: the whole search as one nested config (`scoring.search`, e.g. a cascade whose decider is a tree
     running halving) instead of the flat options adaptive, tree and shortlist.
@@ -102,8 +110,12 @@ class ClassifyConfig(ConfigMixin):
     tree_prompt: str | None = None
     search: SearchConfig | None = None
     noise: str | Path | None = None
+    validation: str | Path | None = None
+    auto: bool = False
+    auto_tolerance: float = 0.005
+    ensemble_weight: float | str | None = None
 
-    added = ("search",)  # runs made before it have no such key
+    added = ("search", "validation", "auto", "auto_tolerance", "ensemble_weight")  # runs made before have no such keys
 
     def __post_init__(self):
         if self.beam < 1:
@@ -114,6 +126,16 @@ class ClassifyConfig(ConfigMixin):
             raise DiffdiscError(f"shortlist must keep at least 1 candidate per image, got {self.shortlist}")
         if self.shortlist_timesteps < 1:
             raise DiffdiscError(f"shortlist_timesteps must be >= 1, got {self.shortlist_timesteps}")
+        if self.ensemble_weight is not None and self.ensemble_weight != "auto":
+            try:
+                w = float(self.ensemble_weight)
+            except ValueError:
+                w = -1.0
+            if not 0.0 <= w <= 1.0:
+                raise DiffdiscError(f"ensemble weight must be a number in [0, 1] or auto, got {self.ensemble_weight!r}")
+            object.__setattr__(self, "ensemble_weight", w)
+        if not 0.0 <= self.auto_tolerance < 1.0:
+            raise DiffdiscError(f"auto tolerance is a share of accuracy in [0, 1), got {self.auto_tolerance}")
         for name in ("classes", "templates"):  # lists as tuples: a frozen config holds no mutable field
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
@@ -151,6 +173,7 @@ def classify(
     rank: int = 0,
     world_size: int = 1,
     shortlist_model: Backbone | FeatureHead | str | None = None,
+    ensemble_model=None,
     **overrides,
 ) -> ClassificationResult:
     """Classify every image of `data`; results (and metrics, if labelled) go to `out` (a temp dir if None).
@@ -160,7 +183,8 @@ def classify(
     before `ClassifyConfig` existed still work. Images not of the model's size are resized; `result.notes`
     says so, once. `shortlist_model`, the cheap scorer of `config.shortlist`: None or "self" (`backbone` at
     `shortlist_timesteps` t), another loaded backbone (a contrastive model, or a diffusion model at those t),
-    or a `FeatureHead` fitted on `backbone`'s features.
+    or a `FeatureHead` fitted on `backbone`'s features. `ensemble_model`: the contrastive model of
+    `config.ensemble_weight`; with `config.auto` the search is chosen on `config.validation` first.
     """
     cfg = replace(config or ClassifyConfig(), **overrides)
     score, labels_csv, temperature = cfg.score, cfg.labels_csv, cfg.temperature
@@ -173,13 +197,17 @@ def classify(
     if len(cand.classes) == 1:
         log.warning("one candidate class (%s): every image gets it, so accuracy is the share of images labelled "
                     "so and the scores decide nothing; give at least two classes", cand.classes[0])  # fmt: skip
+    validated = auto_strategy.plan(backbone, ds, cand, cfg, ensemble_model)  # refusals; auto's choice
+    if validated.choice is not None:
+        cfg = replace(cfg, search=validated.choice.search, adaptive=AdaptiveConfig())
+        log.warning("%s", validated.choice.line())
     search_cfg = cfg.search_config()
     learned = search_cfg.find(LearnedOrderConfig)
     weights = _timestep_weights(backbone, score, learned, ds, search_cfg)
     if learned is not None and weights is None:  # the file's own check found the plain even grid better here
         search_cfg = search_cfg.map(lambda c: c.inner if isinstance(c, LearnedOrderConfig) else c)
     check_scoring(backbone, score, search_cfg, weights)  # before `out` exists: a corrected rerun starts clean
-    cheap = make_shortlist(backbone, cand, cfg, shortlist_model)
+    cheap = make_shortlist(backbone, cand, cfg, shortlist_model, weights)
     if cheap is None:  # no cascade, or one whose shortlist would keep every candidate
         search_cfg = search_cfg.map(lambda c: c.decide if isinstance(c, CascadeConfig) else c)
     elif cheap.kind != "head":
@@ -197,8 +225,8 @@ def classify(
         "candidates": cand.classes,
         "prompts": [str(k) for k in cand.keys],
         # fitted on unweighted scores of random noise: none for a run with learned timestep weights or noise
-        "model_temperature": None if weights or noise else model_temperature(backbone.info.metadata,
-                                                                      temperature_key(score, is_contrastive(backbone))),
+        "model_temperature": None if weights or noise else model_temperature(
+            backbone.info.metadata, temperature_key(score, Capability.MATCH in backbone.capabilities)),
         "timestep_weights": _file_identity(learned.weights) if weights is not None else UNUSED,
         "noise": _file_identity(cfg.noise) if noise is not None else UNUSED,
         "benchmark": benchmark or UNUSED,
@@ -206,6 +234,10 @@ def classify(
         # else the flat options as the config holds them
         **({"search": search_cfg, "adaptive": UNUSED} if cfg.search is not None else {}),
     }  # fmt: skip
+    auto_strategy.fit_ensemble(validated, backbone, cand, cfg, search_cfg, weights=weights, noise=noise, cheap=cheap,
+                               diffusion_temperature=(identity["model_temperature"] or {}).get("value"))  # fmt: skip
+    identity |= validated.identity()
+    partner = validated.partner
     ctx = SearchContext(backbone, cand.classes, cand.keys, cand.groups)
     search = search_cfg.build(ctx)  # a tree is built here, once per run (an auto tree from the conditions)
     tree = next((s for s in search.walk() if isinstance(s, Tree)), None)
@@ -231,6 +263,8 @@ def classify(
         if cheap is not None:
             cheap.open(engine, conds, stack)
         shapes = [(backbone.info.image_size, backbone.info.image_channels)] + ([cheap.shape] if cheap and cheap.shape else [])
+        if partner is not None:  # the ensemble model reads the images at its own size, last
+            shapes.append(partner.open(stack).shape)
         sizes: Counter = Counter()  # source (w, h) of the images read, for one resize note
         peeked = Counter(filter(None, (ds.header_size(it) for _, it, _ in todo)))
         if note := resize_note(peeked, backbone.info.image_size):  # said before the run, from the headers
@@ -247,13 +281,17 @@ def classify(
             # the cascade's cheap scorer for this chunk, its images read at its own size
             stage = cheap and cheap.stage(x0, torch.stack(tensors[1]) if cheap.shape else pixels)
             res = search(Inputs(engine, x0, conds, cand.groups, weights, cheap=stage), keys)
+            con = partner.scores(torch.stack(tensors[-1]), keys) if partner is not None else None
             records = []
-            for (i, it, y), r in zip(kept, res, strict=True):
+            for j, ((i, it, y), r) in enumerate(zip(kept, res, strict=True)):
                 ranked = r.ranking()  # once: prediction, stored ranking and scores all follow it
+                scores, pooled = ranked_scores(r.errors, ranked, weights), {}
+                if partner is not None:  # the pooled ranking and scores; the diffusion ones kept beside them
+                    ranked, scores, pooled = partner.apply(scores, ranked, con[j])
                 records.append({
                     "image_id": it.image_id, "order": i, "path": str(it.path), "label": y, "pred": ranked[0],
-                    "ranking": ranked, "scores": ranked_scores(r.errors, ranked, weights), "n_calls": r.n_calls, "calls": r.calls,
-                    "timesteps": r.timesteps, "errors": r.error_matrix(), **r.record,
+                    "ranking": ranked, "scores": scores, "n_calls": r.n_calls, "calls": r.calls,
+                    "timesteps": r.timesteps, "errors": r.error_matrix(), **r.record, **pooled,
                 })  # fmt: skip
                 stats["calls"] += records[-1]["calls"]
                 stats["images"] += 1
@@ -270,6 +308,9 @@ def classify(
         raise DiffdiscError(f"no image could be read ({len(stats['skipped'])} skipped; first: {first}): nothing was classified")
     result.notes = [n for n in [resize_note(sizes, backbone.info.image_size)] if n]
     result.announced = [note] if note else []  # notes already logged before the run
+    if validated.choice is not None:
+        result.notes.append(validated.choice.line())
+        result.announced.append(validated.choice.line())
     selected = {it.image_id for _, (it, _) in items}
     if len(result) > len(selected):
         result.notes.append(f"{out} holds {len(result)} finished images, more than the {len(selected)} selected now "

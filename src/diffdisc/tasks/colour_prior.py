@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..backbones.capabilities import Capability
 from ..config import ConfigMixin
 from ..data.images import array_to_tensor
 from ..datasets.fashion_mnist import CLASS_NAMES, load_shipped_subset
@@ -27,7 +28,6 @@ from ..results.colour_prior import ColourPriorResult
 from ..runs.store import RunStore, model_identity
 from ..scoring.match_metrics import bootstrap_ci
 from ..scoring.schedule import dc_grid
-from ..scoring.scorers import is_contrastive
 
 CHANCE = 1 / len(COLOURS)
 
@@ -105,7 +105,7 @@ def colour_prior(backbone, per_class: int = 8, seed: int = 0, n_timesteps: int =
 
     With `out` the result is stored there (run.json guards model, items and t) and a rerun reads it back; the
     measurement is short and its noise is drawn in sequence, so it is stored whole, not per item."""
-    contrastive = is_contrastive(backbone)
+    contrastive = Capability.MATCH in backbone.capabilities  # it scores the colours without noise
     cfg = ColourPriorConfig(per_class, seed, n_timesteps)
     identity = {"model": model_identity(backbone.info)} | ({"n_timesteps": None} if contrastive else {})
     store = RunStore(out, "colour_prior", cfg, identity=identity) if out is not None else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from ..features.cache import FeatureCache, cached_features, model_fingerprint
 from ..features.heads import FittedHead, HeadConfig, fit_head, stratified_split
 from ..features.pooling import keeps_tokens, parse_pooling
 from ..features.taps import ExtractStats, check_timesteps, resolve_blocks
-from ..results.feature_probe import FeatureProbeResult
+from ..results.feature_probe import FeatureProbeResult, ProbeScores
 from ..results.sweep import SweepResult
 
 
@@ -141,10 +141,12 @@ def _features_fn(backbone, images: LabelledImages, cfg: FeatureConfig, cache, st
     kw = dict(cache=cache, condition=cfg.condition, seed=cfg.seed, batch_size=cfg.batch_size, dtype=cfg.dtype, stats=stats)
     memo: dict = {}
 
-    def fill(blocks, timesteps) -> None:
+    def fill(blocks, timesteps, rank: int = 0, world_size: int = 1) -> bool:
+        """Fill the grid (this process's share of it, of `world_size`); False while another share is missing."""
         got = cached_features(backbone, x, images.keys, blocks, timesteps, (cfg.pooling,), progress=progress,
-                              load=cache is None, **kw)  # fmt: skip
-        memo.update(got)
+                              load=cache is None, rank=rank, world_size=world_size, **kw)  # fmt: skip
+        memo.update(got or {})
+        return got is not None
 
     def get(block: str, t: int) -> torch.Tensor:
         k = (block, int(t), cfg.pooling)
@@ -181,10 +183,14 @@ def sweep(
     cache: FeatureCache | str | Path | None = None,
     out: str | Path | None = None,
     progress_factory=None,
-) -> SweepResult:
+    rank: int = 0,
+    world_size: int = 1,
+) -> SweepResult | None:
     """Block x timestep sweep; writes features_sweep.json / .png (+ details, best head) to `out` if given.
 
-    Without `test` the sweep chooses on validation only (`score_test` scores it later)."""
+    Without `test` the sweep chooses on validation only (`score_test` scores it later). `rank` / `world_size`:
+    one of several processes sharing the `cache`; each extracts its share of the grid (`cached_features`), and
+    only the one that finds the grid complete fits the heads; the others return None."""
     cfg, head = config.features, config.head
     blocks = list(resolve_blocks(backbone, config.blocks))
     timesteps = check_timesteps(backbone, config.timesteps)
@@ -195,7 +201,8 @@ def sweep(
     stats, t0 = ExtractStats(), time.perf_counter()
     with _progress(progress_factory, f"features ({len(train)} train images x {len(timesteps)} t)") as cb:
         fill, get_train = _features_fn(backbone, train, cfg, cache, stats, cb)
-        fill(blocks, timesteps)  # every cell at once: T forwards per image
+        if not fill(blocks, timesteps, rank, world_size):  # every cell at once: T forwards per image
+            return None  # another process's share is still running: the last one to finish fits the heads
     train_forwards = stats.forwards
     test_fn = None
     if test is not None and len(test):
@@ -245,24 +252,9 @@ def score_test(backbone, r: SweepResult, test: LabelledImages, *, features: Feat
 
 
 # ---------------------------------------------------------------------- fixed cells, fusion, baselines
-@dataclass
-class ProbeResult:
-    representation: str
-    dims: int
-    val_acc: float
-    test_acc: float | None
-    weight_decay: float
-    n_train: int
-    n_val: int
-    n_test: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def probe_features(name: str, train_xs: Sequence[torch.Tensor], y_train, test_xs: Sequence[torch.Tensor] | None, y_test,
                    head: HeadConfig | None = None, val_fraction: float = 0.1, split_seed: int = 0,
-                   class_names: Sequence[str] = ()) -> tuple[ProbeResult, FittedHead]:  # fmt: skip
+                   class_names: Sequence[str] = ()) -> tuple[ProbeScores, FittedHead]:  # fmt: skip
     """Any representation: fit on the training part, choose on validation, score the test set once."""
     y = np.asarray(y_train)
     tr, va = stratified_split(y, val_fraction, split_seed, class_names)
@@ -271,7 +263,7 @@ def probe_features(name: str, train_xs: Sequence[torch.Tensor], y_train, test_xs
     h = fit_head([x[tr] for x in train_xs], y[tr], [x[va] for x in train_xs], y[va], n_classes, head)
     test_acc = h.accuracy(list(test_xs), yt) if test_xs is not None and len(yt) else None
     dims = sum(int(np.prod(x.shape[1:])) for x in train_xs)
-    return ProbeResult(name, dims, h.val_acc, test_acc, h.weight_decay, len(tr), len(va), len(yt)), h
+    return ProbeScores(name, dims, h.val_acc, test_acc, h.weight_decay, len(tr), len(va), len(yt)), h
 
 
 def parse_cells(spec: str) -> list[tuple[str, int]]:
@@ -288,32 +280,40 @@ def parse_cells(spec: str) -> list[tuple[str, int]]:
 
 
 def diffusion_features(backbone, images: LabelledImages, cells: Sequence[tuple[str, int]], cfg: FeatureConfig | None = None,
-                       cache=None, stats: ExtractStats | None = None, progress=None) -> list[torch.Tensor]:  # fmt: skip
-    """Features of `images` at each (block, t) cell (fusion sources), one forward per image per distinct t."""
+                       cache=None, stats: ExtractStats | None = None, progress=None, rank: int = 0,
+                       world_size: int = 1) -> list[torch.Tensor] | None:  # fmt: skip
+    """Features of `images` at each (block, t) cell (fusion sources), one forward per image per distinct t;
+    None while another process's share is missing (`cached_features`)."""
     cfg = cfg or FeatureConfig()
     blocks = list(dict.fromkeys(b for b, _ in cells))
     ts = list(dict.fromkeys(int(t) for _, t in cells))
     x = images.tensors(backbone.info.image_size, backbone.info.image_channels)
     got = cached_features(backbone, x, images.keys, blocks, ts, (cfg.pooling,), cache=cache, condition=cfg.condition,
-                          seed=cfg.seed, batch_size=cfg.batch_size, dtype=cfg.dtype, stats=stats, progress=progress)  # fmt: skip
-    return [got[(b, int(t), cfg.pooling)] for b, t in cells]
+                          seed=cfg.seed, batch_size=cfg.batch_size, dtype=cfg.dtype, stats=stats, progress=progress,
+                          rank=rank, world_size=world_size)  # fmt: skip
+    return None if got is None else [got[(b, int(t), cfg.pooling)] for b, t in cells]
 
 
 def probe(backbone, train: LabelledImages, config: CellConfig, *, test: LabelledImages | None = None, cache=None,
-          progress_factory=None, out: str | Path | None = None) -> tuple[ProbeResult, FittedHead]:  # fmt: skip
+          progress_factory=None, out: str | Path | None = None, rank: int = 0,
+          world_size: int = 1) -> tuple[ProbeScores, FittedHead] | None:  # fmt: skip
     """One head on fixed cell(s): several cells are fused (concatenated features / tokens). With `out`, the result
-    is also written there (run.json + features_probe.json), where `diffdisc report` finds it."""
+    is also written there (run.json + features_probe.json), where `diffdisc report` finds it. `rank` /
+    `world_size`: as `sweep`'s (the process that finds every feature cached fits the head; the others get None)."""
     cfg, head, cells = config.features, config.head, config.cells
     _check_data(train, test)
     if head.kind == "attention" and not keeps_tokens(cfg.pooling):
         raise DiffdiscError(f"the attention head needs spatial tokens: pooling {cfg.pooling} keeps none (use avg2, avg4 or flat)")
     stratified_split(train.labels, cfg.val_fraction, cfg.seed, train.class_names)
     with _progress(progress_factory, "features (train)") as cb:
-        xs = diffusion_features(backbone, train, cells, cfg, cache, progress=cb)
-    test_xs = None
+        xs = diffusion_features(backbone, train, cells, cfg, cache, progress=cb, rank=rank, world_size=world_size)
+    test_xs, pending = None, xs is None
     if test is not None and len(test):
         with _progress(progress_factory, "features (test)") as cb:
-            test_xs = diffusion_features(backbone, test, cells, cfg, cache, progress=cb)
+            test_xs = diffusion_features(backbone, test, cells, cfg, cache, progress=cb, rank=rank, world_size=world_size)
+        pending = pending or test_xs is None
+    if pending:
+        return None  # another process's share is still running: the last one to finish fits the head
     name = "+".join(f"{b}@{t}" for b, t in cells) + f" ({cfg.pooling}, {head.kind})"
     r, fitted = probe_features(name, xs, train.labels, test_xs, test.labels if test is not None else None, head,
                                cfg.val_fraction, cfg.seed, train.class_names)  # fmt: skip
@@ -322,9 +322,8 @@ def probe(backbone, train: LabelledImages, config: CellConfig, *, test: Labelled
         settings = {"model": {"name": backbone.info.name, "fingerprint": model_fingerprint(backbone), "label": backbone.info.label},
                     "data": train.source, "test_data": test_src, "cells": [list(c) for c in cells], "features": cfg.to_dict(),
                     "head": head.to_dict(), "class_names": list(train.class_names)}  # fmt: skip
-        FeatureProbeResult(backbone.info.label, r.representation, [list(c) for c in cells], cfg.pooling, head.kind, r.dims,
-                           r.val_acc, r.test_acc, r.weight_decay, r.n_train, r.n_val, r.n_test, train.source,
-                           test_src).write(out, settings)  # fmt: skip
+        FeatureProbeResult(**r.to_dict(), model=backbone.info.label, cells=[list(c) for c in cells], pooling=cfg.pooling,
+                           head=head.kind, train_data=train.source, test_data=test_src).write(out, settings)  # fmt: skip
     return r, fitted
 
 
@@ -350,7 +349,7 @@ def contrastive_features(model, images: LabelledImages, batch: int = 256) -> tor
 
 def compare(backbone, train: LabelledImages, config: CellConfig, *, test: LabelledImages, contrastive=None,
             contrastive_train: LabelledImages | None = None, contrastive_test: LabelledImages | None = None,
-            cache=None) -> list[ProbeResult]:  # fmt: skip
+            cache=None) -> list[ProbeScores]:  # fmt: skip
     """The same head on diffusion features (at `config.cells`), raw pixels and (optionally) contrastive embeddings.
 
     `contrastive_train/test` are the same images as the contrastive model expects them (e.g. padded RGB);

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..backbones.capabilities import Capability, require
 from ..config import SPEED_ONLY, ConfigMixin
 from ..data.groups import Group, groups_digest
 from ..data.images import array_to_tensor, open_image, to_tensor
@@ -106,6 +107,8 @@ def match(
     out: str | Path | None = None,
     progress: Callable[[dict], None] | None = None,
     benchmark: dict | None = None,
+    rank: int = 0,
+    world_size: int = 1,
     **overrides,
 ) -> MatchResult:
     """Score every group (resuming from `out`); returns the run's `MatchResult`, whose records {id, scores, tags,
@@ -115,6 +118,9 @@ def match(
     `benchmark` ({"name", "root"} of a benchmark read by name) goes into the run's identity, so a resume with
     another benchmark is refused even where group ids repeat. Groups tagged Object / Relation / Both
     (Winoground) add their per-tag scores to metrics.json as "by_tag".
+    `rank` / `world_size`: this process's share of a multi-process run (group i goes to rank i % world_size);
+    the process that finds every group scored writes metrics.json, the others return with `stored_metrics`
+    None and the groups finished so far.
     `overrides` (n_timesteps=, chunk_groups=) replace fields of `config`: the keyword calls made before
     `MatchConfig` existed still work. Everything that can refuse the settings does so before `out` is made, so
     a corrected rerun into the same `out` starts clean; the content of the groups (`groups_digest`) is part of
@@ -122,9 +128,7 @@ def match(
     cfg = replace(config or MatchConfig(), **overrides)
     n_timesteps, chunk_groups = cfg.n_timesteps, cfg.chunk_groups
     score = score or ScoreConfig()
-    if backbone.info.conditioning != "text":
-        raise DiffdiscError(f"matching needs a text-conditional or contrastive model; {backbone.info.name} is "
-                            f"{backbone.info.conditioning}-conditional")  # fmt: skip
+    require(backbone, Capability.ENCODE_TEXT, "matching captions (`diffdisc match`)")
     # a scorer without timesteps (contrastive) records none, and no count of them
     needs_noise = make_scorer(backbone, score).needs_noise  # refuses what cannot score, before `out` exists
     ts = dc_grid(backbone.info.num_train_timesteps, n_timesteps) if needs_noise else []
@@ -136,9 +140,9 @@ def match(
         identity["benchmark"] = benchmark
     out = Path(out) if out else Path(tempfile.mkdtemp(prefix="diffdisc-match-"))
     # closed however the run ends: an interrupted match (a notebook's Ctrl-C) must not lock out its own retry
-    with RunStore(out, "match", cfg, identity=identity) as store, ScoringEngine(backbone, score) as engine:
+    with RunStore(out, "match", cfg, identity=identity, rank=rank) as store, ScoringEngine(backbone, score) as engine:
         done = store.done()
-        todo = [g for g in groups if g.id not in done]
+        todo = [g for i, g in enumerate(groups) if i % world_size == rank and g.id not in done]
         stats = {"done": len(done), "total": len(groups), "start": time.time(), "calls": 0, "images": 0,
                  "labelled": 0, "correct": 0}  # fmt: skip
         for s in range(0, len(todo), chunk_groups):
@@ -158,7 +162,9 @@ def match(
             if progress:
                 progress(stats)
     by_id = {r["image_id"]: r for r in read_records(out / "shards")}
-    result = MatchResult(store.stored or store.settings, [by_id[g.id] for g in groups], out)
+    result = MatchResult(store.stored or store.settings, [by_id[g.id] for g in groups if g.id in by_id], out)
+    if len(result) < len(groups):  # other processes' groups are still running: the last one writes metrics.json
+        return result
     text = json.dumps(result.metrics(), indent=2)
     atomic_write_text(out / "metrics.json", text)
     result.stored_metrics = json.loads(text)  # what the command line prints: the file, as read back

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..backbones.capabilities import Capability, require
 from ..config import ConfigMixin, check_choice
 from ..data.folders import ImageDataset, open_image_dataset, stratified_subset
 from ..data.images import to_tensor
@@ -31,7 +32,7 @@ from ..scoring.schedule import (
     sigma_rows,
     stage_subset,
 )
-from ..scoring.scorers import DenoiseScorer, is_contrastive, make_scorer
+from ..scoring.scorers import DenoiseScorer, make_scorer
 from ..scoring.search import from_adaptive
 from ..scoring.search.base import GridConfig
 from .candidates import build_candidates
@@ -102,10 +103,7 @@ def fit_learned_noise(backbone, data: str | Path | ImageDataset, config: NoiseFi
     """Fit one noise per timestep on the labelled images of `data` (less the held-out share), check it on the
     held-out ones against random noise, and save it to `out` (.safetensors) when given."""
     cfg = replace(config or NoiseFitConfig(), **overrides)
-    if is_contrastive(backbone):
-        raise DiffdiscError(
-            f"{backbone.info.name} is a contrastive model: it scores without noise, there is none to learn"
-        )
+    require(backbone, Capability.DENOISE, "learned noise (`diffdisc noise fit`)")
     scorer = make_scorer(backbone, cfg.score)
     if not isinstance(scorer, DenoiseScorer):
         raise DiffdiscError(f"learned noise is fitted for the denoise scorer, not {cfg.score.scorer!r}")

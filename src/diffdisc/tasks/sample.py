@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..backbones.base import Backbone
+from ..backbones.capabilities import Capability, require
 from ..config import ConfigMixin
 from ..data.templates import fill
 from ..errors import DiffdiscError
@@ -34,6 +35,7 @@ def sample_grid(backbone: Backbone, keys: list[str] | None = None, config: Sampl
     """Rows = classes (class-conditional) or captions (text-conditional), `per_key` samples each -> PNG."""
     from ..plotting import pyplot, save_figure
 
+    require(backbone, Capability.SAMPLE, "sampling (`diffdisc sample`)")
     plt = pyplot()
     cfg = config or SampleConfig()
     per_key, guidance, steps, scheduler, seed, batch_size = (cfg.per_key, cfg.guidance, cfg.steps, cfg.scheduler,

@@ -11,15 +11,17 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..backbones.base import Backbone
+from ..backbones.capabilities import Capability, require
 from ..errors import DiffdiscError
 from ..features.cache import model_fingerprint
 from ..features.shortlist import FeatureHead, HeadStage
 from ..scoring.config import ScoreConfig
 from ..scoring.engine import ScoringEngine
-from ..scoring.schedule import dc_grid, sigma_rows
-from ..scoring.scorers import is_contrastive
-from ..scoring.search import Bound, CascadeConfig, ExhaustiveConfig, Inputs, SearchConfig
+from ..scoring.schedule import dc_grid, sigma_rows, stage_subset
+from ..scoring.search import Bound, CascadeConfig, ExhaustiveConfig, Inputs, Search, SearchConfig
 from ..scoring.search.base import GridConfig
+from ..scoring.search.cascade import own_bound
+from ..scoring.timestep_weights import TimestepWeights
 from .candidates import Candidates, build_candidates
 
 log = logging.getLogger("diffdisc")
@@ -44,6 +46,8 @@ class Shortlist:
     engine: ScoringEngine | None = None
     conds: torch.Tensor | None = None
     decider: Backbone | None = None
+    own: Search | None = None  # self: the cascade's own stage (on the decider's grid where it has one)
+    weights: TimestepWeights | None = None  # self: the run's learned timestep weights
 
     def open(self, engine: ScoringEngine, conds: torch.Tensor, stack: contextlib.ExitStack) -> None:
         """The engine and conditions it scores with: the deciding engine's own for `self`."""
@@ -55,33 +59,37 @@ class Shortlist:
             self.conds = self.model.conditions(self.keys)
 
     def stage(self, x0: torch.Tensor, pixels: torch.Tensor) -> Bound | HeadStage:
-        """The cheap scorer for one chunk: `x0` the deciding model's encoding, `pixels` the images at `shape`."""
+        """The cheap scorer for one chunk: `x0` the deciding model's encoding, `pixels` the images at `shape`
+        (`self`: bound to the deciding inputs, so a grid decider reuses its errors)."""
         if self.kind == "head":
             return HeadStage(self.model, self.decider, pixels, self.columns)
-        mine = x0 if self.kind == "self" else self.model.encode(pixels)
-        return Bound(Inputs(self.engine, mine, self.conds, self.groups), self.search.build())
+        if self.kind == "self":
+            return own_bound(self.own, Inputs(self.engine, x0, self.conds, self.groups, self.weights))
+        return Bound(Inputs(self.engine, self.model.encode(pixels), self.conds, self.groups), self.search.build())
 
 
-def make_shortlist(backbone: Backbone, cand: Candidates, cfg, model) -> Shortlist | None:
+def make_shortlist(backbone: Backbone, cand: Candidates, cfg, model, weights=None) -> Shortlist | None:
     """The run's cheap stage (None: no cascade in `cfg`'s search, a `ClassifyConfig`), refused when it cannot
-    score these candidates."""
+    score these candidates. `weights`: the run's learned timestep weights (a self stage on the decider's grid)."""
     cascade = cfg.search_config().find(CascadeConfig)
     if cascade is None:
         if model is not None and not (isinstance(model, str) and model == "self"):
             raise DiffdiscError("a shortlist model was given without a shortlist size (--shortlist K)")
         return None
-    if is_contrastive(backbone):
-        raise DiffdiscError(f"{backbone.info.name} is a contrastive model: it scores every candidate in one table, so a "
-                            "shortlist saves nothing (shortlists are for a diffusion model deciding)")  # fmt: skip
+    require(backbone, Capability.DENOISE, "a shortlist (--shortlist cuts the candidates a model denoises; a "
+            "contrastive model scores them all in one table, so it saves nothing)")  # fmt: skip
     K, search, M = cascade.keep, cascade.shortlist, len(cand.classes)
     if model is None or (isinstance(model, str) and model == "self"):
-        sl = Shortlist(K, "self", backbone, {}, keys=cand.keys, groups=cand.groups, search=search, score=cfg.score)
-        sl.settings = {"keep": K, "scorer": "self", "model": _identity(backbone), **_timesteps(backbone, search)}
+        sl = Shortlist(K, "self", backbone, {}, keys=cand.keys, groups=cand.groups, search=search, score=cfg.score,
+                       own=cascade.own_stage(), weights=weights)  # fmt: skip
+        grid = cascade.decider_grid()
+        ts = _timesteps(backbone, search) if grid is None else _decider_timesteps(backbone, grid, search.n_timesteps, weights)
+        sl.settings = {"keep": K, "scorer": "self", "model": _identity(backbone), **ts}
     elif isinstance(model, str):
         raise DiffdiscError(f"shortlist model {model!r}: pass 'self', a loaded backbone or a FeatureHead")
     elif isinstance(model, FeatureHead):
         sl = _head_shortlist(backbone, cand, model, K)
-    elif is_contrastive(model):
+    elif Capability.MATCH in model.capabilities:
         mine = build_candidates(model, cand.classes, cfg.templates)
         _check_prompts(model, mine.keys)
         sl = Shortlist(K, "contrastive", model, {}, keys=mine.keys, groups=mine.groups, search=search,
@@ -127,8 +135,22 @@ def _timesteps(bb: Backbone, search: SearchConfig) -> dict:
     run made before searches nested), else its config."""
     if not (isinstance(search, ExhaustiveConfig) and search.timesteps == "even"):
         return {"search": search.to_dict()}
-    ts = dc_grid(bb.num_train_timesteps, search.n_timesteps)
-    return {"timesteps": ts if search.sigmas == "scheduler" else sigma_rows(bb.process.sigmas, ts, search.sigmas)}
+    return {"timesteps": _place(bb, dc_grid(bb.num_train_timesteps, search.n_timesteps), search.sigmas)}
+
+
+def _decider_timesteps(bb: Backbone, grid: GridConfig, n: int, weights) -> dict:
+    """A self stage's timesteps on the decider's grid (`search.cascade.DeciderStage`), for the run settings: the
+    `grid` key tells them from the own-grid ones of runs before (those resume only as they were)."""
+    if weights is not None:
+        return {"grid": "decider", "timesteps": weights.ordered_grid(n)}
+    if getattr(grid, "timesteps", "even") == "stratified":  # each image's own: only how many is fixed
+        return {"grid": "decider", "timesteps": "stratified", "n_timesteps": n}
+    big = _place(bb, dc_grid(bb.num_train_timesteps, max(grid.grid_sizes())), grid.sigmas)
+    return {"grid": "decider", "timesteps": stage_subset(big, n)}
+
+
+def _place(bb: Backbone, ts: list[int], sigmas: str) -> list[int]:
+    return ts if sigmas == "scheduler" else sigma_rows(bb.process.sigmas, ts, sigmas)
 
 
 def _check_class_names(who: str, names, candidates: list[str]) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..backbones.capabilities import Capability, require
 from ..config import SPEED_ONLY, ConfigMixin
 from ..data.templates import fill
 from ..datasets.export import folder_name, png_bytes
@@ -32,7 +33,6 @@ from ..runs.io import append_text, repair_jsonl
 from ..runs.io import atomic_write_bytes as write_atomic
 from ..runs.store import RunStore
 from ..scoring.engine import derive_seed
-from ..scoring.scorers import is_contrastive
 
 TRICKS = ("template", "domain", "guidance")
 DEFAULT_TEMPLATES = ("{a} {}", "an image of {a} {}", "{a} {} on black")
@@ -118,8 +118,7 @@ def generate(backbone, classes: list[str], cfg: SynthConfig, *, out: str | Path,
              progress: Callable[[int, int], None] | None = None) -> SynthResult:  # fmt: skip
     """Render the plan into `out` (ImageFolder + classes.json + metadata.jsonl + synth.json, and the run.json
     header); resumable. Returns the set read back, which stands for its folder as the path returned before did."""
-    if is_contrastive(backbone):
-        raise DiffdiscError(f"{backbone.info.name} is a contrastive model: it cannot generate images")
+    require(backbone, Capability.SAMPLE, "`diffdisc synth generate`")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     identity = {"model": backbone.info.name, "fingerprint": backbone.info.fingerprint, "classes": list(classes)}

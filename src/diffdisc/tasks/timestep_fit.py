@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backbones.capabilities import Capability, require
 from ..config import ConfigMixin, check_choice
 from ..data.folders import ImageDataset, open_image_dataset, stratified_subset
 from ..errors import DiffdiscError
@@ -22,7 +23,6 @@ from ..results import ClassificationResult
 from ..scoring.calibrate import temperature_key
 from ..scoring.config import AdaptiveConfig, ScoreConfig
 from ..scoring.schedule import SIGMA_GRIDS
-from ..scoring.scorers import is_contrastive
 from ..scoring.timestep_weights import L2_GRID, TimestepWeights, fit_weights
 from .candidates import build_candidates
 from .classify import ClassifyConfig, classify
@@ -82,8 +82,7 @@ def fit_timesteps(backbone, data: str | Path | ImageDataset, config: TimestepFit
     resumes it) and fit timestep weights on them; saved to `out` (a directory gets timestep_weights.json) when
     given. `overrides` replace fields of `config`."""
     cfg = replace(config or TimestepFitConfig(), **overrides)
-    if is_contrastive(backbone):
-        raise DiffdiscError(f"{backbone.info.name} is a contrastive model: it scores without timesteps, there are none to weight")
+    require(backbone, Capability.DENOISE, "timestep weights (`diffdisc timesteps fit`)")
     run_dir = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="diffdisc-timesteps-"))
     ds = data if isinstance(data, ImageDataset) else open_image_dataset(data, cfg.labels_csv)
     adaptive = AdaptiveConfig(strategy="exhaustive", n_timesteps=cfg.grid, sigmas=cfg.sigmas)

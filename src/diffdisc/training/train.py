@@ -8,7 +8,7 @@ Every random draw of step s (batch indices, label dropout, t, noise) comes from 
 (seed, s), so a run killed and resumed from a checkpoint ends with the same weights as one that never
 stopped. Checkpoints and exports are written under a temporary name and renamed: a kill while saving never
 replaces a good checkpoint. A lock file (train.lock, holding the pid) stops two trainers from writing one
-output directory; train_config.json is the run store's settings file.
+output directory; train_config.json is the run store's settings file, and run.json its header (task "train").
 """
 
 from __future__ import annotations
@@ -82,11 +82,12 @@ def _check_config(out: Path, cfg: TrainConfig, log) -> RunStore:
     """The run's store: a resumed run must use the same config, else its weights mean nothing.
 
     Only keys that leave the weights of step s unchanged (`RESUMABLE`) may differ (the lr schedule is warmup +
-    constant, so `steps` is one); train_config.json is rewritten with them. The caller holds train.lock (it
-    names the trainer's pid), so the store takes no lock of its own.
+    constant, so `steps` is one); train_config.json is rewritten with them, and run.json carries them under the
+    header every output has (task "train", version), while train_config.json keeps only what `TrainConfig`
+    reads back. The caller holds train.lock (it names the trainer's pid), so the store takes no lock of its own.
     """
     path = out / TRAIN_CONFIG
-    return RunStore(out, None, cfg.to_dict(), settings_file=TRAIN_CONFIG, shards=False, rewrite=True, sort_keys=False,
+    return RunStore(out, "train", cfg.to_dict(), settings_file=TRAIN_CONFIG, shards=False, rewrite=True, sort_keys=False,
                     lock=False, runtime_keys=RESUMABLE, verb="trained",
                     hint="use the same config to resume, or another output directory",
                     predates=lambda k, v: log(f"{path} predates option {k!r}; using {v!r}"))  # fmt: skip

@@ -117,8 +117,10 @@ class SearchContext:
 @dataclass
 class Inputs:
     """One chunk as a strategy sees it: `x0` [N, ...] encoded by `engine`'s backbone, `conds` [P, ...] and
-    `groups[c]` the conditions of candidate c (None: one each), learned timestep `weights` if any, and `cheap`:
-    a cascade's cheap stage for this chunk (anything with `evaluate(keys, candidates)`; None: the same inputs)."""
+    `groups[c]` the conditions of candidate c (None: one each), learned timestep `weights` if any, `cheap`:
+    a cascade's cheap stage for this chunk (anything with `evaluate(keys, candidates)`; None: the same inputs),
+    and `known`: one `ImageScores` per image already scored on these very inputs (a same-model cheap stage: the
+    same images, conditions and noise), whose (candidate, t) errors are reused, not computed or charged again."""
 
     engine: ScoringEngine
     x0: torch.Tensor
@@ -126,6 +128,7 @@ class Inputs:
     groups: list[list[int]] | None = None
     weights: TimestepWeights | None = None
     cheap: object = None
+    known: list[ImageScores] | None = None
 
     def candidate_groups(self) -> list[list[int]]:
         return self.groups or [[p] for p in range(self.conds.shape[0])]
@@ -150,10 +153,12 @@ class Search:
 
 @dataclass
 class Bound:
-    """A search bound to one chunk's inputs: a scorer a cascade can hold (`evaluate(keys, candidates)`)."""
+    """A search bound to one chunk's inputs: a scorer a cascade can hold (`evaluate(keys, candidates)`).
+    `shared`: the inputs are the deciding ones (a same-model cheap stage), so a grid decider may reuse its errors."""
 
     inputs: Inputs
     search: Search
+    shared: bool = False
 
     def evaluate(self, keys: list[str], candidates: list[list[int]] | None = None) -> list[ImageScores]:
         return self.search(self.inputs, keys, candidates)
@@ -276,6 +281,7 @@ class Chunk:
     groups: list[list[int]]
     allowed: list[list[int]] | None = None
     weights: TimestepWeights | None = None
+    known: list[ImageScores] | None = None  # `Inputs.known`
 
     @property
     def M(self) -> int:
@@ -304,14 +310,19 @@ class Chunk:
         return self.place(dc_grid(self.T, n), cfg.sigmas)
 
     def run(self, plan: list[tuple[int, int, int]], results: list[ImageScores]) -> None:
-        """Evaluate (image, candidate, t) triples (each candidate = its group of conditions) and record them."""
-        if not plan:
-            return
-        flat = [(i, p, t) for i, c, t in plan for p in self.groups[c]]
-        img, cond, ts = zip(*flat, strict=True)
-        errs = self.engine.run(self.x0, self.keys, self.conds, Work.from_lists(img, cond, ts)).tolist()
+        """Evaluate (image, candidate, t) triples (each candidate = its group of conditions) and record them, in
+        plan order; a triple in `known` is recorded from there and charged nothing (it was charged once already)."""
+        known = [self.known[i].errors.get(c, {}).get(t) if self.known else None for i, c, t in plan]
+        flat = [(i, p, t) for (i, c, t), e in zip(plan, known, strict=True) if e is None for p in self.groups[c]]
+        errs = []
+        if flat:
+            img, cond, ts = zip(*flat, strict=True)
+            errs = self.engine.run(self.x0, self.keys, self.conds, Work.from_lists(img, cond, ts)).tolist()
         pos = 0
-        for i, c, t in plan:
+        for (i, c, t), e in zip(plan, known, strict=True):
+            if e is not None:
+                results[i].add(c, t, e, calls=0)
+                continue
             k = len(self.groups[c])
             results[i].add(c, t, float(np.mean(errs[pos : pos + k])), calls=k * self.engine.calls_per_item)
             pos += k
@@ -330,7 +341,7 @@ class GridSearch(Search):
         groups = inputs.candidate_groups()
         results = [ImageScores(k, len(groups), weights=weights) for k in keys]
         conds, groups = engine.candidates(inputs.conds, groups)
-        chunk = Chunk(engine, inputs.x0, keys, conds, groups, allowed, weights)
+        chunk = Chunk(engine, inputs.x0, keys, conds, groups, allowed, weights, inputs.known)
         if not engine.needs_timesteps:
             chunk.run([(i, c, 0) for i in range(len(keys)) for c in chunk.alive(i)], results)
             for r in results:

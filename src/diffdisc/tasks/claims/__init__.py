@@ -97,9 +97,14 @@ def _model_identity(ctx: ClaimContext) -> dict:
 
 
 def run_claims(config: ClaimsConfig | None = None, *, out: str | Path, device: str | None = None, batch_size: int = 64,
-               progress: Callable | None = None, log: Callable[[str], None] | None = None) -> ClaimsResult:  # fmt: skip
+               progress: Callable | None = None, log: Callable[[str], None] | None = None, rank: int = 0,
+               world_size: int = 1) -> ClaimsResult | None:  # fmt: skip
     """Run the selected stages into `out` and write the claims table (returned as a `ClaimsResult`, which is
     the table's dict too) and the run.json header (config and model identities).
+
+    `rank` / `world_size`: one of several processes sharing `out`. Stages are not split (some train models):
+    the i-th selected stage is rank i % world_size's; the process that then finds every other stage finished
+    writes the table, the others return None.
 
     `progress(description)`: a context manager yielding a classify/match progress callback (the CLI passes
     `classify_progress`); `log(line)`: one line per stage. `batch_size`: the U-Net batch of every score (0:
@@ -116,7 +121,7 @@ def run_claims(config: ClaimsConfig | None = None, *, out: str | Path, device: s
     stages = cfg.selected()
     write_header(out, "claims", {**cfg.to_dict(), "models": models})
     prior = _read_table(out / TABLE)
-    rows, done, used = {}, {}, {}
+    rows, done, used, others = {}, {}, {}, {}
     for i, s in enumerate(stages, 1):
         knobs = used[s] = cfg.stage_knobs(s)
         settings = {"stage": s, "size": cfg.size, "knobs": knobs, "seed": cfg.seed, "models": models,
@@ -126,6 +131,9 @@ def run_claims(config: ClaimsConfig | None = None, *, out: str | Path, device: s
         if stored and stored.get("settings") == settings:
             rows[s], done[s] = stored["claims"], {"reused": True, "wall_s": stored.get("wall_s")}
             log(f"[{i}/{len(stages)}] {s}: reused ({file})")
+            continue
+        if (i - 1) % world_size != rank:
+            others[s] = (file, settings)
             continue
         log(f"[{i}/{len(stages)}] {s} ({cfg.size})")
         t0 = time.time()
@@ -137,6 +145,12 @@ def run_claims(config: ClaimsConfig | None = None, *, out: str | Path, device: s
         done[s] = {"reused": False, "wall_s": wall}
         atomic_write_text(file, json.dumps({"settings": settings, "claims": rows[s], "wall_s": wall}, indent=1))
         log(f"      {', '.join(f'{c.id}: {c.verdict}' for c in found)} ({wall:.0f} s)")
+    for s, (file, settings) in others.items():  # other processes' stages: finished by now, or one of them writes the table
+        stored = _read_table(file)
+        if not (stored and stored.get("settings") == settings):
+            log(f"{s} is another process's stage, still running: the last process to finish writes the table")
+            return None
+        rows[s], done[s] = stored["claims"], {"reused": False, "wall_s": stored.get("wall_s")}
     # stages run before with the same size/models but not selected now stay in the table
     kept = {s: r for s, r in (prior or {}).get("by_stage", {}).items() if s not in rows and prior.get("size") == cfg.size
             and prior.get("models") == models}  # fmt: skip

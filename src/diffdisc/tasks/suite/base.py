@@ -10,12 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...backbones.capabilities import Capability
 from ...backbones.registry import create_backbone
 from ...errors import DiffdiscError
 from ...jsonfile import parse_json, read_json_text
 from ...runtime import quiet_libraries
 from ...scoring.config import ScoreConfig, default_weighting
-from ...scoring.scorers import is_contrastive
 from .catalogue import SUITES, TaskInfo, task_info
 
 TABLE = "suite_table.json"
@@ -182,7 +182,8 @@ def load_models(specs: tuple[str, ...], device: str | None) -> list[_Model]:
         if label in seen:  # two columns must not share a heading
             label = f"{label} ({bb.info.fingerprint[:8]})"
         seen[label] = True
-        kind = "contrastive" if is_contrastive(bb) else f"diffusion ({bb.info.conditioning}-conditional)"
+        matches = Capability.MATCH in bb.capabilities
+        kind = "contrastive" if matches else f"diffusion ({bb.info.conditioning}-conditional)"
         out.append(_Model(spec, bb, label, kind, slug(f"{label}-{bb.info.fingerprint[:8]}")))
     return out
 

@@ -1,0 +1,149 @@
+"""Validation, not test, picks settings (issue 27 items 2 and 4): `--strategy auto`'s choice and the diffusion ×
+contrastive ensemble, chosen on shipped *training* images and measured once on test images.
+
+    OMP_NUM_THREADS=1 nohup .venv/bin/python bench/validated.py --n-val 100 --n-test 1000 --out runs/validated \
+        > runs/validated.log 2>&1 &
+
+Shipped `fmnist-classcond` (10-way, grey images). Validation: `--n-val` shipped train images (stratified, seed 1);
+every setting of `tasks.auto_strategy.candidate_settings(20, 10)` is scored on them through one memoising engine
+and `choose` keeps the cheapest within `--tolerance` of the best validation accuracy — alone, and pooled with the
+contrastive `--ensemble` model (`fmnist-scenes-clip` reading the same grey images) at each setting's
+validation-fitted weight. Test: the shipped test images in a fixed stratified order (`stratified_subset`, seed 0:
+every prefix is stratified), in blocks of `--block`; on them only exhaustive 20 (the reference), the two chosen
+settings, the contrastive model alone and the pooled exhaustive 20. Both memos are saved after every chunk
+(`memo-val.npz`, `memo-test.npz`: test and train ids repeat, so never one memo), so a killed run resumes where
+it stopped; `results.json` is rewritten after every block with 95 % bootstrap intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from diffdisc.backbones.registry import create_backbone  # noqa: E402
+from diffdisc.data.folders import ImageDataset, open_image_dataset, stratified_subset  # noqa: E402
+from diffdisc.datasets.export import export_shipped_test  # noqa: E402
+from diffdisc.scoring.config import ScoreConfig  # noqa: E402
+from diffdisc.scoring.memo import MemoEngine  # noqa: E402
+from diffdisc.tasks.auto_strategy import (  # noqa: E402
+    Scored,
+    ValidationSet,
+    candidate_settings,
+    choose,
+    fit_pooling,
+    open_validation,
+    pooled_predictions,
+    score_validation,
+)
+from diffdisc.tasks.candidates import build_candidates  # noqa: E402
+from diffdisc.tasks.ensemble import ensemble_partner  # noqa: E402
+
+REFERENCE = "exhaustive 20"
+
+
+def interval(x: np.ndarray, seed: int = 0, n: int = 2000) -> list[float]:
+    """95 % percentile bootstrap interval of the mean of `x` (per-image 0/1, or paired differences)."""
+    idx = np.random.default_rng(seed).integers(0, len(x), (n, len(x)))
+    return [float(v) for v in np.percentile(x[idx].mean(1), [2.5, 97.5])]
+
+
+def row(name: str, correct: np.ndarray, calls: float, ref: np.ndarray | None = None, **extra) -> dict:
+    out = {"name": name, "accuracy": float(correct.mean()), "ci": interval(correct.astype(float)), "calls": calls, **extra}
+    if ref is not None:
+        d = correct.astype(float) - ref.astype(float)
+        out |= {"minus_reference": float(d.mean()), "minus_reference_ci": interval(d)}
+    return out
+
+
+def concat(parts: list[Scored]) -> Scored:
+    return Scored(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Scored)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="fmnist-classcond")
+    ap.add_argument("--ensemble", default="fmnist-scenes-clip")
+    ap.add_argument("--n-val", type=int, default=200)
+    ap.add_argument("--n-test", type=int, default=500)
+    ap.add_argument("--block", type=int, default=50)
+    ap.add_argument("--tolerance", type=float, default=0.005)
+    ap.add_argument("--out", default="runs/validated")
+    args = ap.parse_args()
+    out = Path(args.out)
+    t_start = time.time()
+    bb, clip = create_backbone(args.model), create_backbone(args.ensemble)
+    score = ScoreConfig(batch_size=128)
+    meta = {"model": bb.info.fingerprint, "score": score.to_dict()}
+    test_dir = export_shipped_test(out / "test")
+    val_dir = export_shipped_test(out / "val", per_class=args.n_val // 10, seed=1, split="train")
+    cand = build_candidates(bb, None)
+    test_ds = open_image_dataset(test_dir)
+    val = open_validation(val_dir, cand, test_ds)  # refuses an image shared with the test folder
+    partner = ensemble_partner(bb, cand, None, clip, score.batch_size)
+    searches = candidate_settings(20, len(cand.classes))
+
+    def saver(engine: MemoEngine, path: Path, what: str):
+        def save(done: int) -> None:
+            engine.save(path, meta)
+            print(f"[{time.time() - t_start:6.0f}s] {what}: {done} images, {engine.forwards} new forwards", flush=True)
+
+        return save
+
+    veng = MemoEngine(bb, score)
+    print("validation memo loaded:", veng.load(out / "memo-val.npz", meta), flush=True)
+    V = score_validation(bb, val, cand, score, searches, ensemble=partner, engine=veng,
+                         on_chunk=saver(veng, out / "memo-val.npz", "validation"))  # fmt: skip
+    alone, _ = choose(dataclasses.replace(V, contrastive=None), searches, args.tolerance)
+    pooled, fit = choose(V, searches, args.tolerance, "auto")
+    ref_fit = fit_pooling(V.scored[REFERENCE], V.contrastive, V.labels, "auto")
+    print(alone.line(), "\n", pooled.line(), flush=True)
+    val_report = {"images": len(V.labels), "forwards": V.forwards, "alone": alone.record(), "ensemble": pooled.record(),
+                  "ensemble_fit": fit.record() if fit else None, "reference_fit": ref_fit.record(),
+                  "contrastive_accuracy": float((V.contrastive.argmin(1) == V.labels).mean())}  # fmt: skip
+
+    labels_all = np.asarray(test_ds.label_index(cand.classes))
+    test_searches = {n: searches[n] for n in dict.fromkeys([REFERENCE, alone.name, pooled.name])}
+    teng = MemoEngine(bb, score)
+    print("test memo loaded:", teng.load(out / "memo-test.npz", meta), flush=True)
+    done: list[int] = []
+    parts: dict[str, list[Scored]] = {n: [] for n in test_searches}
+    con_parts, lab_parts = [], []
+    for n in range(args.block, args.n_test + args.block, args.block):
+        keep = [i for i in stratified_subset(labels_all.tolist(), min(n, args.n_test), 0) if i not in set(done)]
+        if not keep:
+            break
+        block = ValidationSet(ImageDataset(test_ds.root, [test_ds.items[i] for i in keep], test_ds.class_names),
+                              labels_all[keep], {})  # fmt: skip
+        T = score_validation(bb, block, cand, score, test_searches, ensemble=partner, engine=teng,
+                             on_chunk=saver(teng, out / "memo-test.npz", f"test block to {n}"))  # fmt: skip
+        done += keep
+        for name in test_searches:
+            parts[name].append(T.scored[name])
+        con_parts.append(T.contrastive)
+        lab_parts.append(T.labels)
+        y, con = np.concatenate(lab_parts), np.concatenate(con_parts)
+        S = {name: concat(p) for name, p in parts.items()}
+        ref = S[REFERENCE].rankings[:, 0] == y
+        rows = [row(f"{REFERENCE} (reference)", ref, float(S[REFERENCE].calls.mean())),
+                row(f"auto: {alone.name}", S[alone.name].rankings[:, 0] == y, float(S[alone.name].calls.mean()), ref),
+                row(f"contrastive {args.ensemble} alone", con.argmin(1) == y, 0.0, ref),
+                row(f"ensemble: {REFERENCE} + contrastive, w {ref_fit.weight:g}",
+                    pooled_predictions(S[REFERENCE], con, ref_fit) == y, float(S[REFERENCE].calls.mean()), ref),
+                row(f"auto with ensemble: {pooled.name}, w {fit.weight:g}",
+                    pooled_predictions(S[pooled.name], con, fit) == y, float(S[pooled.name].calls.mean()), ref)]  # fmt: skip
+        res = {"test_images": len(y), "test_forwards": teng.forwards, "wall_s": time.time() - t_start,
+               "validation": val_report, "test": rows}  # fmt: skip
+        (out / "results.json").write_text(json.dumps(res, indent=2))
+        print(json.dumps({"test_images": len(y), "rows": [(r["name"], round(r["accuracy"], 4), round(r["calls"], 1)) for r in rows]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
