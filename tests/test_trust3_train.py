@@ -106,6 +106,15 @@ def test_full_disk_while_saving_is_one_line_and_leaves_no_temp(tmp_path, grey_fo
     assert run_main(monkeypatch, capsys, *args, "--steps", "2")[0] == 0 and _exported_step(out) == 2
 
 
+@pytest.fixture
+def sigint_handled():
+    """Python's own SIGINT handler for the test: a suite started in the background (`nohup ... &`) inherits SIGINT
+    ignored, which training rightly leaves alone, so the simulated Ctrl-C would never arrive."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 def _interrupt_at(monkeypatch, at: int) -> None:
     """Ctrl-C (a real SIGINT) while step `at` is being computed."""
     real, calls = train_mod._optimise, []
@@ -119,7 +128,7 @@ def _interrupt_at(monkeypatch, at: int) -> None:
     monkeypatch.setattr(train_mod, "_optimise", optimise)
 
 
-def test_ctrl_c_checkpoints_the_steps_done_and_resumes_to_the_same_weights(tmp_path, grey_folder, monkeypatch):
+def test_ctrl_c_checkpoints_the_steps_done_and_resumes_to_the_same_weights(tmp_path, grey_folder, monkeypatch, sigint_handled):
     cfg = get_recipe("tiny", data=str(grey_folder), steps=6, checkpoint_every=100)
     straight = load_file(train(cfg, tmp_path / "a", **QUIET) / "unet" / "diffusion_pytorch_model.safetensors")
     _interrupt_at(monkeypatch, 3)
@@ -132,7 +141,7 @@ def test_ctrl_c_checkpoints_the_steps_done_and_resumes_to_the_same_weights(tmp_p
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
-def test_ctrl_c_in_the_cli_speaks_of_steps_and_exits_130(tmp_path, grey_folder, monkeypatch):
+def test_ctrl_c_in_the_cli_speaks_of_steps_and_exits_130(tmp_path, grey_folder, monkeypatch, sigint_handled):
     _interrupt_at(monkeypatch, 2)
     res = CliRunner().invoke(app, ["train", "tiny", "--data", str(grey_folder), "--out", str(tmp_path / "r"), "--quiet"])
     assert res.exit_code == 130, res.output
