@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from diffdisc.scoring.engine import ScoringEngine, Work  # noqa: E402
+from diffdisc.scoring.memo import MemoEngine as SharedMemoEngine  # noqa: E402
 
 
 def make_fmnist_sized_classcond(root: Path, channels: int = 1) -> Path:
@@ -66,84 +66,9 @@ def make_sd_sized(root: Path, classes: list[str]) -> Path:
     return root
 
 
-class MemoEngine(ScoringEngine):
-    """Computes each (image, candidate, t) once across strategies; results equal an unmemoised engine's."""
-
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.memo: dict[tuple[str, int, int], float] = {}
-        self.forwards = 0  # U-Net calls actually made
+class MemoEngine(SharedMemoEngine):
+    """As `diffdisc.scoring.memo.MemoEngine` (each (image, condition, t) computed once across strategies; results
+    equal an unmemoised engine's), keyed by each condition's row rather than its content."""
 
     def _cond_keys(self, conds: torch.Tensor, rows: list[int]) -> dict[int, int]:
-        """The memo's key of each condition row: the row itself."""
         return {c: c for c in rows}
-
-    def run(self, x0, keys, conds, work):
-        ids = self._cond_keys(conds, sorted(set(work.candidate.tolist())))
-        key = [(keys[i], ids[c], t) for i, c, t in zip(work.image.tolist(), work.candidate.tolist(), work.t.tolist(), strict=True)]
-        first: dict = {}
-        for j, k in enumerate(key):
-            if k not in self.memo:
-                first.setdefault(k, j)
-        if first:
-            sel = torch.tensor(list(first.values()))
-            errs = super().run(x0, keys, conds, Work(work.image[sel], work.candidate[sel], work.t[sel]))
-            self.memo.update(zip(first, errs.tolist(), strict=True))
-            self.forwards += len(first) * self.calls_per_item
-        return torch.tensor([self.memo[k] for k in key])
-
-
-class SharedMemoEngine(MemoEngine):
-    """As `MemoEngine`, keyed by each condition's content rather than its row: runs that pass other condition
-    tensors (a subset of the candidates, a label tree's node conditions appended after the leaves') share
-    the forwards of the conditions they have in common. `save` / `load` keep the memo between runs of a bench
-    (an npz, no pickle)."""
-
-    def __init__(self, *a, **k):
-        super().__init__(*a, **k)
-        self.cond_ids: dict[str, int] = {}  # condition digest -> small id used in the memo's keys
-
-    def _cond_keys(self, conds: torch.Tensor, rows: list[int]) -> dict[int, int]:
-        import hashlib
-
-        out = {}
-        for c in rows:
-            d = hashlib.blake2b(conds[c].detach().cpu().contiguous().numpy().tobytes(), digest_size=16).hexdigest()
-            out[c] = self.cond_ids.setdefault(d, len(self.cond_ids))
-        return out
-
-    def save(self, path: Path, meta: dict) -> None:
-        """The memo and `meta` (what its numbers depend on: model, score, device) to `path` (.npz)."""
-        import numpy as np
-
-        from diffdisc.runs.io import atomic_write
-
-        items = list(self.memo.items())
-        digests = sorted(self.cond_ids, key=self.cond_ids.get)
-        arrays = dict(
-            meta=np.array(json.dumps(meta, sort_keys=True)), digests=np.array(digests, dtype="U32"),
-            image=np.array([k[0] for k, _ in items], dtype=str), cond=np.array([k[1] for k, _ in items], dtype=np.int64),
-            t=np.array([k[2] for k, _ in items], dtype=np.int64), error=np.array([v for _, v in items], dtype=np.float64),
-        )  # fmt: skip
-
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(Path(path), write)
-
-    def load(self, path: Path, meta: dict) -> bool:
-        """Merge a memo `save` wrote with the same `meta`; False (and nothing loaded) when absent or for other settings."""
-        import numpy as np
-
-        path = Path(path)
-        if not path.is_file():
-            return False
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["meta"]) != json.dumps(meta, sort_keys=True):
-                return False
-            remap = {i: self.cond_ids.setdefault(str(d), len(self.cond_ids)) for i, d in enumerate(z["digests"].tolist())}
-            for k, c, t, e in zip(z["image"].tolist(), z["cond"].tolist(), z["t"].tolist(), z["error"].tolist(), strict=True):
-                self.memo[(k, remap[c], t)] = e
-        return True
