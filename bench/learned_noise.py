@@ -1,15 +1,16 @@
 """Learned noise vs random noise on the shipped 10-way task (issue 27, item 1).
 
-Stage `fit`: one noise per timestep of the 10-t grid, fitted on shipped Fashion-MNIST *training* images
+Stage `fit`: one noise per timestep of the `--grid`-t grid (10 or 20), fitted on shipped Fashion-MNIST *training* images
 (`scoring.learned_noise.fit_noise`, as `diffdisc noise fit` does), one timestep at a time, each saved as it
-finishes (a rerun resumes). Stage `eval`: errors of shipped *test* images at those 10 t with the learned noise
+finishes (a rerun resumes). Stage `eval`: errors of shipped *test* images at those t with the learned noise
 and with classify's random noise (per image and t, seed 0), saved chunk by chunk. Stage `table`: accuracy at
-n = 1, 2, 5, 10 timesteps (the n evenly spread of the 10, as halving's stages take them: the same t for both),
+n = 1, 2, 5, 10 (, 20) timesteps (the n evenly spread of the grid, as halving's stages take them: the same t for both),
 with 95 % bootstrap intervals over images and the paired difference.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/learned_noise.py fit --n-train 100 --steps 15 --batch 8
     OMP_NUM_THREADS=1 .venv/bin/python bench/learned_noise.py eval --n-test 100
     .venv/bin/python bench/learned_noise.py table
+    (add `--grid 20 --out runs/noise-bench20` to each for the 20-t grid)
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-BUDGETS = (1, 2, 5, 10)
+BUDGETS = (1, 2, 5, 10, 20)
+
+
+def budgets(grid: int) -> list[int]:
+    return [n for n in BUDGETS if n <= grid]
 
 
 def _setup(args):
@@ -31,7 +36,7 @@ def _setup(args):
 
     torch.set_num_threads(1)
     bb = create_backbone(args.model, "cpu")
-    return bb, dc_grid(bb.num_train_timesteps, 10)
+    return bb, dc_grid(bb.num_train_timesteps, args.grid)
 
 
 def _x0(bb, images):
@@ -60,7 +65,7 @@ def fit(args) -> None:
     conds = bb.conditions(list(range(10)))
     shape = tuple(x0.shape[1:])
     first = [
-        grid[c] for n in BUDGETS for c in stage_subset(list(range(10)), n)
+        grid[c] for n in budgets(len(grid)) for c in stage_subset(list(range(len(grid))), n)
     ]  # n = 1's t first, then 2's, ...
     for t in dict.fromkeys(first):
         path = out / f"fit-t{t}.pt.json"
@@ -159,8 +164,8 @@ def table(args) -> None:
         "| timesteps (t) | random noise | learned noise | learned − random [95 % CI] | U-Net calls / image |"
     )
     print("|---|---|---|---|---|")
-    for n in BUDGETS:
-        cols = stage_subset(list(range(10)), n)
+    for n in budgets(len(z["grid"])):
+        cols = stage_subset(list(range(len(z["grid"]))), n)
         ts = [int(z["grid"][c]) for c in cols]
         ok = {
             k: (z[k][:done][..., cols].mean(2).argmin(1) == y[:done]).astype(float)
@@ -190,6 +195,7 @@ if __name__ == "__main__":
     p.add_argument(
         "--report", type=int, default=20, help="fitting images the loss before/after is reported on"
     )
+    p.add_argument("--grid", type=int, default=10, choices=(10, 20), help="the timestep grid the noise is fitted on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/noise-bench")
     a = p.parse_args()

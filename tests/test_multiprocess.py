@@ -89,6 +89,9 @@ def test_torchrun_classify_merges_itself_and_equals_one_process(classcond_dir, i
     assert [len(s.read_text().splitlines()) for s in shards] == [5, 4]  # image i is rank i % 2's
     same_run(ClassificationResult.load(out), one_process)  # merged by the last process: no `diffdisc merge`
     assert not list(out.glob(".*.lock"))
+    code, output, exc = cli("merge", out)  # merging again by hand (after a skipped image, say) changes nothing
+    assert code == 0, (output, exc)
+    same_run(ClassificationResult.load(out), one_process)
 
 
 def test_a_crashed_rank_resumes_alone(classcond_dir, image_folder, one_process, tmp_path, monkeypatch):

@@ -57,8 +57,8 @@ def classify(
     p_value: Annotated[float, typer.Option(help="t-test: drop a candidate below this p.")] = 2e-3,
     exit_z: Annotated[float, typer.Option(help="halving: stop an image after a stage when its leader beats the runner-up by this many standard errors (0 = off).")] = 0.0,
     shortlist: Annotated[int | None, typer.Option(help="Cascade: a cheap scorer keeps each image's top K candidates; --strategy decides among them.")] = None,
-    shortlist_model: Annotated[str | None, typer.Option(help="The cheap scorer: self (this model at --shortlist-timesteps t; default), a contrastive (open_clip) model, another diffusion model, or a `features sweep` output dir (its fitted head).")] = None,
-    shortlist_timesteps: Annotated[int, typer.Option(help="Timesteps per candidate of a diffusion cheap scorer.")] = 2,
+    shortlist_model: Annotated[str | None, typer.Option(help="The cheap scorer: self (this model at --shortlist-timesteps t; default), a contrastive (open_clip) model, another diffusion model, or a `features sweep` output dir (its fitted head). With --strategy auto (no --shortlist): its cascades (top 3, 5, 10) join the settings chosen from.")] = None,
+    shortlist_timesteps: Annotated[int, typer.Option(help="Timesteps per candidate of a diffusion cheap scorer (self: the t a halving stage of that size takes on the deciding strategy's grid, reused by it).")] = 2,
     loss: Annotated[str, typer.Option(help="l2 | l1 | huber")] = "l2",
     weighting: Annotated[str | None, typer.Option(help="uniform | clark | min_snr; flow models also velocity | sigma_sqrt | cosmap (uniform = the ε-equivalent (1-σ)²‖v̂-v‖²). Default: uniform; cosmap for flow models (measured, docs/results.md).")] = None,
     batch_size: UnetBatchSize = 64,
@@ -106,8 +106,9 @@ def classify(
         data, names_, tpl = open_benchmark(dataset, root, split, templates=template_set, image_column=image_column,
                                            label_column=label_column)  # fmt: skip
         names, templates, bench = names or names_, templates or list(tpl), data
-    if shortlist_model is not None and shortlist is None:
-        raise DiffdiscError("--shortlist-model needs --shortlist K (how many candidates it keeps per image)")
+    if shortlist_model is not None and shortlist is None and strategy != "auto":
+        raise DiffdiscError("--shortlist-model needs --shortlist K (how many candidates it keeps per image), or "
+                            "--strategy auto (which adds its cascades to the settings it chooses from)")  # fmt: skip
     dev = process_device(rank, world_size, device, state["threads"])
     bb = load(model, dev, lora, **loading.kwargs())
     score = ScoreConfig(loss=loss, weighting=weighting or default_weighting(bb), batch_size=batch_size, dtype=dtype,
@@ -119,7 +120,7 @@ def classify(
                             tree_prompt=tree_prompt, noise=str(noise) if noise else None, auto=auto,
                             auto_tolerance=auto_tolerance, validation=str(validation) if validation else None,
                             ensemble_weight=(ensemble_weight or "auto") if ensemble else ensemble_weight)  # fmt: skip
-    cheap = _shortlist_model(shortlist_model, dev) if shortlist is not None else None
+    cheap = _shortlist_model(shortlist_model, dev) if shortlist is not None or auto else None
     partner = load(ensemble, dev) if ensemble else None
     out = out or Path("runs") / f"classify-{bb.info.label.replace('/', '_')}-{strategy}"
     with classify_progress("classify", enabled=not (quiet or json_out)) as cb:

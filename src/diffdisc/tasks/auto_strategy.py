@@ -3,7 +3,7 @@ fits what a run would otherwise have to guess, and `--strategy auto` picks the s
 
 `candidate_settings` is one small fixed list (exhaustive at n/4, n/2, n timesteps; halving stage sets, one with
 the early exit; the t-test at two p; a self-shortlist cascade; with learned timestep weights, their top-n
-variants). `score_validation` scores every setting on the validation images through one memoising engine
+variants; with a `--shortlist-model`, its cascades: at hundreds of candidates the only cheap settings). `score_validation` scores every setting on the validation images through one memoising engine
 (`scoring.memo`): an (image, candidate, t) two settings share costs one U-Net call, while each setting is
 charged its own. `choose` keeps the cheapest setting within `tolerance` of the best validation accuracy (with an
 ensemble model, each setting pooled at its own validation-fitted weight). The run then classifies its own
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from ..scoring.search import (
 )
 from .candidates import Candidates, build_candidates
 from .ensemble import Ensemble, ensemble_partner, fixed_fit
+from .shortlist import make_shortlist
 
 TOLERANCE = 0.005  # 0.5 points of accuracy
 
@@ -117,6 +118,24 @@ def candidate_settings(n: int = 20, n_classes: int = 10, sigmas: str = "schedule
     return out
 
 
+def shortlist_settings(n: int, n_classes: int, label: str) -> dict[str, SearchConfig]:
+    """The cascades a given cheap model (`classify --shortlist-model`, named `label`) adds to the list: it keeps
+    each image's top 3, 5 or 10 candidates (fewer than there are) for exhaustive n, or for halving n/4:3,n:1
+    (top 5 and 10). Those are the only settings that cost less per image than n/4 timesteps of every candidate:
+    at hundreds of candidates, the cheap ones. Scored with that model's stage (`score_validation`'s
+    `cheap_for`); a self shortlist of the same shape is another setting of the same config."""
+    q = max(1, n // 4)
+    out: dict[str, SearchConfig] = {}
+    for k in (3, 5, 10):
+        if k >= n_classes:
+            continue
+        out[f"shortlist {label} top {k} → exhaustive {n}"] = CascadeConfig(keep=k, decide=ExhaustiveConfig(n_timesteps=n))
+        if k > 3 and q < n:
+            st = ((q, 3), (n, 1))
+            out[f"shortlist {label} top {k} → halving {_stages_name(st)}"] = CascadeConfig(keep=k, decide=HalvingConfig(stages=st))
+    return out
+
+
 @dataclass
 class Scored:
     """One setting on the validation images: scores [N, M] (agreeing with its rankings), rankings, calls [N]."""
@@ -135,12 +154,13 @@ class Validation:
 
 
 def score_validation(backbone, val: ValidationSet, cand: Candidates, score: ScoreConfig, searches: dict[str, SearchConfig],
-                     *, ensemble: Ensemble | None = None, weights=None, noise=None, cheap=None, chunk: int = 16,
-                     engine: MemoEngine | None = None, on_chunk=None) -> Validation:  # fmt: skip
+                     *, ensemble: Ensemble | None = None, weights=None, noise=None, cheap=None, cheap_for=None,
+                     chunk: int = 16, engine: MemoEngine | None = None, on_chunk=None) -> Validation:  # fmt: skip
     """Every setting of `searches` on the validation images, through one memoising engine (`engine`: one to
     share, e.g. a bench's, kept open). `weights`, `noise`, `cheap`: the run's learned timestep weights, learned
-    noise and cascade stage, for scoring the run's own search (the auto list brings its own). `on_chunk(done)`
-    after each chunk (a bench saves its memo there)."""
+    noise and cascade stage, for scoring the run's own search (the auto list brings its own); `cheap_for`: the
+    names of the settings the cascade stage is for (None: all; the others' cascades use their own stage).
+    `on_chunk(done)` after each chunk (a bench saves its memo there)."""
     ctx = SearchContext(backbone, cand.classes, cand.keys, cand.groups)
     built = {name: s.build(ctx) for name, s in searches.items()}
     shapes = [(backbone.info.image_size, backbone.info.image_channels)]
@@ -164,7 +184,8 @@ def score_validation(backbone, val: ValidationSet, cand: Candidates, score: Scor
             x0 = backbone.encode(px[0])
             stage = cheap.stage(x0, px[1] if cheap.shape else px[0]) if cheap is not None else None
             for name, search in built.items():
-                for r in search(Inputs(engine, x0, ctx.conds, cand.groups, weights, cheap=stage), keys):
+                mine = stage if cheap_for is None or name in cheap_for else None
+                for r in search(Inputs(engine, x0, ctx.conds, cand.groups, weights, cheap=mine), keys):
                     ranked = r.ranking()
                     rows[name].append((r.scores, ranked, r.calls))
             if ensemble is not None:
@@ -239,10 +260,21 @@ def choose(val: Validation, searches: dict[str, SearchConfig], tolerance: float 
     return choice, fit
 
 
-def auto_settings(cfg, cand: Candidates) -> dict[str, SearchConfig]:
-    """The candidate list for a classify config (`--timesteps` as n, its σ grid and learned weights)."""
+def auto_settings(cfg, cand: Candidates, shortlist_label: str | None = None) -> tuple[dict[str, SearchConfig], set[str]]:
+    """The candidate list for a classify config (`--timesteps` as n, its σ grid and learned weights), with the
+    cascades of a given cheap model (`shortlist_label`: its name), and the names of those."""
     a = cfg.adaptive
-    return candidate_settings(a.n_timesteps, len(cand.classes), a.sigmas, a.timestep_weights)
+    out = candidate_settings(a.n_timesteps, len(cand.classes), a.sigmas, a.timestep_weights)
+    extra = shortlist_settings(a.n_timesteps, len(cand.classes), shortlist_label) if shortlist_label else {}
+    return out | extra, set(extra)
+
+
+def shortlist_label(model) -> str | None:
+    """How the auto list names a `--shortlist-model` (None: none given, or the deciding model itself)."""
+    if model is None or (isinstance(model, str) and model == "self"):
+        return None
+    info = getattr(model, "info", None)
+    return info.name if info is not None else "head"
 
 
 def choose_setting(backbone, validation: str | Path, *, data: str | Path | ImageDataset | None = None, classes=None,
@@ -268,6 +300,7 @@ class Plan:
     validation: ValidationSet | None = None
     choice: Choice | None = None
     partner: Ensemble | None = None
+    uses_shortlist_model: bool = False  # auto chose a cascade of the given --shortlist-model
 
     def identity(self) -> dict:
         """run.json's entries for it: `validation` and `auto` in place of the config fields of those names, the
@@ -284,14 +317,15 @@ class Plan:
         return out
 
 
-def plan(backbone, ds: ImageDataset, cand: Candidates, cfg, ensemble_model=None) -> Plan:
+def plan(backbone, ds: ImageDataset, cand: Candidates, cfg, ensemble_model=None, shortlist_model=None) -> Plan:
     """The refusals of `validation` / `auto` / `ensemble_weight` (one line each, before any run directory), then
-    `--strategy auto`'s choice, scored on the validation images. A fixed-search ensemble is fitted later
-    (`fit_ensemble`), once the run's search, weights and cascade stage are final."""
+    `--strategy auto`'s choice, scored on the validation images (with a `shortlist_model`, its cascades join the
+    list). A fixed-search ensemble is fitted later (`fit_ensemble`), once the run's search, weights and cascade
+    stage are final."""
     if cfg.auto:
         if cfg.search is not None or cfg.tree or cfg.shortlist is not None:
             raise DiffdiscError("--strategy auto picks the whole search on the validation images: drop --tree / "
-                                "--shortlist (or choose the search yourself)")  # fmt: skip
+                                "--shortlist K (a --shortlist-model alone adds its cascades to the list)")  # fmt: skip
         if cfg.noise:
             raise DiffdiscError("--strategy auto scores settings on timesteps a learned --noise file may not cover: give one or the other")
         if not cfg.validation:
@@ -308,9 +342,16 @@ def plan(backbone, ds: ImageDataset, cand: Candidates, cfg, ensemble_model=None)
     partner = ensemble_partner(backbone, cand, cfg.templates, ensemble_model, cfg.score.batch_size) if ensemble_model is not None else None
     out = Plan(val, None, partner)
     if cfg.auto:
-        searches = auto_settings(cfg, cand)
-        scored = score_validation(backbone, val, cand, cfg.score, searches, ensemble=partner, chunk=cfg.chunk_images)
+        label = shortlist_label(shortlist_model)
+        searches, with_model = auto_settings(cfg, cand, label)
+        cheap = None
+        if with_model:  # the model's stage, checked against the candidates as a run of one of its cascades
+            one = replace(cfg, auto=False, search=searches[next(iter(with_model))], adaptive=type(cfg.adaptive)())
+            cheap = make_shortlist(backbone, cand, one, shortlist_model)
+        scored = score_validation(backbone, val, cand, cfg.score, searches, ensemble=partner, cheap=cheap,
+                                  cheap_for=with_model, chunk=cfg.chunk_images)  # fmt: skip
         out.choice, fit = choose(scored, searches, cfg.auto_tolerance, cfg.ensemble_weight)
+        out.uses_shortlist_model = out.choice.name in with_model
         if partner is not None:
             partner.fit, partner.how = fit, f"--strategy auto: with the chosen setting, {_how(cfg.ensemble_weight, val)}"
     return out

@@ -197,10 +197,12 @@ def classify(
     if len(cand.classes) == 1:
         log.warning("one candidate class (%s): every image gets it, so accuracy is the share of images labelled "
                     "so and the scores decide nothing; give at least two classes", cand.classes[0])  # fmt: skip
-    validated = auto_strategy.plan(backbone, ds, cand, cfg, ensemble_model)  # refusals; auto's choice
+    validated = auto_strategy.plan(backbone, ds, cand, cfg, ensemble_model, shortlist_model)  # refusals; auto's choice
     if validated.choice is not None:
         cfg = replace(cfg, search=validated.choice.search, adaptive=AdaptiveConfig())
         log.warning("%s", validated.choice.line())
+        if not validated.uses_shortlist_model:  # a self cascade, or no cascade: the given model is not used
+            shortlist_model = None
     search_cfg = cfg.search_config()
     learned = search_cfg.find(LearnedOrderConfig)
     weights = _timestep_weights(backbone, score, learned, ds, search_cfg)
