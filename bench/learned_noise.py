@@ -182,6 +182,125 @@ def table(args) -> None:
         for r in rows))  # fmt: skip
 
 
+# ------------------------------------------------------------------ the 80-way coloured task (`--task coloured80`)
+# Shipped `fmnist-scenes-text` among the 80 "a {colour} {item}" prompts. The noise is fitted on coloured *training*
+# items (`large_labels.coloured_train`, seed 2: not `validated.py`'s validation images) at the t of the 20-t grid
+# that n = `--budgets` timesteps take (stage_subset, as halving's stages), and evaluated on the test images of
+# `validated.py --task coloured80` (`--v80`, in its stratified order): the random arm is that bench's reference
+# memo (classify's own noise per (image, t), seed 0), read back, not recomputed.
+def _coloured(args):
+    from diffdisc.datasets.export import coloured_classes
+    from diffdisc.scoring.schedule import stage_subset
+    from diffdisc.tasks.candidates import build_candidates
+
+    bb, grid = _setup(args)
+    cand = build_candidates(bb, coloured_classes())
+    ts = sorted({t for n in _budgets80(args) for t in stage_subset(grid, n)})
+    return bb, grid, cand, ts
+
+
+def _budgets80(args) -> list[int]:
+    return [int(n) for n in args.budgets.split(",")]
+
+
+def fit80(args) -> None:
+    import sys
+
+    from diffdisc.scoring.config import ScoreConfig
+    from diffdisc.scoring.engine import derive_seed
+    from diffdisc.scoring.learned_noise import fit_noise
+    from diffdisc.scoring.scorers import make_scorer
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from large_labels import coloured_train
+
+    bb, grid, cand, ts = _coloured(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tr = coloured_train(args.n_train, seed=2)
+    x0 = _x0(bb, np.stack(tr.pixels))
+    y = torch.as_tensor(tr.labels)
+    scorer = make_scorer(bb, ScoreConfig())
+    conds = bb.conditions(cand.keys)
+    for t in ts:
+        path = out / f"fit-t{t}.pt.json"
+        if path.exists():
+            continue
+        t0 = time.time()
+        init = torch.randn(tuple(x0.shape[1:]), generator=torch.Generator().manual_seed(derive_seed(0, "", t)))[None]
+        with torch.enable_grad():
+            eps, hist = fit_noise(scorer, x0, y, conds, cand.groups, [t], init, steps=args.steps, lr=args.lr,
+                                  batch_images=args.batch, micro_batch=80, seed=args.seed, report_images=args.report)  # fmt: skip
+        hist = {k: v[0] for k, v in hist.items()}
+        path.write_text(json.dumps({**hist, "noise": eps[0].flatten().tolist(), "shape": list(x0.shape[1:]),
+                                    "seconds": time.time() - t0, "train": tr.source, "n_train": len(tr.labels),
+                                    "steps": args.steps, "batch": args.batch, "lr": args.lr}))  # fmt: skip
+        print(f"t={t}: loss {hist['loss_before']:.3f} -> {hist['loss_after']:.3f}, acc {hist['accuracy_before']:.2f} -> "
+              f"{hist['accuracy_after']:.2f} ({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
+
+
+def eval80(args) -> None:
+    from diffdisc.data.folders import open_image_dataset, stratified_subset
+    from diffdisc.data.images import to_tensor
+    from diffdisc.scoring.config import ScoreConfig
+    from diffdisc.scoring.engine import ScoringEngine
+    from diffdisc.scoring.memo import MemoEngine
+
+    bb, grid, cand, ts = _coloured(args)
+    out, v80 = Path(args.out), Path(args.v80)
+    noise, _ = _noise(bb, ts, out)
+    noise.save(out / "noise.safetensors")
+    score = ScoreConfig(batch_size=64)  # validated.py's, so its memo is read back
+    meta = {"model": bb.info.fingerprint, "score": score.to_dict()}
+    ds = open_image_dataset(v80 / "test")
+    labels = np.asarray(ds.label_index(cand.classes))
+    order = stratified_subset(labels.tolist(), len(labels), 0)[: args.n_test]
+    rand = MemoEngine(bb, score)
+    print("reference memos:", [rand.load(m, meta) for m in sorted(v80.glob("memo-test-*.npz"))], flush=True)
+    engines = {"learned": ScoringEngine(bb, score, noise=noise), "random": rand}
+    conds = bb.conditions(cand.keys)
+    path = out / "eval.npz"
+    err = {k: np.full((len(order), len(cand.classes), len(ts)), np.nan) for k in engines}
+    done = 0
+    if path.exists():
+        z = np.load(path)
+        if z["grid"].tolist() == ts:
+            done, err = int(z["done"]), {k: z[k] for k in err}
+    while done < len(order):
+        t0 = time.time()
+        sl = slice(done, min(done + args.chunk, len(order)))
+        items = [ds.items[i] for i in order[sl]]
+        x0 = bb.encode(torch.stack([to_tensor(ds.open(it), bb.info.image_size, bb.info.image_channels) for it in items]))
+        keys = [it.image_id for it in items]
+        for k, eng in engines.items():
+            e = eng.exhaustive(x0, keys, conds, ts).numpy()  # [N, P, T]
+            err[k][sl] = np.stack([e[:, g].mean(1) for g in cand.groups], 1)
+        done = sl.stop
+        np.savez(path, done=done, labels=labels[order], index=np.array(order), grid=np.array(ts), **err)
+        print(f"{done}/{len(order)} test images ({time.time() - t0:.0f} s, {rand.forwards} random-arm forwards not in the memo)", flush=True)
+
+
+def table80(args) -> None:
+    from diffdisc.scoring.schedule import stage_subset
+
+    _, grid, cand, ts = _coloured(args)
+    z = np.load(Path(args.out) / "eval.npz")
+    done, y = int(z["done"]), z["labels"]
+    rng = np.random.default_rng(0)
+    print(f"{done} coloured test images, 80-way")
+    print("| timesteps (t) | random noise | learned noise | learned − random [95 % CI] | U-Net calls / image |")
+    print("|---|---|---|---|---|")
+    for n in _budgets80(args):
+        cols = [z["grid"].tolist().index(t) for t in stage_subset(grid, n)]
+        ok = {k: (z[k][:done][..., cols].mean(2).argmin(1) == y[:done]).astype(float) for k in ("random", "learned")}
+        ci = {k: _boot(v, rng) for k, v in ok.items()}
+        d = ok["learned"] - ok["random"]
+        dci = _boot(d, rng)
+        print(f"| {n} ({', '.join(str(grid[c]) for c in stage_subset(list(range(len(grid))), n))}) | {ok['random'].mean():.1%} "
+              f"[{ci['random'][0]:.1%}, {ci['random'][1]:.1%}] | {ok['learned'].mean():.1%} [{ci['learned'][0]:.1%}, "
+              f"{ci['learned'][1]:.1%}] | {d.mean() * 100:+.1f} [{dci[0] * 100:+.1f}, {dci[1] * 100:+.1f}] | {len(cand.classes) * n} |")  # fmt: skip
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=("fit", "eval", "table"))
@@ -198,5 +317,13 @@ if __name__ == "__main__":
     p.add_argument("--grid", type=int, default=10, choices=(10, 20), help="the timestep grid the noise is fitted on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/noise-bench")
+    p.add_argument("--task", choices=("grey10", "coloured80"), default="grey10")
+    p.add_argument("--budgets", default="1,2,5", help="coloured80: the n whose t are fitted and compared")
+    p.add_argument("--v80", default="runs/v80", help="coloured80: validated.py's --out (test images, reference memo)")
     a = p.parse_args()
-    {"fit": fit, "eval": evaluate, "table": table}[a.stage](a)
+    if a.task == "coloured80":
+        a.grid = 20
+        a.model = "fmnist-scenes-text" if a.model == "fmnist-classcond" else a.model
+        {"fit": fit80, "eval": eval80, "table": table80}[a.stage](a)
+    else:
+        {"fit": fit, "eval": evaluate, "table": table}[a.stage](a)

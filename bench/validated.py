@@ -76,6 +76,51 @@ def concat(parts: list[Scored]) -> Scored:
     return Scored(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Scored)))
 
 
+def saver(engine: MemoEngine, path: Path, meta: dict, what: str, t_start: float):
+    """`on_chunk` for `score_validation`: save the memo, say how far it got."""
+
+    def save(done: int) -> None:
+        engine.save(path, meta)
+        print(f"[{time.time() - t_start:6.0f}s] {what}: {done} images, {engine.forwards} new forwards", flush=True)
+
+    return save
+
+
+@dataclasses.dataclass
+class Chosen:
+    """What the validation images decided: auto's choice alone and pooled with the contrastive model, the pooling
+    of the reference, and the report of it all."""
+
+    alone: object
+    pooled: object
+    fit: object
+    ref_fit: object
+    report: dict
+
+
+def choose_all(V, searches: dict, tolerance: float) -> Chosen:
+    alone, _ = choose(dataclasses.replace(V, contrastive=None), searches, tolerance)
+    pooled, fit = choose(V, searches, tolerance, "auto")
+    ref_fit = fit_pooling(V.scored[REFERENCE], V.contrastive, V.labels, "auto")
+    print(alone.line(), "\n", pooled.line(), flush=True)
+    report = {"images": len(V.labels), "forwards": V.forwards, "alone": alone.record(), "ensemble": pooled.record(),
+              "ensemble_fit": fit.record() if fit else None, "reference_fit": ref_fit.record(),
+              "contrastive_accuracy": float((V.contrastive.argmin(1) == V.labels).mean())}  # fmt: skip
+    return Chosen(alone, pooled, fit, ref_fit, report)
+
+
+def test_rows(S: dict, y: np.ndarray, con: np.ndarray, c: Chosen, ensemble: str) -> list[dict]:
+    """The test table: the reference, auto's choice, the contrastive model alone, both pooled."""
+    ref = S[REFERENCE].rankings[:, 0] == y
+    return [row(f"{REFERENCE} (reference)", ref, float(S[REFERENCE].calls.mean())),
+            row(f"auto: {c.alone.name}", S[c.alone.name].rankings[:, 0] == y, float(S[c.alone.name].calls.mean()), ref),
+            row(f"contrastive {ensemble} alone", con.argmin(1) == y, 0.0, ref),
+            row(f"ensemble: {REFERENCE} + contrastive, w {c.ref_fit.weight:g}",
+                pooled_predictions(S[REFERENCE], con, c.ref_fit) == y, float(S[REFERENCE].calls.mean()), ref),
+            row(f"auto with ensemble: {c.pooled.name}, w {c.fit.weight:g}",
+                pooled_predictions(S[c.pooled.name], con, c.fit) == y, float(S[c.pooled.name].calls.mean()), ref)]  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--task", choices=["grey10", "coloured80"], default="grey10",
@@ -108,24 +153,12 @@ def main() -> None:
     partner = ensemble_partner(bb, cand, None, clip, score.batch_size)
     searches = candidate_settings(20, len(cand.classes))
 
-    def saver(engine: MemoEngine, path: Path, what: str):
-        def save(done: int) -> None:
-            engine.save(path, meta)
-            print(f"[{time.time() - t_start:6.0f}s] {what}: {done} images, {engine.forwards} new forwards", flush=True)
-
-        return save
-
     veng = MemoEngine(bb, score)
     print("validation memo loaded:", veng.load(out / "memo-val.npz", meta), flush=True)
     V = score_validation(bb, val, cand, score, searches, ensemble=partner, engine=veng,
-                         on_chunk=saver(veng, out / "memo-val.npz", "validation"))  # fmt: skip
-    alone, _ = choose(dataclasses.replace(V, contrastive=None), searches, args.tolerance)
-    pooled, fit = choose(V, searches, args.tolerance, "auto")
-    ref_fit = fit_pooling(V.scored[REFERENCE], V.contrastive, V.labels, "auto")
-    print(alone.line(), "\n", pooled.line(), flush=True)
-    val_report = {"images": len(V.labels), "forwards": V.forwards, "alone": alone.record(), "ensemble": pooled.record(),
-                  "ensemble_fit": fit.record() if fit else None, "reference_fit": ref_fit.record(),
-                  "contrastive_accuracy": float((V.contrastive.argmin(1) == V.labels).mean())}  # fmt: skip
+                         on_chunk=saver(veng, out / "memo-val.npz", meta, "validation", t_start))  # fmt: skip
+    c = choose_all(V, searches, args.tolerance)
+    alone, pooled, val_report = c.alone, c.pooled, c.report
 
     labels_all = np.asarray(test_ds.label_index(cand.classes))
     test_searches = {n: searches[n] for n in dict.fromkeys([REFERENCE, alone.name, pooled.name])}
@@ -141,7 +174,7 @@ def main() -> None:
         block = ValidationSet(ImageDataset(test_ds.root, [test_ds.items[i] for i in keep], test_ds.class_names),
                               labels_all[keep], {})  # fmt: skip
         T = score_validation(bb, block, cand, score, test_searches, ensemble=partner, engine=teng,
-                             on_chunk=saver(teng, out / "memo-test.npz", f"test block to {n}"))  # fmt: skip
+                             on_chunk=saver(teng, out / "memo-test.npz", meta, f"test block to {n}", t_start))  # fmt: skip
         done += keep
         for name in test_searches:
             parts[name].append(T.scored[name])
@@ -149,14 +182,7 @@ def main() -> None:
         lab_parts.append(T.labels)
         y, con = np.concatenate(lab_parts), np.concatenate(con_parts)
         S = {name: concat(p) for name, p in parts.items()}
-        ref = S[REFERENCE].rankings[:, 0] == y
-        rows = [row(f"{REFERENCE} (reference)", ref, float(S[REFERENCE].calls.mean())),
-                row(f"auto: {alone.name}", S[alone.name].rankings[:, 0] == y, float(S[alone.name].calls.mean()), ref),
-                row(f"contrastive {args.ensemble} alone", con.argmin(1) == y, 0.0, ref),
-                row(f"ensemble: {REFERENCE} + contrastive, w {ref_fit.weight:g}",
-                    pooled_predictions(S[REFERENCE], con, ref_fit) == y, float(S[REFERENCE].calls.mean()), ref),
-                row(f"auto with ensemble: {pooled.name}, w {fit.weight:g}",
-                    pooled_predictions(S[pooled.name], con, fit) == y, float(S[pooled.name].calls.mean()), ref)]  # fmt: skip
+        rows = test_rows(S, y, con, c, args.ensemble)
         res = {"test_images": len(y), "test_forwards": teng.forwards, "wall_s": time.time() - t_start,
                "validation": val_report, "test": rows}  # fmt: skip
         (out / "results.json").write_text(json.dumps(res, indent=2))
@@ -199,11 +225,7 @@ def coloured80(args) -> None:
         path = out / f"memo-test-{a}-{b}.npz"
         eng = MemoEngine(bb, score)
         print("memo loaded:", eng.load(path, meta), flush=True)
-
-        def save(done: int) -> None:
-            eng.save(path, meta)
-            print(f"[{time.time() - t_start:6.0f}s] reference {a}:{b}: {done} images, {eng.forwards} new forwards", flush=True)
-
+        save = saver(eng, path, meta, f"reference {a}:{b}", t_start)
         T = score_validation(bb, block, cand, score, {REFERENCE: ExhaustiveConfig(n_timesteps=20)}, engine=eng, on_chunk=save, chunk=4)
         print("reference accuracy on the slice:", float((T.scored[REFERENCE].rankings[:, 0] == T.labels).mean()), flush=True)
         return
@@ -217,19 +239,10 @@ def coloured80(args) -> None:
     veng = MemoEngine(bb, score)
     print("validation memo loaded:", veng.load(out / "memo-val.npz", meta), flush=True)
 
-    def save_val(done: int) -> None:
-        veng.save(out / "memo-val.npz", meta)
-        print(f"[{time.time() - t_start:6.0f}s] validation: {done} images, {veng.forwards} new forwards", flush=True)
-
-    V = score_validation(bb, val, cand, score, searches, ensemble=partner, cheap=cheap, cheap_for=with_model,
-                         engine=veng, on_chunk=save_val, chunk=4)  # fmt: skip
-    alone, _ = choose(dataclasses.replace(V, contrastive=None), searches, args.tolerance)
-    pooled, fit = choose(V, searches, args.tolerance, "auto")
-    ref_fit = fit_pooling(V.scored[REFERENCE], V.contrastive, V.labels, "auto")
-    print(alone.line(), "\n", pooled.line(), flush=True)
-    val_report = {"images": len(V.labels), "forwards": V.forwards, "alone": alone.record(), "ensemble": pooled.record(),
-                  "ensemble_fit": fit.record() if fit else None, "reference_fit": ref_fit.record(),
-                  "contrastive_accuracy": float((V.contrastive.argmin(1) == V.labels).mean())}  # fmt: skip
+    V = score_validation(bb, val, cand, score, searches, ensemble=partner, cheap=cheap, cheap_for=with_model, engine=veng,
+                         on_chunk=saver(veng, out / "memo-val.npz", meta, "validation", t_start), chunk=4)  # fmt: skip
+    c = choose_all(V, searches, args.tolerance)
+    val_report = c.report
     if args.part == "val":
         (out / "validation.json").write_text(json.dumps(val_report, indent=2))
         return
@@ -245,15 +258,9 @@ def coloured80(args) -> None:
     T = score_validation(bb, block, cand, score, searches, ensemble=partner, cheap=cheap, cheap_for=with_model,
                          engine=teng, chunk=8)  # fmt: skip
     y, con = T.labels, T.contrastive
-    ref = T.scored[REFERENCE].rankings[:, 0] == y
     S = T.scored
-    rows = [row(f"{REFERENCE} (reference)", ref, float(S[REFERENCE].calls.mean())),
-            row(f"auto: {alone.name}", S[alone.name].rankings[:, 0] == y, float(S[alone.name].calls.mean()), ref),
-            row(f"contrastive {args.ensemble} alone", con.argmin(1) == y, 0.0, ref),
-            row(f"ensemble: {REFERENCE} + contrastive, w {ref_fit.weight:g}",
-                pooled_predictions(S[REFERENCE], con, ref_fit) == y, float(S[REFERENCE].calls.mean()), ref),
-            row(f"auto with ensemble: {pooled.name}, w {fit.weight:g}",
-                pooled_predictions(S[pooled.name], con, fit) == y, float(S[pooled.name].calls.mean()), ref)]  # fmt: skip
+    ref = S[REFERENCE].rankings[:, 0] == y
+    rows = test_rows(S, y, con, c, args.ensemble)
     # every listed setting on test, for the record only (the choice above was made on validation)
     every = [row(name, S[name].rankings[:, 0] == y, float(S[name].calls.mean()), ref) for name in searches]
     res = {"test_images": len(y), "test_forwards": teng.forwards, "wall_s": time.time() - t_start, "settings": list(searches),
