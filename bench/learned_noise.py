@@ -148,12 +148,25 @@ def _boot(correct: np.ndarray, rng, n=2000) -> tuple[float, float]:
     return float(np.percentile(m, 2.5)), float(np.percentile(m, 97.5))
 
 
+def _table_row(z, cols: list[int], rng, calls: int) -> str:
+    """One row: both arms' accuracy at the t of columns `cols` (plain mean over them), intervals, paired difference."""
+    done = int(z["done"])
+    ok = {k: (z[k][:done][..., cols].mean(2).argmin(1) == y[:done]).astype(float) for k in ("random", "learned")}
+    ci = {k: _boot(v, rng) for k, v in ok.items()}
+    d = ok["learned"] - ok["random"]
+    dci = _boot(d, rng)
+    ts = ", ".join(str(int(z["grid"][c])) for c in cols)
+    return (f"| {len(cols)} ({ts}) | {ok['random'].mean():.1%} [{ci['random'][0]:.1%}, {ci['random'][1]:.1%}] | "
+            f"{ok['learned'].mean():.1%} [{ci['learned'][0]:.1%}, {ci['learned'][1]:.1%}] | "
+            f"{d.mean() * 100:+.1f} [{dci[0] * 100:+.1f}, {dci[1] * 100:+.1f}] | {calls} |")  # fmt: skip
+
+
 def table(args) -> None:
     from diffdisc.scoring.schedule import stage_subset
 
     out = Path(args.out)
     z = np.load(out / "eval.npz")
-    done, y = int(z["done"]), z["labels"]
+    done = int(z["done"])
     rows = [
         json.loads(p.read_text()) for p in sorted(out.glob("fit-t*.pt.json"), key=lambda p: int(p.name[5:-8]))
     ]
@@ -166,17 +179,7 @@ def table(args) -> None:
     print("|---|---|---|---|---|")
     for n in budgets(len(z["grid"])):
         cols = stage_subset(list(range(len(z["grid"]))), n)
-        ts = [int(z["grid"][c]) for c in cols]
-        ok = {
-            k: (z[k][:done][..., cols].mean(2).argmin(1) == y[:done]).astype(float)
-            for k in ("random", "learned")
-        }
-        ci = {k: _boot(v, rng) for k, v in ok.items()}
-        d = ok["learned"] - ok["random"]
-        dci = _boot(d, rng)
-        print(f"| {n} ({', '.join(map(str, ts))}) | {ok['random'].mean():.1%} [{ci['random'][0]:.1%}, {ci['random'][1]:.1%}] | "
-              f"{ok['learned'].mean():.1%} [{ci['learned'][0]:.1%}, {ci['learned'][1]:.1%}] | "
-              f"{d.mean() * 100:+.1f} [{dci[0] * 100:+.1f}, {dci[1] * 100:+.1f}] | {10 * n} |")  # fmt: skip
+        print(_table_row(z, cols, rng, 10 * n))
     print("per t (fitting images, that t alone): " + "; ".join(
         f"t={r['t']}: loss {r['loss_before']:.2f}->{r['loss_after']:.2f}, acc {r['accuracy_before']:.2f}->{r['accuracy_after']:.2f}"
         for r in rows))  # fmt: skip
@@ -285,21 +288,13 @@ def table80(args) -> None:
 
     _, grid, cand, ts = _coloured(args)
     z = np.load(Path(args.out) / "eval.npz")
-    done, y = int(z["done"]), z["labels"]
+    done = int(z["done"])
     rng = np.random.default_rng(0)
     print(f"{done} coloured test images, 80-way")
     print("| timesteps (t) | random noise | learned noise | learned − random [95 % CI] | U-Net calls / image |")
     print("|---|---|---|---|---|")
     for n in _budgets80(args):
-        cols = [z["grid"].tolist().index(t) for t in stage_subset(grid, n)]
-        ok = {k: (z[k][:done][..., cols].mean(2).argmin(1) == y[:done]).astype(float) for k in ("random", "learned")}
-        ci = {k: _boot(v, rng) for k, v in ok.items()}
-        d = ok["learned"] - ok["random"]
-        dci = _boot(d, rng)
-        print(f"| {n} ({', '.join(str(grid[c]) for c in stage_subset(list(range(len(grid))), n))}) | {ok['random'].mean():.1%} "
-              f"[{ci['random'][0]:.1%}, {ci['random'][1]:.1%}] | {ok['learned'].mean():.1%} [{ci['learned'][0]:.1%}, "
-              f"{ci['learned'][1]:.1%}] | {d.mean() * 100:+.1f} [{dci[0] * 100:+.1f}, {dci[1] * 100:+.1f}] | {len(cand.classes) * n} |")  # fmt: skip
-
+        print(_table_row(z, [z["grid"].tolist().index(t) for t in stage_subset(grid, n)], rng, len(cand.classes) * n))
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
