@@ -150,7 +150,7 @@ def _boot(correct: np.ndarray, rng, n=2000) -> tuple[float, float]:
 
 def _table_row(z, cols: list[int], rng, calls: int) -> str:
     """One row: both arms' accuracy at the t of columns `cols` (plain mean over them), intervals, paired difference."""
-    done = int(z["done"])
+    done, y = int(z["done"]), z["labels"]
     ok = {k: (z[k][:done][..., cols].mean(2).argmin(1) == y[:done]).astype(float) for k in ("random", "learned")}
     ci = {k: _boot(v, rng) for k, v in ok.items()}
     d = ok["learned"] - ok["random"]
