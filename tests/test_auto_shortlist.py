@@ -11,7 +11,7 @@ from diffdisc.backbones.registry import create_backbone
 from diffdisc.datasets.export import export_shipped_test
 from diffdisc.scoring.config import AdaptiveConfig
 from diffdisc.scoring.search import CascadeConfig, ExhaustiveConfig, HalvingConfig, SearchConfig
-from diffdisc.tasks.auto_strategy import candidate_settings, shortlist_settings
+from diffdisc.tasks.auto_strategy import candidate_settings, choose_setting, shortlist_settings
 from diffdisc.tasks.classify import ClassifyConfig, classify
 
 AUTO = ClassifyConfig(adaptive=AdaptiveConfig(n_timesteps=2), auto=True, auto_tolerance=0.99)
@@ -49,6 +49,8 @@ def test_auto_chooses_a_cascade_of_the_given_model_and_runs_it(setup, tmp_path, 
     assert res.settings["shortlist"]["scorer"] == "contrastive"
     rows = {r["name"]: r for r in auto["table"]}
     assert rows["shortlist self 1 t top 3 → exhaustive 2"]["calls"] == 13.0  # the self cascade kept its own stage
+    api = choose_setting(bb, val, data=data, n_timesteps=2, shortlist_model=clip, tolerance=0.99)
+    assert api.name == auto["chosen"] and list(api.table) == auto["table"]
     by_hand = ClassifyConfig(search=SearchConfig.from_dict(auto["search"]))
     plain = classify(bb, data, by_hand, out=tmp_path / "plain", shortlist_model=clip)
     assert res.predictions.tolist() == plain.predictions.tolist() and res.calls.tolist() == plain.calls.tolist()

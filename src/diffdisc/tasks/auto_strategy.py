@@ -25,7 +25,7 @@ from ..data.folders import ImageDataset, open_image_dataset
 from ..data.images import to_tensor
 from ..errors import DiffdiscError
 from ..scoring import ensemble as pooling
-from ..scoring.config import ScoreConfig
+from ..scoring.config import AdaptiveConfig, ScoreConfig
 from ..scoring.memo import MemoEngine
 from ..scoring.search import (
     CascadeConfig,
@@ -280,17 +280,18 @@ def shortlist_label(model) -> str | None:
 def choose_setting(backbone, validation: str | Path, *, data: str | Path | ImageDataset | None = None, classes=None,
                    templates=None, score: ScoreConfig | None = None, n_timesteps: int = 20, sigmas: str = "scheduler",
                    timestep_weights: str | None = None, ensemble_model=None, ensemble_weight: float | str = "auto",
-                   tolerance: float = TOLERANCE, chunk: int = 16) -> Choice:  # fmt: skip
+                   shortlist_model=None, tolerance: float = TOLERANCE, chunk: int = 16) -> Choice:  # fmt: skip
     """`--strategy auto`'s choice as a function: the setting `classify` would run on `data` (which, when given,
     must share no image with `validation`), without classifying anything."""
-    score = score or ScoreConfig()
+    from .classify import ClassifyConfig  # here: classify builds on this module
+
     ds = data if isinstance(data, ImageDataset) or data is None else open_image_dataset(data)
     cand = build_candidates(backbone, classes or (ds.class_names if ds is not None and backbone.info.conditioning == "text" else None), templates)
-    val = open_validation(validation, cand, ds)
-    searches = candidate_settings(n_timesteps, len(cand.classes), sigmas, timestep_weights)
-    partner = ensemble_partner(backbone, cand, templates, ensemble_model, score.batch_size) if ensemble_model is not None else None
-    scored = score_validation(backbone, val, cand, score, searches, ensemble=partner, chunk=chunk)
-    return choose(scored, searches, tolerance, ensemble_weight if partner is not None else None)[0]
+    cfg = ClassifyConfig(templates=templates, score=score or ScoreConfig(), auto=True, auto_tolerance=tolerance,
+                         adaptive=AdaptiveConfig(n_timesteps=n_timesteps, sigmas=sigmas, timestep_weights=timestep_weights),
+                         validation=str(validation), ensemble_weight=ensemble_weight if ensemble_model is not None else None,
+                         chunk_images=chunk)  # fmt: skip
+    return plan(backbone, ds, cand, cfg, ensemble_model, shortlist_model).choice
 
 
 @dataclass
