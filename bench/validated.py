@@ -130,6 +130,7 @@ def main() -> None:
                          "the test memo); val = only the validation pass and its choice; all = both, then the test "
                          "images whose reference the memos hold")
     ap.add_argument("--slice", default="0:200", help="a:b of the stratified test order, for --part reference")
+    ap.add_argument("--plot", default="docs/validated80.png", help="coloured80: the calls-vs-accuracy plot")
     ap.add_argument("--model", default="fmnist-classcond")
     ap.add_argument("--ensemble", default="fmnist-scenes-clip")
     ap.add_argument("--n-val", type=int, default=200)
@@ -267,6 +268,38 @@ def coloured80(args) -> None:
            "excluded": EXCLUDED_80, "validation": val_report, "test": rows, "every_setting_on_test": every}  # fmt: skip
     (out / "results.json").write_text(json.dumps(res, indent=2))
     print(json.dumps({"test_images": len(y), "rows": [(r["name"], round(r["accuracy"], 4), round(r["calls"], 1)) for r in rows]}), flush=True)
+    print("plot:", plot80(res, Path(args.plot)), flush=True)
+
+
+def plot80(res: dict, path: Path) -> Path:
+    """Every listed setting's calls and accuracy, on validation (where the choice is made) and on test (where it is
+    only measured), the chosen one marked, the reference's 0.5-point band and the 20x line."""
+    from diffdisc.plotting import pyplot, save_figure
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    val = {r["name"]: r for r in res["validation"]["alone"]["table"]}
+    chosen = res["validation"]["alone"]["chosen"]
+    for ax, (title, rows) in zip(axes, [(f"validation ({res['validation']['images']} coloured training items): the choice",
+                                         list(val.values())),
+                                        (f"test ({res['test_images']} images): measured once", res["every_setting_on_test"])], strict=True):  # fmt: skip
+        for r in rows:
+            ok = r["name"] == chosen
+            ax.errorbar(r["calls"], r["accuracy"], yerr=None if "ci" not in r else
+                        [[r["accuracy"] - r["ci"][0]], [r["ci"][1] - r["accuracy"]]],
+                        marker="*" if ok else "o", markersize=12 if ok else 5, color="tab:red" if ok else
+                        ("tab:blue" if r["name"].startswith("shortlist fmnist") else "tab:gray"), alpha=0.8)  # fmt: skip
+            if ok:
+                ax.annotate(f"auto: {r['name']}", (r["calls"], r["accuracy"]), fontsize=7, xytext=(5, -12),
+                            textcoords="offset points")  # fmt: skip
+        ref = next(r for r in rows if r["name"] == REFERENCE)
+        ax.axhspan(ref["accuracy"] - 0.005, ref["accuracy"], color="k", alpha=0.1, label="exhaustive 20 − 0.5 points")
+        ax.axvline(ref["calls"] / 20, color="tab:red", linestyle=":", linewidth=0.8, label="20x fewer calls")
+        ax.set(xscale="log", xlabel="U-Net calls per image (blue: contrastive cascades)", title=title)
+        ax.title.set_fontsize(9)
+    axes[0].set_ylabel("top-1 accuracy, 80-way")
+    axes[0].legend(fontsize=7)
+    return save_figure(fig, path)
 
 
 # The 2-core CPU plan of the 80-way task: settings of the auto list whose t are off the 20-t grid the reference
