@@ -170,6 +170,20 @@ def test_env_launched_match_features_claims_equal_one_process(sd_dir, classcond_
     assert "[2/2] features (tiny)" in outs[1] and "compositional (tiny)" not in outs[1]
 
 
+def test_claims_a_late_rank_does_not_call_the_others_stage_reused(tmp_path):
+    # rank 1 starts only after rank 0 has finished its stage: that stage ran in this launch, it was not reused
+    claims = ["claims", "--size", "tiny", "--stages", "compositional,features", "--quiet", "--out", tmp_path / "cl"]
+    for rank in (0, 1):
+        code, output, exc = cli(*claims, rank=rank)
+        assert code == 0, (output, exc)
+    table = json.loads((tmp_path / "cl" / "claims_table.json").read_text())
+    assert {s: d["reused"] for s, d in table["stages"].items()} == {"compositional": False, "features": False}
+    for rank in (1, 0):  # the same launch again: now both are reused, whichever rank writes the table
+        assert cli(*claims, rank=rank)[0] == 0
+    table = json.loads((tmp_path / "cl" / "claims_table.json").read_text())
+    assert {s: d["reused"] for s, d in table["stages"].items()} == {"compositional": True, "features": True}
+
+
 def test_temps_of_other_machines_are_left_alone(tmp_path):
     """A shared --out: a process starting on one machine must not delete a temp file another machine is writing."""
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)

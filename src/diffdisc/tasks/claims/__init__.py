@@ -26,6 +26,7 @@ STAGES = ("zero_shot", "compositional", "shape_bias", "attention_lora", "feature
 SIZE_NAMES = ("tiny", "quick", "full")
 TABLE = ClaimsResult.marker  # claims_table.json
 STAGE_FILE = "stage.json"
+OUTCOME_FILE = "outcome.json"  # what the stage's owner did with it in its latest run: ran it, or reused it
 
 
 def stage_module(name: str):
@@ -127,13 +128,14 @@ def run_claims(config: ClaimsConfig | None = None, *, out: str | Path, device: s
         settings = {"stage": s, "size": cfg.size, "knobs": knobs, "seed": cfg.seed, "models": models,
                     "revision": getattr(stage_module(s), "REVISION", 0)}  # a stage's test changed: its rows are stale
         file = out / s / STAGE_FILE
+        if (i - 1) % world_size != rank:  # its owner says whether it ran it or found it done (a rank may start late)
+            others[s] = (file, settings)
+            continue
         stored = _read_table(file)
         if stored and stored.get("settings") == settings:
             rows[s], done[s] = stored["claims"], {"reused": True, "wall_s": stored.get("wall_s")}
+            atomic_write_text(out / s / OUTCOME_FILE, json.dumps(done[s]))
             log(f"[{i}/{len(stages)}] {s}: reused ({file})")
-            continue
-        if (i - 1) % world_size != rank:
-            others[s] = (file, settings)
             continue
         log(f"[{i}/{len(stages)}] {s} ({cfg.size})")
         t0 = time.time()
@@ -143,6 +145,7 @@ def run_claims(config: ClaimsConfig | None = None, *, out: str | Path, device: s
         wall = round(time.time() - t0, 1)
         rows[s] = [c.to_dict() for c in found]
         done[s] = {"reused": False, "wall_s": wall}
+        atomic_write_text(out / s / OUTCOME_FILE, json.dumps(done[s]))  # before the rows: whoever reads them reads it
         atomic_write_text(file, json.dumps({"settings": settings, "claims": rows[s], "wall_s": wall}, indent=1))
         log(f"      {', '.join(f'{c.id}: {c.verdict}' for c in found)} ({wall:.0f} s)")
     for s, (file, settings) in others.items():  # other processes' stages: finished by now, or one of them writes the table
@@ -150,7 +153,7 @@ def run_claims(config: ClaimsConfig | None = None, *, out: str | Path, device: s
         if not (stored and stored.get("settings") == settings):
             log(f"{s} is another process's stage, still running: the last process to finish writes the table")
             return None
-        rows[s], done[s] = stored["claims"], {"reused": False, "wall_s": stored.get("wall_s")}
+        rows[s], done[s] = stored["claims"], _read_table(file.with_name(OUTCOME_FILE)) or {"reused": False, "wall_s": stored.get("wall_s")}
     # stages run before with the same size/models but not selected now stay in the table
     kept = {s: r for s, r in (prior or {}).get("by_stage", {}).items() if s not in rows and prior.get("size") == cfg.size
             and prior.get("models") == models}  # fmt: skip
