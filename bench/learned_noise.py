@@ -264,11 +264,18 @@ def eval80(args) -> None:
     conds = bb.conditions(cand.keys)
     path = out / "eval.npz"
     err = {k: np.full((len(order), len(cand.classes), len(ts)), np.nan) for k in engines}
-    done = 0
+    done, need = 0, {k: list(ts) for k in engines}  # the t each arm still has to score
     if path.exists():
         z = np.load(path)
         if z["grid"].tolist() == ts:
             done, err = int(z["done"]), {k: z[k] for k in err}
+        elif int(z["done"]) == len(order) and z["index"].tolist() == order:  # more t than before: keep those scored
+            old = z["grid"].tolist()
+            for k in engines:
+                for j, t in enumerate(ts):
+                    if t in old:
+                        err[k][:, :, j] = z[k][:, :, old.index(t)]
+                need[k] = [t for t in ts if t not in old]
     while done < len(order):
         t0 = time.time()
         sl = slice(done, min(done + args.chunk, len(order)))
@@ -276,8 +283,9 @@ def eval80(args) -> None:
         x0 = bb.encode(torch.stack([to_tensor(ds.open(it), bb.info.image_size, bb.info.image_channels) for it in items]))
         keys = [it.image_id for it in items]
         for k, eng in engines.items():
-            e = eng.exhaustive(x0, keys, conds, ts).numpy()  # [N, P, T]
-            err[k][sl] = np.stack([e[:, g].mean(1) for g in cand.groups], 1)
+            e = eng.exhaustive(x0, keys, conds, need[k]).numpy()  # [N, P, T]
+            cols = [ts.index(t) for t in need[k]]
+            err[k][sl][:, :, cols] = np.stack([e[:, g].mean(1) for g in cand.groups], 1)
         done = sl.stop
         np.savez(path, done=done, labels=labels[order], index=np.array(order), grid=np.array(ts), **err)
         print(f"{done}/{len(order)} test images ({time.time() - t0:.0f} s, {rand.forwards} random-arm forwards not in the memo)", flush=True)
